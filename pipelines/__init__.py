@@ -1,0 +1,1 @@
+"""Batch stages (ingest, transcribe, rewrite, export) and their executors."""

@@ -1,0 +1,196 @@
+"""The stage skeleton: the base owns the loop, batching, timing, progress, stats and the job row.
+
+A concrete stage says what its items are (``items``), how one batch is processed
+(``process_batch``, off the writer thread) and how results are written (``write``, one
+transaction per batch). A failed sample is data (a status and a reason); a failed stage is loud
+(the job row is marked failed and the exception propagates).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, is_dataclass
+from itertools import islice
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import Job, utcnow
+from pixmo.db.session import Database
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass
+class StageStats:
+    """Counts by status, failures by reason, sizes and timing of one run."""
+
+    statuses: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+    bytes: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    elapsed_s: float = 0.0
+
+    def record(self, status: str, reason: str | None = None, ref: str | None = None, nbytes: int = 0) -> None:
+        self.statuses[status] += 1
+        self.bytes += nbytes
+        if reason:
+            self.reasons[reason] += 1
+            if ref is not None:
+                self.examples.setdefault(reason, ref)
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+    def finish(self) -> None:
+        self.elapsed_s = time.perf_counter() - self.started
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = self.elapsed_s or (time.perf_counter() - self.started)
+        return {
+            "total": self.total,
+            "statuses": dict(self.statuses),
+            "reasons": dict(self.reasons),
+            "examples": dict(self.examples),
+            "bytes": self.bytes,
+            "elapsed_s": round(elapsed, 3),
+            "items_per_s": round(self.total / elapsed, 2) if elapsed > 0 else None,
+        }
+
+
+def batched(iterable: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    it = iter(iterable)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _jsonable(params: Any) -> dict[str, Any]:
+    raw = asdict(params) if is_dataclass(params) else dict(params or {})
+    return {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list, dict)) else v) for k, v in raw.items()}
+
+
+class Stage(Generic[Item, Result]):
+    """Base class of every batch stage. Subclasses set ``kind`` and implement the hooks."""
+
+    kind = "stage"
+    batch_size = 64
+    workers = 2
+
+    def __init__(self, db: Database, params: Any = None):
+        self.db = db
+        self.params = params
+        self.stats = StageStats()
+        self.job_id: int | None = None
+
+    # -- hooks ---------------------------------------------------------------------------
+    def items(self) -> Iterable[Item]:
+        raise NotImplementedError
+
+    def total(self) -> int | None:
+        """How many items there will be, when known cheaply (for the progress bar)."""
+        return None
+
+    def process_batch(self, batch: Sequence[Item]) -> list[Result]:
+        raise NotImplementedError
+
+    def write(self, session: Session, results: list[Result]) -> None:
+        raise NotImplementedError
+
+    def progress_advance(self, results: list[Result]) -> float:
+        """How far one written batch moves the progress bar (default: one per result)."""
+        return len(results)
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, *, progress: bool = True, pipeline_depth: int = 2) -> dict[str, Any]:
+        """Process every item; returns the stats dict (also stored on the job row)."""
+        with self.db.session() as session:
+            job = Job(kind=self.kind, params=_jsonable(self.params))
+            session.add(job)
+            session.flush()
+            self.job_id = job.id
+        bar = _Progress(self.kind, self.total(), enabled=progress)
+        try:
+            # process batches ahead of the writer so I/O, decoding and DB writes overlap
+            with ThreadPoolExecutor(max_workers=1) as feeder:
+                pending: list[Future] = []
+                for batch in batched(self.items(), self.batch_size):
+                    pending.append(feeder.submit(self.process_batch, batch))
+                    if len(pending) >= pipeline_depth:
+                        self._write(pending.pop(0).result(), bar)
+                for fut in pending:
+                    self._write(fut.result(), bar)
+        except BaseException as exc:
+            self.stats.finish()
+            bar.close()
+            self._finish("failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.stats.finish()
+        bar.close()
+        self._finish("succeeded")
+        return self.stats.as_dict()
+
+    def _write(self, results: list[Result], bar: _Progress) -> None:
+        with self.db.session() as session:
+            self.write(session, results)
+        bar.advance(self.progress_advance(results))
+
+    def _finish(self, status: str, error: str | None = None) -> None:
+        with self.db.session() as session:
+            job = session.get(Job, self.job_id)
+            job.status = status
+            job.error = error
+            job.stats = self.stats.as_dict()
+            job.finished_at = utcnow()
+
+
+class _Progress:
+    """A rich progress bar on stderr, or nothing."""
+
+    def __init__(self, description: str, total: int | None, enabled: bool):
+        self._progress = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, n: float) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def stats_table(title: str, stats: dict[str, Any]):  # noqa: ANN201
+    """A rich Table summarising a run: statuses, then failure reasons with an example each."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("status / reason")
+    table.add_column("count", justify="right")
+    table.add_column("example")
+    for status, n in sorted(stats["statuses"].items()):
+        table.add_row(f"[bold]{status}", str(n), "")
+    for reason, n in sorted(stats["reasons"].items()):
+        table.add_row(f"  {reason}", str(n), stats["examples"].get(reason, ""))
+    table.caption = f"{stats['total']} items in {stats['elapsed_s']:.1f} s ({stats['items_per_s'] or 0:.1f}/s)"
+    return table

@@ -1,0 +1,171 @@
+"""Ingest stage: files from a folder → validated, deduplicated images in the blob store.
+
+Reader (walk the folder) → workers (read, sha256, Pillow validation, blob write; threads, since
+hashing and decoding release the GIL) → writer (image rows, project links and one status row
+per file, a transaction per batch). Rerunning is safe: content already stored is reported as
+``exists`` and nothing is added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import Image, IngestItem, Project
+from pixmo.db.queries import insert_ignore
+from pixmo.db.session import Database
+from pixmo.errors import ValidationError
+from pixmo.media import ImageInfo, ImageRejected, probe_image
+from pixmo.projects import attach_images
+from pixmo.storage import BlobStore, content_key
+from pipelines.base import Stage
+
+
+@dataclass(frozen=True)
+class IngestFolderParams:
+    path: str
+    project: str | None = None
+    source: str = "folder"
+    max_pixels: int = 100_000_000
+    max_bytes: int = 200 * 1024 * 1024
+    workers: int = max(2, (os.cpu_count() or 2))
+
+
+@dataclass
+class FileResult:
+    ref: str
+    status: str  # stored | exists | duplicate | rejected
+    reason: str | None = None
+    detail: str = ""
+    sha256: str | None = None
+    info: ImageInfo | None = None
+    size: int = 0
+    key: str | None = None
+
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every regular file below ``root`` in a stable order (hidden names skipped)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+class IngestFolder(Stage[Path, FileResult]):
+    """Validate and store every image file below a folder; optionally attach them to a project."""
+
+    kind = "ingest"
+    batch_size = 128
+
+    def __init__(self, db: Database, store: BlobStore, params: IngestFolderParams):
+        super().__init__(db, params)
+        self.store = store
+        self.root = Path(params.path)
+        if not self.root.is_dir():
+            raise ValidationError(f"{params.path} is not a folder")
+        self.project_id: int | None = None
+        if params.project:
+            with db.session() as session:
+                project = session.scalars(select(Project).where(Project.name == params.project)).first()
+                if project is None:
+                    raise ValidationError(
+                        f"no project named {params.project!r}; create it with `pixmo project create`"
+                    )
+                self.project_id = project.id
+        self._files = sorted(walk_files(self.root))
+        self._seen: set[str] = set()
+        self._pool = ThreadPoolExecutor(max_workers=params.workers)
+
+    def items(self) -> Sequence[Path]:
+        return self._files
+
+    def total(self) -> int:
+        return len(self._files)
+
+    def process_batch(self, batch: Sequence[Path]) -> list[FileResult]:
+        return list(self._pool.map(self._one, batch))
+
+    def _one(self, path: Path) -> FileResult:
+        ref = str(path.relative_to(self.root))
+        try:
+            size = path.stat().st_size
+            if size > self.params.max_bytes:
+                return FileResult(ref, "rejected", "too_large", f"{size} bytes", size=size)
+            data = path.read_bytes()
+        except OSError as exc:
+            return FileResult(ref, "rejected", "unreadable", str(exc))
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            info = probe_image(data, self.params.max_pixels)
+        except ImageRejected as exc:
+            return FileResult(ref, "rejected", exc.reason, exc.detail, sha256=sha, size=len(data))
+        key = content_key(sha, info.ext)
+        if not self.store.exists(key):
+            self.store.put_bytes(data, key=key, content_type=info.mime)
+        return FileResult(ref, "stored", sha256=sha, info=info, size=len(data), key=key)
+
+    def write(self, session: Session, results: list[FileResult]) -> None:
+        good = [r for r in results if r.status == "stored"]
+        shas = {r.sha256 for r in good}
+        existing = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(shas)))) if shas else set()
+        rows = []
+        for r in good:
+            if r.sha256 in self._seen:
+                r.status = "duplicate"
+            elif r.sha256 in existing:
+                r.status = "exists"
+            else:
+                rows.append(
+                    {
+                        "sha256": r.sha256,
+                        "storage_key": r.key,
+                        "width": r.info.width,
+                        "height": r.info.height,
+                        "mime": r.info.mime,
+                        "bytes": r.size,
+                        "source": self.params.source,
+                        "source_url": None,
+                    }
+                )
+            self._seen.add(r.sha256)
+        insert_ignore(session, Image, rows, ["sha256"])
+        ids = {sha: i for sha, i in session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(shas)))} if shas else {}
+        if self.project_id is not None and ids:
+            attach_images(session, session.get(Project, self.project_id), sorted(ids.values()))
+        session.add_all(
+            IngestItem(
+                job_id=self.job_id,
+                source_ref=r.ref,
+                status=r.status,
+                reason=(f"{r.reason}: {r.detail}" if r.detail else r.reason) if r.reason else None,
+                sha256=r.sha256,
+                image_id=ids.get(r.sha256) if r.status != "rejected" else None,
+            )
+            for r in results
+        )
+        for r in results:
+            self.stats.record(r.status, r.reason, r.ref, r.size if r.status == "stored" else 0)
+
+    def run(self, **kwargs) -> dict:  # noqa: ANN003
+        try:
+            return super().run(**kwargs)
+        finally:
+            self._pool.shutdown()
+
+
+def ingest_folder(
+    db: Database, store: BlobStore, path: str | Path, project: str | None = None, *, progress: bool = False, **params
+) -> dict:
+    """Ingest every image below ``path``; returns the run's stats (statuses, reasons, timing)."""
+    stage = IngestFolder(db, store, IngestFolderParams(path=str(path), project=project, **params))
+    stats = stage.run(progress=progress)
+    stats["job_id"] = stage.job_id
+    return stats

@@ -1,0 +1,227 @@
+"""The `pixmo` command line: a thin layer, one library call per command.
+
+This module is the composition root: it is the one place in ``pixmo`` that reaches into
+``pipelines``, ``annotation_app`` and ``dashboard``, and only inside the commands that run them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pixmo.errors import PixmoError
+
+app = typer.Typer(help="PixMo toolkit: collect and curate PixMo-style vision-language data.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage users (annotators, reviewers, admins).", no_args_is_help=True)
+project_app = typer.Typer(help="Manage projects (caption, points, ask, point_explain).", no_args_is_help=True)
+ingest_app = typer.Typer(help="Bring images in: validate, dedupe by sha256, store.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+app.add_typer(project_app, name="project")
+app.add_typer(ingest_app, name="ingest")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _db():
+    from pixmo.config import get_settings
+    from pixmo.db.session import get_database
+
+    return get_database(get_settings().resolved_database_url)
+
+
+def _store():
+    from pixmo.storage import open_store
+
+    return open_store()
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def init() -> None:
+    """Create or upgrade the database to the newest schema and prepare the blob store."""
+    from pixmo.config import get_settings
+    from pixmo.db.migrate import current_revision, upgrade
+
+    settings = get_settings()
+    url = settings.resolved_database_url
+    try:
+        upgrade(url)
+        store = _store()
+        if hasattr(store, "ensure_bucket"):
+            store.ensure_bucket()
+    except PixmoError as exc:
+        _fail(exc)
+    console.print(f"database [bold]{_safe_url(url)}[/bold] at revision {current_revision(url)}")
+    console.print(f"blob store [bold]{store.describe()}[/bold]")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    role: Annotated[str, typer.Option(help="annotator | reviewer | admin")] = "annotator",
+    password: Annotated[Optional[str], typer.Option(help="Asked for when not given.")] = None,
+) -> None:
+    """Add a user with a password (argon2-hashed)."""
+    from pixmo.auth import create_user
+
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        with _db().session() as session:
+            user = create_user(session, username, password, role)
+            console.print(f"added {user.role} [bold]{user.username}[/bold] (id {user.id})")
+    except PixmoError as exc:
+        _fail(exc)
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List users and their roles."""
+    from sqlalchemy import select
+
+    from pixmo.db.models import User
+
+    table = Table("id", "username", "role", "active", "created")
+    with _db().session() as session:
+        for u in session.scalars(select(User).order_by(User.id)):
+            table.add_row(str(u.id), u.username, u.role, "yes" if u.is_active else "no", f"{u.created_at:%Y-%m-%d}")
+    console.print(table)
+
+
+@user_app.command("token")
+def user_token(username: str, name: Annotated[str, typer.Option(help="A label for the token.")] = "cli") -> None:
+    """Create a bearer API token for a user (printed once; only its hash is stored)."""
+    from pixmo.auth import create_token, get_user
+
+    try:
+        with _db().session() as session:
+            token = create_token(session, get_user(session, username), name)
+    except PixmoError as exc:
+        _fail(exc)
+    typer.echo(token)
+
+
+@project_app.command("create")
+def project_create(
+    name: str,
+    kind: Annotated[str, typer.Option(help="caption | points | ask | point_explain")] = "caption",
+    instructions: Annotated[str, typer.Option(help="Shown to annotators.")] = "",
+    min_seconds: Annotated[float, typer.Option(help="Shortest accepted recording.")] = 60.0,
+    max_seconds: Annotated[float, typer.Option(help="Longest accepted recording.")] = 90.0,
+    overlap: Annotated[int, typer.Option(help="Distinct annotators per image.")] = 1,
+    label: Annotated[Optional[list[str]], typer.Option(help="A label for pointing (repeat).")] = None,
+    gold_fraction: Annotated[float, typer.Option(help="Share of gold items mixed in.")] = 0.0,
+) -> None:
+    """Create a project."""
+    from pixmo.projects import create_project
+
+    try:
+        with _db().session() as session:
+            p = create_project(
+                session, name, kind, instructions, min_seconds=min_seconds, max_seconds=max_seconds,
+                overlap=overlap, labels=label or [], gold_fraction=gold_fraction,
+            )
+            console.print(f"created {p.kind} project [bold]{p.name}[/bold] (id {p.id})")
+    except PixmoError as exc:
+        _fail(exc)
+
+
+@project_app.command("list")
+def project_list() -> None:
+    """List projects with their image counts."""
+    from pixmo.projects import list_projects
+
+    table = Table("id", "name", "kind", "images", "overlap", "seconds")
+    with _db().session() as session:
+        for p, n in list_projects(session):
+            cfg = p.config or {}
+            table.add_row(str(p.id), p.name, p.kind, str(n), str(cfg.get("overlap", "")),
+                          f"{cfg.get('min_seconds', '')}-{cfg.get('max_seconds', '')}")
+    console.print(table)
+
+
+@ingest_app.command("folder")
+def ingest_folder_cmd(
+    path: Annotated[Path, typer.Argument(help="Folder to walk (recursively).")],
+    project: Annotated[Optional[str], typer.Option(help="Attach the images to this project.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker threads.")] = 4,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
+) -> None:
+    """Validate every file below PATH with Pillow, dedupe by sha256, store the good images."""
+    from pipelines.base import stats_table
+    from pipelines.ingest import ingest_folder
+    from pixmo.config import get_settings
+
+    try:
+        stats = ingest_folder(_db(), _store(), path, project, progress=not json_out, workers=workers,
+                              max_pixels=get_settings().max_image_pixels)
+    except PixmoError as exc:
+        _fail(exc)
+    if json_out:
+        typer.echo(json.dumps(stats, indent=2))
+    else:
+        console.print(stats_table(f"ingest {path} (job {stats['job_id']})", stats))
+
+
+@app.command()
+def stats(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show what has been collected, overall and per project."""
+    from pixmo.stats import collect_stats
+
+    with _db().session() as session:
+        data = collect_stats(session)
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    totals = Table("what", "count", title="totals")
+    for k, v in data["totals"].items():
+        totals.add_row(k, str(v))
+    console.print(totals)
+    per = Table("project", "kind", "images", "assignments", "recordings", "captions", "point sets", "QA", title="projects")
+    for p in data["projects"]:
+        assigned = ", ".join(f"{k} {v}" for k, v in sorted(p["assignments"].items())) or "-"
+        per.add_row(p["name"], p["kind"], str(p["images"]), assigned, str(p["recordings"]), str(p["captions"]),
+                    str(p["point_sets"]), str(p["qa_pairs"]))
+    console.print(per)
+
+
+@app.command()
+def demo(
+    images: Annotated[int, typer.Option(help="How many images (photos first, then generated).")] = 12,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    speech: Annotated[bool, typer.Option(help="Speak transcripts with espeak-ng when installed.")] = True,
+) -> None:
+    """Create demo projects with real photos, generated images and synthetic annotations of every kind."""
+    from pixmo.demo import create_demo
+
+    try:
+        result = create_demo(_db(), _store(), images, seed=seed, speech=speech)
+    except PixmoError as exc:
+        _fail(exc)
+    made = ", ".join(f"{v} {k}" for k, v in result["created"].items())
+    console.print(f"demo: {result['images']} images in the demo projects; created {made}")
+    console.print(f"demo users: {', '.join(result['users'])} (password: {result['password']})")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

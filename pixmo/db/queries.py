@@ -1,0 +1,38 @@
+"""Small query helpers shared by the library, pipelines and the app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import Base
+
+
+def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict[str, Any]], conflict: Iterable[str]) -> int:
+    """Insert ``rows``, skipping any that collide on the unique columns ``conflict``.
+
+    Uses ``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), so concurrent writers and reruns
+    never duplicate and never fail. Returns how many rows were inserted.
+    """
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other dialects are not supported
+        raise NotImplementedError(f"insert_ignore does not support {dialect}")
+    pk = list(model.__table__.primary_key.columns)
+    # RETURNING yields only the rows that were inserted; rowcount is unreliable for executemany
+    stmt = insert(model).on_conflict_do_nothing(index_elements=list(conflict)).returning(*pk)
+    result = session.connection().execute(stmt, list(rows))
+    return len(result.all())
+
+
+def get_by(session: Session, model: type[Base], **where: Any):  # noqa: ANN201
+    """The one row of ``model`` matching ``where``, or None."""
+    return session.scalars(select(model).filter_by(**where)).one_or_none()

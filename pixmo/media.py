@@ -1,0 +1,100 @@
+"""Media checks: image probing/validation (Pillow); audio decoding lives in pixmo.audio."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+
+MIME_BY_FORMAT = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+EXT_BY_MIME = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/bmp": "bmp",
+    "image/tiff": "tiff",
+}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    mime: str
+
+    @property
+    def ext(self) -> str:
+        return EXT_BY_MIME[self.mime]
+
+
+class ImageRejected(ValueError):
+    """An image failed validation; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
+    """Validate encoded image bytes and return their size and mime type.
+
+    Raises ImageRejected with reason ``empty``, ``not_an_image``, ``unsupported_format``,
+    ``decompression_bomb``, ``corrupt`` or ``truncated``. The whole file is decoded (JPEG at
+    reduced scale, which still reads every byte), so truncated files are caught, not just
+    bad headers.
+    """
+    if not data:
+        raise ImageRejected("empty", "zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            # the explicit max_pixels check below decides; Pillow's own limit only errors at 2x
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            im = PILImage.open(io.BytesIO(data))
+            fmt = im.format
+            width, height = im.size
+    except UnidentifiedImageError as exc:
+        if _looks_like_image(data):
+            raise ImageRejected("corrupt", "image signature but undecodable header") from exc
+        raise ImageRejected("not_an_image", "Pillow cannot identify it") from exc
+    except PILImage.DecompressionBombError as exc:
+        raise ImageRejected("decompression_bomb", str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file
+        raise ImageRejected(_decode_failure(exc), str(exc)) from exc
+    if fmt not in MIME_BY_FORMAT:
+        raise ImageRejected("unsupported_format", f"format {fmt}")
+    if width <= 0 or height <= 0:
+        raise ImageRejected("corrupt", f"size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageRejected("decompression_bomb", f"{width}x{height} exceeds {max_pixels} pixels")
+    try:
+        im.verify()
+        im = PILImage.open(io.BytesIO(data))
+        if fmt == "JPEG":
+            im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+        im.load()
+    except Exception as exc:  # noqa: BLE001
+        raise ImageRejected(_decode_failure(exc), str(exc)) from exc
+    return ImageInfo(width=width, height=height, mime=MIME_BY_FORMAT[fmt])
+
+
+def _decode_failure(exc: Exception) -> str:
+    return "truncated" if "truncated" in str(exc).lower() else "corrupt"
+
+
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_image(data: bytes) -> bool:
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")

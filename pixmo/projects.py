@@ -1,0 +1,94 @@
+"""Projects: kinds, their configuration, and which images they hold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError as PydanticValidationError, model_validator
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import PROJECT_KINDS, Image, Project, ProjectImage
+from pixmo.db.queries import insert_ignore
+from pixmo.errors import NotFoundError, ValidationError
+
+GUIDING_QUESTIONS = [
+    "What is the image at first glance?",
+    "What are the objects and their counts?",
+    "What does the text say?",
+    "What are the positions of the objects?",
+    "What subtle details are noticeable?",
+    "What is in the background?",
+    "What is the style and color?",
+]
+
+
+class ProjectConfig(BaseModel):
+    """Per-project settings (stored as JSON on the project row)."""
+
+    min_seconds: float = Field(60.0, ge=0)
+    max_seconds: float = Field(90.0, gt=0)
+    overlap: int = Field(1, ge=1, description="distinct annotators per image")
+    labels: list[str] = Field(default_factory=list, description="referring expressions for pointing")
+    guiding_questions: list[str] = Field(default_factory=lambda: list(GUIDING_QUESTIONS))
+    gold_fraction: float = Field(0.0, ge=0, le=1)
+    language: str = "en"
+    max_points: int = Field(100, ge=1)
+    lease_minutes: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> ProjectConfig:
+        if self.min_seconds > self.max_seconds:
+            raise ValueError("min_seconds must not exceed max_seconds")
+        return self
+
+
+def create_project(
+    session: Session, name: str, kind: str, instructions: str = "", **config: Any
+) -> Project:
+    """Add a project; ValidationError on a bad kind, config or a taken name."""
+    if kind not in PROJECT_KINDS:
+        raise ValidationError(f"kind must be one of {', '.join(PROJECT_KINDS)}, not {kind!r}")
+    if not name.strip():
+        raise ValidationError("a project needs a name")
+    if session.scalars(select(Project).where(Project.name == name)).first():
+        raise ValidationError(f"project {name!r} exists already")
+    try:
+        cfg = ProjectConfig(**config)
+    except PydanticValidationError as exc:
+        raise ValidationError(f"bad project config: {exc.errors()[0]['msg']}") from exc
+    project = Project(name=name, kind=kind, instructions=instructions, config=cfg.model_dump())
+    session.add(project)
+    session.flush()
+    return project
+
+
+def get_project(session: Session, name: str) -> Project:
+    project = session.scalars(select(Project).where(Project.name == name)).first()
+    if project is None:
+        raise NotFoundError(f"no project named {name!r}")
+    return project
+
+
+def project_config(project: Project) -> ProjectConfig:
+    return ProjectConfig(**(project.config or {}))
+
+
+def attach_images(session: Session, project: Project, image_ids: list[int], gold: bool = False) -> int:
+    """Add images to a project (already attached ones are left alone); returns how many were new."""
+    rows = [{"project_id": project.id, "image_id": i, "is_gold": gold} for i in image_ids]
+    return insert_ignore(session, ProjectImage, rows, ["project_id", "image_id"])
+
+
+def list_projects(session: Session) -> list[tuple[Project, int]]:
+    """Every project with its image count."""
+    counts = (
+        select(ProjectImage.project_id, func.count().label("n")).group_by(ProjectImage.project_id).subquery()
+    )
+    stmt = select(Project, func.coalesce(counts.c.n, 0)).outerjoin(counts, counts.c.project_id == Project.id)
+    return [(p, n) for p, n in session.execute(stmt.order_by(Project.id))]
+
+
+def images_of(session: Session, project: Project) -> list[Image]:
+    stmt = select(Image).join(ProjectImage).where(ProjectImage.project_id == project.id).order_by(Image.id)
+    return list(session.scalars(stmt))

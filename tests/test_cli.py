@@ -1,0 +1,81 @@
+"""The `pixmo` CLI end to end, in a subprocess-free way (typer's CliRunner) on the embedded defaults."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pixmo.cli import app
+from tests.images import mixed_folder
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    return result
+
+
+@pytest.fixture
+def initialised(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from pixmo.db.session import _databases
+
+    _databases.clear()
+    assert invoke("init").exit_code == 0
+    yield tmp_path
+    for database in _databases.values():
+        database.dispose()
+    _databases.clear()
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [[], ["init"], ["user", "add"], ["user", "list"], ["user", "token"], ["project", "create"], ["project", "list"],
+     ["ingest", "folder"], ["stats"], ["demo"]],
+)
+def test_every_command_has_help(cmd):
+    result = runner.invoke(app, [*cmd, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_users_projects_ingest_stats(initialised):
+    assert invoke("user", "add", "alice", "--role", "reviewer", "--password", "correct-horse").exit_code == 0
+    dup = invoke("user", "add", "alice", "--password", "correct-horse")
+    assert dup.exit_code == 2 and "exists already" in dup.output
+    assert "alice" in invoke("user", "list").output
+    token = invoke("user", "token", "alice").output.strip()
+    assert token.startswith("pixmo_")
+
+    assert invoke("project", "create", "caps", "--kind", "caption").exit_code == 0
+    bad = invoke("project", "create", "x", "--kind", "video")
+    assert bad.exit_code == 2 and "kind must be one of" in bad.output
+
+    mixed_folder(initialised / "imgs")
+    out = invoke("ingest", "folder", str(initialised / "imgs"), "--project", "caps", "--json")
+    stats = json.loads(out.output)
+    assert stats["statuses"]["stored"] == 3 and stats["reasons"]["truncated"] == 1
+    table = invoke("ingest", "folder", str(initialised / "imgs"), "--project", "caps").output
+    assert "exists" in table and "decompression_bomb" in table
+
+    data = json.loads(invoke("stats", "--json").output)
+    assert data["totals"]["images"] == 3
+    assert data["projects"][0]["name"] == "caps" and data["projects"][0]["images"] == 3
+    assert "caps" in invoke("project", "list").output
+
+
+def test_demo_makes_every_kind_of_annotation(initialised):
+    result = invoke("demo", "--images", "6", "--no-speech")
+    assert result.exit_code == 0, result.output
+    data = json.loads(invoke("stats", "--json").output)
+    totals = data["totals"]
+    assert totals["images"] == 6
+    for kind in ("recordings", "transcripts", "captions", "point_sets", "qa_pairs", "reviews"):
+        assert totals[kind] > 0, kind
+    assert {p["name"] for p in data["projects"]} == {"demo-captions", "demo-points", "demo-ask"}
+    # a second run tops up nothing: same images, same annotations
+    invoke("demo", "--images", "6", "--no-speech")
+    assert json.loads(invoke("stats", "--json").output)["totals"] == totals

@@ -1,0 +1,74 @@
+"""Settings (secret policy, defaults) and accounts (argon2 passwords, hashed API tokens)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from pixmo.auth import authenticate, create_token, create_user, user_for_token
+from pixmo.config import Settings
+from pixmo.db.models import ApiToken
+from pixmo.errors import ConfigError, ValidationError
+
+
+def test_defaults_are_embedded(monkeypatch):
+    monkeypatch.delenv("PIXMO_DATA_DIR")
+    s = Settings()
+    assert s.resolved_database_url == "sqlite:///pixmo-data/pixmo.db"
+    assert s.resolved_storage_url == "file://pixmo-data/blobs"
+
+
+def test_env_prefix(monkeypatch):
+    monkeypatch.setenv("PIXMO_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    monkeypatch.setenv("PIXMO_STORAGE_URL", "s3://bucket/prefix")
+    s = Settings()
+    assert s.resolved_database_url == "postgresql+psycopg://u@h/db"
+    assert s.resolved_storage_url == "s3://bucket/prefix"
+
+
+@pytest.mark.parametrize("secret", [None, "change-me", "short"])
+def test_missing_or_default_secret_refused_outside_dev(monkeypatch, secret):
+    monkeypatch.setenv("PIXMO_ENV", "prod")
+    if secret:
+        monkeypatch.setenv("PIXMO_SECRET_KEY", secret)
+    with pytest.raises(ConfigError, match="PIXMO_SECRET_KEY"):
+        Settings().require_secret()
+
+
+def test_dev_allows_default_secret_and_prod_takes_a_real_one(monkeypatch):
+    monkeypatch.setenv("PIXMO_ENV", "dev")
+    assert Settings().require_secret()
+    monkeypatch.setenv("PIXMO_ENV", "prod")
+    monkeypatch.setenv("PIXMO_SECRET_KEY", "x" * 32)
+    assert Settings().require_secret() == "x" * 32
+
+
+def test_passwords_are_argon2_and_verified(db):
+    with db.session() as s:
+        user = create_user(s, "bob", "a-long-password", "annotator")
+        assert user.password_hash.startswith("$argon2")
+    with db.session() as s:
+        assert authenticate(s, "bob", "a-long-password").username == "bob"
+        assert authenticate(s, "bob", "wrong-password") is None
+        assert authenticate(s, "nobody", "a-long-password") is None
+
+
+def test_bad_users_refused(db):
+    with db.session() as s:
+        with pytest.raises(ValidationError, match="role"):
+            create_user(s, "x", "a-long-password", "god")
+        with pytest.raises(ValidationError, match="8 characters"):
+            create_user(s, "x", "short", "annotator")
+        with pytest.raises(ValidationError, match="username"):
+            create_user(s, "<script>", "a-long-password", "annotator")
+
+
+def test_tokens_are_stored_hashed(db):
+    with db.session() as s:
+        user = create_user(s, "carol", "a-long-password", "admin")
+        token = create_token(s, user)
+    with db.session() as s:
+        stored = s.scalars(select(ApiToken)).one()
+        assert token not in stored.token_hash and len(stored.token_hash) == 64
+        assert user_for_token(s, token).username == "carol"
+        assert user_for_token(s, token + "x") is None

@@ -1,0 +1,89 @@
+"""The data model: migrations match the models, constraints make stages idempotent."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from pixmo.db.migrate import current_revision, head_revision
+from pixmo.db.models import Base, Caption, Image, Recording, Transcript
+from pixmo.db.queries import insert_ignore
+
+
+def test_migrations_match_models(db):
+    with db.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        diff = compare_metadata(ctx, Base.metadata)
+    assert diff == [], f"models and migrations disagree; write a migration: {diff}"
+
+
+def test_database_is_at_head(db):
+    assert current_revision(db.url) == head_revision() is not None
+
+
+def _image(session, sha="a" * 64) -> Image:
+    im = Image(sha256=sha, storage_key=f"k/{sha}", width=10, height=10, mime="image/png", bytes=100)
+    session.add(im)
+    session.flush()
+    return im
+
+
+def test_image_sha_is_unique(db):
+    with db.session() as s:
+        _image(s)
+    with pytest.raises(IntegrityError), db.session() as s:
+        _image(s)
+
+
+def test_insert_ignore_skips_conflicts(db):
+    row = dict(sha256="b" * 64, storage_key="k", width=1, height=1, mime="image/png", bytes=1, source="t")
+    with db.session() as s:
+        assert insert_ignore(s, Image, [row], ["sha256"]) == 1
+    with db.session() as s:
+        insert_ignore(s, Image, [row, {**row, "sha256": "c" * 64}], ["sha256"])
+    with db.session() as s:
+        assert sorted(s.scalars(select(Image.sha256))) == ["b" * 64, "c" * 64]
+
+
+def test_transcript_unique_per_recording_and_model(db):
+    with db.session() as s:
+        im = _image(s)
+        rec = Recording(image_id=im.id, storage_key="r", sha256="d" * 64, mime="audio/ogg", duration_s=1, bytes=1)
+        s.add(rec)
+        s.flush()
+        s.add(Transcript(recording_id=rec.id, asr_model="tiny.en", text="hi"))
+        rec_id = rec.id
+    with pytest.raises(IntegrityError), db.session() as s:
+        s.add(Transcript(recording_id=rec_id, asr_model="tiny.en", text="again"))
+    with db.session() as s:  # another model is a separate row
+        s.add(Transcript(recording_id=rec_id, asr_model="base.en", text="hi"))
+
+
+def test_caption_unique_per_sources_model_prompt(db):
+    with db.session() as s:
+        im = _image(s)
+        kw = dict(image_id=im.id, kind="cleaned", model="m", prompt_version="v1", source_key="1", text="x")
+        s.add(Caption(**kw))
+    with pytest.raises(IntegrityError), db.session() as s:
+        s.add(Caption(**kw))
+
+
+def test_check_constraints_refuse_bad_enums(db):
+    from pixmo.db.models import User
+
+    with pytest.raises(IntegrityError), db.session() as s:
+        s.add(User(username="x", role="superuser"))
+
+
+def test_json_columns_round_trip(db):
+    with db.session() as s:
+        im = _image(s)
+        s.add(Caption(image_id=im.id, kind="merged", model="m", prompt_version="v", source_key="1,2",
+                      source_transcript_ids=[1, 2], faithfulness={"supported": 0.5, "added": ["dog"]}))
+    with db.session() as s:
+        cap = s.scalars(select(Caption)).one()
+        assert cap.source_transcript_ids == [1, 2]
+        assert cap.faithfulness == {"supported": 0.5, "added": ["dog"]}

@@ -1,0 +1,96 @@
+"""Ingesting a folder: every good image stored once, every bad file reported with its reason."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from sqlalchemy import func, select
+
+from pipelines.ingest import ingest_folder
+from pixmo.db.models import Image, IngestItem, Job, ProjectImage
+from pixmo.errors import ValidationError
+from pixmo.media import ImageRejected, probe_image
+from pixmo.projects import create_project
+from tests.images import bomb_png, image_bytes, mixed_folder
+
+
+def test_probe_reports_size_and_mime():
+    info = probe_image(image_bytes(64, 48, "JPEG"))
+    assert (info.width, info.height, info.mime, info.ext) == (64, 48, "image/jpeg", "jpg")
+
+
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "empty"),
+        (b"hello", "not_an_image"),
+        (image_bytes(400, 300, "JPEG")[:500], "truncated"),
+        (bomb_png(), "decompression_bomb"),
+    ],
+)
+def test_probe_rejects_bad_bytes(data, reason):
+    with pytest.raises(ImageRejected) as err:
+        probe_image(data, max_pixels=50_000_000)
+    assert err.value.reason == reason
+
+
+def test_ingest_mixed_folder_then_rerun_adds_nothing(db, store, tmp_path):
+    expected = mixed_folder(tmp_path / "in")
+    with db.session() as s:
+        create_project(s, "p", "caption")
+    stats = ingest_folder(db, store, tmp_path / "in", "p")
+
+    assert stats["statuses"] == {"stored": 3, "duplicate": 1, "rejected": 5}
+    bad = {n: r for n, r in expected.items() if r}
+    with db.session() as s:
+        items = {i.source_ref: i for i in s.scalars(select(IngestItem).where(IngestItem.job_id == stats["job_id"]))}
+        assert set(items) == set(expected)
+        for name, reason in bad.items():
+            assert items[name].status == "rejected"
+            assert items[name].reason.split(":")[0] == reason, (name, items[name].reason)
+        assert items["sub/copy-of-a.png"].status == "duplicate"
+        assert items["sub/copy-of-a.png"].image_id == items["a.png"].image_id
+        images = s.scalars(select(Image)).all()
+        assert len(images) == 3
+        for im in images:  # blobs are stored, content-addressed, byte-identical
+            assert hashlib.sha256(store.get_bytes(im.storage_key)).hexdigest() == im.sha256
+        webp = s.scalars(select(Image).where(Image.mime == "image/webp")).one()
+        assert (webp.width, webp.height) == (30, 30)
+        assert s.scalar(select(func.count()).select_from(ProjectImage)) == 3
+
+    again = ingest_folder(db, store, tmp_path / "in", "p")
+    assert again["statuses"] == {"exists": 3, "duplicate": 1, "rejected": 5}
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Image)) == 3
+        assert s.scalar(select(func.count()).select_from(ProjectImage)) == 3
+        jobs = s.scalars(select(Job).order_by(Job.id)).all()
+        assert [j.status for j in jobs] == ["succeeded", "succeeded"]
+        assert jobs[0].stats["reasons"]["decompression_bomb"] == 1
+    assert len(list(store.iter_keys())) == 3
+
+
+def test_ingest_unknown_project_is_a_clear_error(sqlite_db, store, tmp_path):
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ValidationError, match="no project named 'nope'"):
+        ingest_folder(sqlite_db, store, tmp_path / "in", "nope")
+
+
+def test_ingest_missing_folder_is_a_clear_error(sqlite_db, store, tmp_path):
+    with pytest.raises(ValidationError, match="is not a folder"):
+        ingest_folder(sqlite_db, store, tmp_path / "missing")
+
+
+def test_failed_run_is_marked_failed(sqlite_db, store, tmp_path, monkeypatch):
+    mixed_folder(tmp_path / "in")
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(store, "put_bytes", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        ingest_folder(sqlite_db, store, tmp_path / "in")
+    with sqlite_db.session() as s:
+        job = s.scalars(select(Job)).one()
+        assert job.status == "failed" and "disk on fire" in job.error
+        assert s.scalar(select(func.count()).select_from(Image)) == 0
