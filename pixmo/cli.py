@@ -24,6 +24,9 @@ app.add_typer(user_app, name="user")
 app.add_typer(project_app, name="project")
 app.add_typer(ingest_app, name="ingest")
 
+# Each further capability adds its commands in pixmo/commands/<name>.py with `register(app)`.
+COMMAND_MODULES: list[str] = []
+
 console = Console()
 err = Console(stderr=True)
 
@@ -217,6 +220,16 @@ def demo(
     made = ", ".join(f"{v} {k}" for k, v in result["created"].items())
     console.print(f"demo: {result['images']} images in the demo projects; created {made}")
     console.print(f"demo users: {', '.join(result['users'])} (password: {result['password']})")
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"pixmo.commands.{name}").register(app)
+
+
+_register_commands()
 
 
 def main() -> None:  # pragma: no cover

@@ -18,8 +18,8 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (default: the newest)."""
+def upgrade(url: str, revision: str = "heads") -> None:
+    """Bring the database at ``url`` to ``revision`` (default: every head, the newest schema)."""
     from pixmo.db.session import _prepare_sqlite
 
     if url.startswith("sqlite"):
@@ -35,12 +35,15 @@ def current_revision(url: str) -> str | None:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            heads = sorted(MigrationContext.configure(conn).get_current_heads())
+            return ",".join(heads) or None
     finally:
         engine.dispose()
 
 
 def head_revision() -> str | None:
+    """The newest revision (several heads joined by ',' while branches await a merge)."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    heads = sorted(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+    return ",".join(heads) or None

@@ -1,0 +1,1 @@
+"""CLI commands of each capability; each module has `register(app)` (see pixmo/cli.py)."""
