@@ -7,6 +7,7 @@ This module is the composition root: it is the one place in ``pixmo`` that reach
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,9 +26,10 @@ app.add_typer(project_app, name="project")
 app.add_typer(ingest_app, name="ingest")
 
 # Each further capability adds its commands in pixmo/commands/<name>.py with `register(app)`.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["dashboard", "transcribe", "export", "app"]
 
-console = Console()
+# piped output (CI logs, `make run`) gets a wide console rather than rich's 80-column default
+console = Console() if sys.stdout.isatty() else Console(width=160)
 err = Console(stderr=True)
 
 
@@ -196,11 +198,12 @@ def stats(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     for k, v in data["totals"].items():
         totals.add_row(k, str(v))
     console.print(totals)
-    per = Table("project", "kind", "images", "assignments", "recordings", "captions", "point sets", "QA", title="projects")
+    per = Table("project", "kind", "images", "submitted", "leased", "recordings", "captions", "point sets", "QA",
+                title="projects")
     for p in data["projects"]:
-        assigned = ", ".join(f"{k} {v}" for k, v in sorted(p["assignments"].items())) or "-"
-        per.add_row(p["name"], p["kind"], str(p["images"]), assigned, str(p["recordings"]), str(p["captions"]),
-                    str(p["point_sets"]), str(p["qa_pairs"]))
+        a = p["assignments"]
+        per.add_row(p["name"], p["kind"], str(p["images"]), str(a.get("submitted", 0)), str(a.get("leased", 0)),
+                    str(p["recordings"]), str(p["captions"]), str(p["point_sets"]), str(p["qa_pairs"]))
     console.print(per)
 
 
