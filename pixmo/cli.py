@@ -26,7 +26,7 @@ app.add_typer(project_app, name="project")
 app.add_typer(ingest_app, name="ingest")
 
 # Each further capability adds its commands in pixmo/commands/<name>.py with `register(app)`.
-COMMAND_MODULES: list[str] = ["dashboard", "transcribe", "export", "app"]
+COMMAND_MODULES: list[str] = ["dashboard", "transcribe", "export", "app", "rewrite"]
 
 # piped output (CI logs, `make run`) gets a wide console rather than rich's 80-column default
 console = Console() if sys.stdout.isatty() else Console(width=160)

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     public_url: str = Field("http://127.0.0.1:8000", description="Base URL of the app, for signed blob URLs.")
     max_image_pixels: int = Field(100_000_000, description="Larger images are refused as decompression bombs.")
     max_upload_bytes: int = Field(50 * 1024 * 1024, description="Largest accepted upload (audio, image).")
+    llm_backend: Literal["local", "openai"] = Field("local", description="LLM for the app's ask-the-model task.")
+    llm_model: str | None = Field(None, description="LLM model name or path; default: the bundled SmolLM2.")
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible server for the openai backend.")
+    llm_api_key: SecretStr | None = Field(None, description="Key for the openai backend.")
+    llm_cache_dir: str | None = Field(
+        None, description="Where the de-quantized local model is kept (`off` disables); default ~/.cache/pixmo/llm."
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -152,6 +152,8 @@ class Assignment(TimestampMixin, Base):
     submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     active_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     skip_reason: Mapped[str | None] = mapped_column(Text)
+    # latest review verdict of the submission; a rejected one frees the image's overlap slot
+    review_verdict: Mapped[str | None] = mapped_column(String(16))
 
 
 class Recording(TimestampMixin, Base):
@@ -332,3 +334,63 @@ class Export(TimestampMixin, Base):
     shards: Mapped[list[Any]] = mapped_column(default=list)
     manifest_sha256: Mapped[str | None] = mapped_column(String(64))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+
+
+class WebSession(TimestampMixin, Base):
+    """A browser login: the cookie holds a random token, the table its sha256 and CSRF token."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class LoginAttempt(Base):
+    """One login try, for rate limiting by username and client address."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index(None, "username", "ip", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    ip: Mapped[str] = mapped_column(String(64))
+    ok: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# Dashboard (issue 7): covering indexes so per-project funnels count distinct images from the
+# indexes alone and browse filters probe one index per image (revision 0004).
+Index("ix_recordings_project_id_image_id", Recording.project_id, Recording.image_id)
+Index("ix_captions_project_id_image_id_status", Caption.project_id, Caption.image_id, Caption.status)
+Index("ix_point_sets_project_id_image_id", PointSet.project_id, PointSet.image_id)
+Index("ix_qa_pairs_project_id_image_id_status", QAPair.project_id, QAPair.image_id, QAPair.status)
+Index("ix_transcripts_recording_id_status", Transcript.recording_id, Transcript.status)
+Index("ix_assignments_status_submitted_at", Assignment.status, Assignment.submitted_at)
+# Partial indexes of the few flagged rows: flag counts and flagged lists skip the rest.
+from sqlalchemy import text as _sql  # noqa: E402 - used only by the partial indexes below
+
+Index("ix_transcripts_flagged", Transcript.id, sqlite_where=_sql("json_array_length(flags) > 0"),
+      postgresql_where=_sql("jsonb_array_length(flags) > 0"))
+Index("ix_captions_flagged", Caption.id, sqlite_where=_sql("json_array_length(flags) > 0"),
+      postgresql_where=_sql("jsonb_array_length(flags) > 0"))
+
+
+class LLMCacheEntry(TimestampMixin, Base):
+    """A cached LLM reply, keyed by the sha256 of the whole request (model, messages, params).
+
+    Only deterministic requests (temperature 0) are cached, so a rerun, a resumed run or a
+    repeated input costs no generation (revision 0003).
+    """
+
+    __tablename__ = "llm_cache"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(255))
+    response: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str] = mapped_column(String(16), default="stop")
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,96 @@
+"""Assignments: "next task" leasing, the task pages, skip and heartbeat (active time)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+
+from annotation_app.deps import AnyUser, DbDep, StoreDep
+from annotation_app.schemas import AssignmentOut, HeartbeatIn, NextOut, SkipIn
+from annotation_app.templating import blob_url, render
+from pixmo.assignments import get_assignment, heartbeat, next_assignment, skip_assignment
+from pixmo.db.models import Assignment, Image, Project
+from pixmo.errors import NotFoundError
+from pixmo.projects import project_config
+from pixmo.submissions import task_label
+
+router = APIRouter(tags=["assignments"])
+
+TEMPLATES = {"caption": "task_caption.html", "points": "task_points.html", "point_explain": "task_points.html",
+             "ask": "task_ask.html"}
+
+
+def _out(session, store, assignment: Assignment, resumed: bool = False) -> AssignmentOut:  # noqa: ANN001
+    project = session.get(Project, assignment.project_id)
+    image = session.get(Image, assignment.image_id)
+    label = task_label(session, assignment) if project.kind in ("points", "point_explain") else None
+    return AssignmentOut(
+        id=assignment.id, project_id=project.id, project_kind=project.kind, image_id=image.id,
+        image_url=blob_url(store, image.storage_key), width=image.width, height=image.height,
+        status=assignment.status, is_gold=assignment.is_gold, expires_at=assignment.expires_at,
+        resumed=resumed, label=label, task_url=f"/tasks/{assignment.id}",
+    )
+
+
+def _check_project(db, project_id: int) -> None:  # noqa: ANN001
+    with db.session() as session:
+        if session.get(Project, project_id) is None:
+            raise NotFoundError(f"no project with id {project_id}")
+
+
+@router.post("/api/projects/{project_id}/next", response_model=NextOut)
+def api_next(project_id: int, db: DbDep, store: StoreDep, user: AnyUser):
+    """Lease the next image of the project to the caller (or return their live lease)."""
+    _check_project(db, project_id)
+    lease = next_assignment(db, project_id, user.id)
+    if lease is None:
+        return NextOut(assignment=None, message="No work left in this project for you right now.")
+    with db.session() as session:
+        return NextOut(assignment=_out(session, store, session.get(Assignment, lease.assignment.id), lease.resumed))
+
+
+@router.post("/projects/{project_id}/next", include_in_schema=False)
+def page_next(request: Request, project_id: int, db: DbDep, user: AnyUser):
+    _check_project(db, project_id)
+    lease = next_assignment(db, project_id, user.id)
+    if lease is None:
+        with db.session() as session:
+            project = session.get(Project, project_id)
+        return render(request, "done.html", project=project)
+    return RedirectResponse(f"/tasks/{lease.assignment.id}", status_code=303)
+
+
+@router.get("/tasks/{assignment_id}", include_in_schema=False)
+def task_page(request: Request, assignment_id: int, db: DbDep, store: StoreDep, user: AnyUser):
+    with db.session() as session:
+        assignment = get_assignment(session, assignment_id, user.id)
+        project = session.get(Project, assignment.project_id)
+        task = _out(session, store, assignment)
+        context = {"project": project, "config": project_config(project), "task": task, "assignment": assignment}
+        if project.kind == "ask":
+            from pixmo.ask import exchange_for
+
+            context["exchange"] = exchange_for(session, assignment)
+    return render(request, TEMPLATES[project.kind], **context)
+
+
+@router.get("/api/assignments/{assignment_id}", response_model=AssignmentOut)
+def api_get(assignment_id: int, db: DbDep, store: StoreDep, user: AnyUser):
+    """One of the caller's assignments."""
+    with db.session() as session:
+        return _out(session, store, get_assignment(session, assignment_id, user.id))
+
+
+@router.post("/api/assignments/{assignment_id}/skip", response_model=AssignmentOut)
+def api_skip(assignment_id: int, body: SkipIn, db: DbDep, store: StoreDep, user: AnyUser):
+    """Give the image back (the reason is recorded); the caller is not offered it again."""
+    assignment = skip_assignment(db, assignment_id, user.id, body.reason, active_seconds=body.active_seconds)
+    with db.session() as session:
+        return _out(session, store, session.get(Assignment, assignment.id))
+
+
+@router.post("/api/assignments/{assignment_id}/heartbeat", status_code=204)
+def api_heartbeat(assignment_id: int, body: HeartbeatIn, db: DbDep, user: AnyUser):
+    """Record active time and keep the lease alive."""
+    heartbeat(db, assignment_id, user.id, body.active_seconds)
+    return Response(status_code=204)

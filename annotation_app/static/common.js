@@ -1,0 +1,76 @@
+// Shared helpers for the task pages: the API client (CSRF header), active time, leaving a task.
+
+export const csrfToken = () => document.querySelector('meta[name="csrf-token"]')?.content ?? "";
+
+export class ApiError extends Error {
+  constructor(message, status, body) { super(message); this.status = status; this.body = body; }
+}
+
+/** fetch() a JSON API route with the session cookie and the CSRF token; throws ApiError on 4xx/5xx. */
+export async function api(path, { method = "GET", json, form } = {}) {
+  const headers = { "X-CSRF-Token": csrfToken(), Accept: "application/json" };
+  let body;
+  if (json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(json); }
+  if (form !== undefined) body = form;
+  const res = await fetch(path, { method, headers, body, credentials: "same-origin" });
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = { detail: text }; }
+  if (!res.ok) throw new ApiError(data?.detail || `request failed (${res.status})`, res.status, data);
+  return data;
+}
+
+/** A random id for idempotency keys (crypto.randomUUID needs a secure context; this does not). */
+export function randomId() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+export const taskData = () => JSON.parse(document.getElementById("task-data").textContent);
+
+/** Counts seconds while the page is visible and the annotator did something in the last minute. */
+export class ActiveTimer {
+  constructor(idleSeconds = 60) {
+    this.seconds = 0; this.last = Date.now(); this.busy = false;
+    const touch = () => { this.last = Date.now(); };
+    for (const ev of ["pointerdown", "pointermove", "keydown", "wheel"]) addEventListener(ev, touch, { passive: true });
+    setInterval(() => {
+      const recent = Date.now() - this.last < idleSeconds * 1000;
+      if (document.visibilityState === "visible" && (recent || this.busy)) this.seconds += 1;
+    }, 1000);
+  }
+}
+
+/** Keep the lease alive and report active time every minute. */
+export function startHeartbeat(task, timer) {
+  setInterval(() => {
+    api(`/api/assignments/${task.id}/heartbeat`, { method: "POST", json: { active_seconds: timer.seconds } }).catch(() => {});
+  }, 60_000);
+}
+
+/** Ask for the next task of the project (a real form POST, so the browser follows the redirect). */
+export function nextTask(projectId) {
+  const f = document.createElement("form");
+  f.method = "post"; f.action = `/projects/${projectId}/next`;
+  const t = document.createElement("input");
+  t.type = "hidden"; t.name = "csrf_token"; t.value = csrfToken();
+  f.append(t); document.body.append(f); f.submit();
+}
+
+export function wireSkip(task, timer) {
+  document.getElementById("skip")?.addEventListener("click", async () => {
+    const reason = prompt("Why skip this image? (optional)") ?? null;
+    if (reason === null) return;
+    try {
+      await api(`/api/assignments/${task.id}/skip`, { method: "POST", json: { reason, active_seconds: timer.seconds } });
+      nextTask(task.project_id);
+    } catch (e) { showError(e.message); }
+  });
+}
+
+export function showError(message) {
+  const box = document.getElementById("error");
+  if (box) box.textContent = message || "";
+}
+
+export const isTyping = (el) => el && (el.tagName === "TEXTAREA" || (el.tagName === "INPUT" && !["radio", "checkbox", "hidden"].includes(el.type)));

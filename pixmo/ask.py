@@ -1,0 +1,231 @@
+"""Ask-the-model exchanges (PixMo-AskModelAnything).
+
+An annotator writes a question about an image; a language-only LLM answers from the image's best
+caption and its OCR text; the annotator accepts, or says what is wrong and the model revises. The
+whole exchange (messages and every earlier answer with its feedback) is one ``qa_pairs`` row with
+``source="ask"``: ``pending`` while it runs, ``accepted`` when the annotator accepts it (that is
+the QA row exporters use), ``rejected`` when the annotator abandons the question for another one.
+
+The LLM sits behind :class:`AskModel`, a small adapter over ``pixmo.llm`` (its ``ask`` and
+``revise`` tasks with their versioned prompts), so the app and tests can hand in any backend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pixmo.assignments import claim_for_submission, get_assignment, mark_submitted
+from pixmo.db.models import Assignment, Caption, Image, Project, QAPair, utcnow
+from pixmo.db.session import Database
+from pixmo.errors import NotFoundError, PixmoError, ValidationError
+from pixmo.storage import BlobStore
+
+MAX_REVISIONS = 5
+MAX_TEXT_CHARS = 2000
+ANSWER_MAX_TOKENS = 120
+
+
+class AskFailed(PixmoError):
+    """The model gave no usable answer (the annotator may try again)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    model_id: str
+    prompt_version: str
+
+
+class AskModel:
+    """The LLM behind ask-the-model: ``answer`` and ``revise`` over a ``pixmo.llm`` backend.
+
+    With no backend given, one is made on first use from ``PIXMO_LLM_BACKEND`` (``local``, the
+    bundled SmolLM2, by default, or ``openai``), ``PIXMO_LLM_MODEL`` and ``PIXMO_LLM_BASE_URL``.
+    """
+
+    def __init__(self, backend: Any = None, *, max_tokens: int = ANSWER_MAX_TOKENS):
+        self._backend = backend
+        self._lock = threading.Lock()
+        self.max_tokens = max_tokens
+
+    @property
+    def backend(self) -> Any:
+        with self._lock:
+            if self._backend is None:
+                from pixmo.llm import backend_from_env
+
+                self._backend = backend_from_env()
+            return self._backend
+
+    def _result(self, result: Any) -> Answer:
+        if not result.ok or not result.text.strip():
+            raise AskFailed(f"the model gave no usable answer ({result.reason or result.error or 'empty'}); try again")
+        return Answer(result.text.strip(), result.model_id, result.prompt_version)
+
+    def answer(self, question: str, caption: str, ocr_text: str) -> Answer:
+        from pixmo.llm import tasks
+
+        return self._result(tasks.ask(self.backend, question, caption, ocr_text, max_tokens=self.max_tokens))
+
+    def revise(self, question: str, caption: str, ocr_text: str, previous_answer: str, feedback: str) -> Answer:
+        from pixmo.llm import tasks
+
+        return self._result(tasks.revise(self.backend, question, caption, ocr_text, previous_answer, feedback,
+                                         max_tokens=self.max_tokens))
+
+
+@dataclass(frozen=True)
+class ImageContext:
+    """What the model may see of an image: its best caption and the text in it."""
+
+    caption_id: int | None
+    caption: str
+    ocr_text: str
+
+
+def best_caption(session: Session, image_id: int) -> Caption | None:
+    """The caption to answer from: a merged one before a cleaned one, newest first."""
+    return session.scalars(
+        select(Caption).where(Caption.image_id == image_id, Caption.status == "ok", Caption.text != "")
+        .order_by((Caption.kind == "merged").desc(), Caption.id.desc()).limit(1)
+    ).first()
+
+
+@lru_cache(maxsize=512)
+def _ocr_cached(sha256: str, key: str, store: BlobStore) -> str:
+    from pixmo.ocr import ocr_text
+
+    return ocr_text(store.get_bytes(key))
+
+
+def image_context(session: Session, store: BlobStore, image_id: int) -> ImageContext:
+    """The best caption and the OCR text (computed once per image and process) of an image."""
+    image = session.get(Image, image_id)
+    if image is None:
+        raise NotFoundError(f"no image {image_id}")
+    caption = best_caption(session, image_id)
+    try:
+        ocr = _ocr_cached(image.sha256, image.storage_key, store)
+    except ValidationError:
+        ocr = ""
+    return ImageContext(caption.id if caption else None, caption.text if caption else "", ocr)
+
+
+def exchange_for(session: Session, assignment: Assignment) -> list[QAPair]:
+    """The questions asked in an assignment so far, oldest first."""
+    return list(session.scalars(
+        select(QAPair).where(QAPair.assignment_id == assignment.id, QAPair.source == "ask").order_by(QAPair.id)
+    ))
+
+
+def _clean(text: str, what: str) -> str:
+    text = " ".join((text or "").split())
+    if not text:
+        raise ValidationError(f"The {what} is empty.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValidationError(f"The {what} is longer than {MAX_TEXT_CHARS} characters.")
+    return text
+
+
+def _open_lease(session: Session, assignment_id: int, user_id: int) -> tuple[Assignment, Project]:
+    assignment = get_assignment(session, assignment_id, user_id)
+    project = session.get(Project, assignment.project_id)
+    if project.kind != "ask":
+        raise ValidationError(f"this is a {project.kind} task, not an ask task")
+    if assignment.status != "leased":
+        raise ValidationError(f"this task is {assignment.status}; take the next one")
+    return assignment, project
+
+
+def ask_question(db: Database, store: BlobStore, model: AskModel, *, assignment_id: int, user_id: int,
+                 question: str) -> QAPair:
+    """Ask the model a question about the leased image; earlier pending questions are set aside."""
+    question = _clean(question, "question")
+    with db.session() as session:
+        assignment, _ = _open_lease(session, assignment_id, user_id)
+        context = image_context(session, store, assignment.image_id)
+    answer = model.answer(question, context.caption, context.ocr_text)  # slow: outside any transaction
+    now = utcnow().isoformat()
+    for _ in range(5):
+        try:
+            with db.session(write_lock=True) as session:
+                assignment = get_assignment(session, assignment_id, user_id, lock=True)
+                for old in exchange_for(session, assignment):
+                    if old.status == "pending":
+                        old.status = "rejected"
+                idx = 0
+                if context.caption_id is not None:  # (caption, model, prompt, idx) is unique
+                    idx = 1 + (session.scalar(select(func.max(QAPair.idx)).where(
+                        QAPair.caption_id == context.caption_id, QAPair.model == answer.model_id,
+                        QAPair.prompt_version == answer.prompt_version)) or 0)
+                qa = QAPair(
+                    image_id=assignment.image_id, project_id=assignment.project_id, user_id=user_id,
+                    assignment_id=assignment.id, caption_id=context.caption_id, idx=idx, source="ask",
+                    status="pending", question=question, answer=answer.text, model=answer.model_id,
+                    prompt_version=answer.prompt_version, revisions=[],
+                    messages=[{"role": "context", "caption": context.caption, "ocr_text": context.ocr_text, "at": now},
+                              {"role": "user", "content": question, "at": now},
+                              {"role": "assistant", "content": answer.text, "at": now}],
+                )
+                session.add(qa)
+                session.flush()
+                return qa
+        except IntegrityError:
+            continue  # another exchange on this caption took the index; take the next one
+    raise AskFailed("could not store the answer; try again")
+
+
+def _pending(session: Session, qa_id: int, user_id: int, *, lock: bool = False) -> QAPair:
+    stmt = select(QAPair).where(QAPair.id == qa_id, QAPair.user_id == user_id, QAPair.source == "ask")
+    qa = session.scalars(stmt.with_for_update() if lock else stmt).first()
+    if qa is None:
+        raise NotFoundError(f"no question {qa_id} of yours")
+    if qa.status != "pending":
+        raise ValidationError(f"this answer was {qa.status} already")
+    return qa
+
+
+def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int, user_id: int,
+                  feedback: str) -> QAPair:
+    """The annotator says what is wrong; the model writes a new answer (the old one is kept)."""
+    feedback = _clean(feedback, "feedback")
+    with db.session() as session:
+        qa = _pending(session, qa_id, user_id)
+        _open_lease(session, qa.assignment_id, user_id)
+        if len(qa.revisions or []) >= MAX_REVISIONS:
+            raise ValidationError(f"{MAX_REVISIONS} revisions already; accept the answer or ask a new question")
+        context = image_context(session, store, qa.image_id)
+        question, previous = qa.question, qa.answer
+    answer = model.revise(question, context.caption, context.ocr_text, previous, feedback)
+    now = utcnow().isoformat()
+    with db.session(write_lock=True) as session:
+        qa = _pending(session, qa_id, user_id, lock=True)
+        qa.revisions = [*(qa.revisions or []), {"answer": qa.answer, "feedback": feedback, "at": now,
+                                                "model": answer.model_id, "prompt_version": answer.prompt_version}]
+        qa.messages = [*(qa.messages or []), {"role": "user", "content": feedback, "kind": "feedback", "at": now},
+                       {"role": "assistant", "content": answer.text, "at": now}]
+        qa.answer = answer.text
+        session.flush()
+        return qa
+
+
+def accept_answer(db: Database, *, qa_id: int, user_id: int, active_seconds: float | None = None,
+                  now: dt.datetime | None = None) -> QAPair:
+    """Accept the current answer: the pair becomes an accepted QA row and the task is submitted."""
+    now = now or utcnow()
+    with db.session(write_lock=True) as session:
+        qa = _pending(session, qa_id, user_id, lock=True)
+        assignment = get_assignment(session, qa.assignment_id, user_id, lock=True)
+        claim_for_submission(session, assignment, now)
+        qa.status = "accepted"
+        mark_submitted(assignment, active_seconds, now)
+        session.flush()
+        return qa

@@ -1,0 +1,360 @@
+"""Leasing work: which image of a project an annotator gets next, and what happens to the lease.
+
+Rules (DESIGN.md, issue 3): an annotator never gets an image they already did or skipped; an
+image is never held by more than ``overlap`` annotators at once (a live lease or a submission
+that was not rejected counts); leases expire, so abandoned work returns to the pool; gold items
+are mixed in at the project's gold fraction (they are not bound by overlap: every annotator may
+do each once).
+
+Concurrency: on PostgreSQL the candidate ``project_images`` row is locked with
+``FOR NO KEY UPDATE SKIP LOCKED`` and the capacity is checked again after the lock (READ
+COMMITTED gives the new statement a fresh snapshot); when every candidate is locked by
+concurrent leasers the request waits on the first one instead of wrongly answering "no work".
+On SQLite the whole section runs in a ``BEGIN IMMEDIATE`` transaction, which serialises writers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import Assignment, Project, ProjectImage, User, utcnow
+from pixmo.db.session import Database
+from pixmo.errors import NotFoundError, PixmoError, ValidationError
+from pixmo.projects import project_config
+
+A = Assignment
+PI = ProjectImage
+MAX_LOCK_TRIES = 64
+
+
+class LeaseError(PixmoError):
+    """The assignment cannot take this action (already submitted, skipped, or lost to expiry)."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The outcome of asking for work: the assignment, and whether it was an existing lease."""
+
+    assignment: Assignment
+    resumed: bool
+
+
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """``value`` as an aware UTC datetime (SQLite returns naive ones; all stored times are UTC)."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def holds_slot(now: dt.datetime):  # noqa: ANN201 - a SQL expression
+    """Assignments that use one of an image's ``overlap`` slots: live leases and unrejected work."""
+    return or_(
+        and_(A.status == "leased", A.expires_at > now),
+        and_(A.status == "submitted", or_(A.review_verdict.is_(None), A.review_verdict != "rejected")),
+    )
+
+
+def _done_by(user_id: int, now: dt.datetime):  # noqa: ANN202
+    return and_(
+        A.user_id == user_id,
+        or_(A.status.in_(("submitted", "skipped")), and_(A.status == "leased", A.expires_at > now)),
+    )
+
+
+def _taken(now: dt.datetime):  # noqa: ANN202
+    return (
+        select(func.count())
+        .select_from(A)
+        .where(A.project_id == PI.project_id, A.image_id == PI.image_id, holds_slot(now))
+        .scalar_subquery()
+    )
+
+
+def _candidates(project_id: int, user_id: int, overlap: int, gold: bool, now: dt.datetime, excluded: list[int]):  # noqa: ANN202
+    mine = exists().where(A.project_id == project_id, A.image_id == PI.image_id, _done_by(user_id, now))
+    stmt = select(PI.id, PI.image_id, PI.is_gold).where(PI.project_id == project_id, PI.is_gold.is_(gold), ~mine)
+    if not gold:
+        stmt = stmt.where(_taken(now) < overlap)
+    if excluded:
+        stmt = stmt.where(PI.id.not_in(excluded))
+    return stmt.order_by(PI.id).limit(1)
+
+
+def _want_gold(session: Session, project_id: int, user_id: int, fraction: float, now: dt.datetime) -> bool:
+    if fraction <= 0:
+        return False
+    counts = session.execute(
+        select(func.count(), func.count().filter(A.is_gold.is_(True))).where(
+            A.project_id == project_id, _done_by(user_id, now)
+        )
+    ).one()
+    total, gold = int(counts[0]), int(counts[1])
+    # deterministic mixing: the k-th task is gold whenever that keeps gold/total at the fraction
+    return math.floor(fraction * (total + 1)) > gold
+
+
+def _lock_candidate(session: Session, stmt, is_pg: bool):  # noqa: ANN001, ANN202
+    """A candidate row, locked on PostgreSQL (skipping rows other leasers hold, else waiting)."""
+    if not is_pg:
+        return session.execute(stmt).first()
+    row = session.execute(stmt.with_for_update(of=PI, skip_locked=True, key_share=True)).first()
+    if row is not None:
+        return row
+    row = session.execute(stmt).first()  # is there work that concurrent leasers hold right now?
+    if row is not None:
+        session.execute(select(PI.id).where(PI.id == row.id).with_for_update(key_share=True))
+    return row
+
+
+def _still_free(session: Session, pi_id: int, project_id: int, user_id: int, overlap: int, gold: bool, now: dt.datetime) -> bool:
+    stmt = _candidates(project_id, user_id, overlap, gold, now, []).where(PI.id == pi_id)
+    return session.execute(stmt).first() is not None
+
+
+def next_assignment(db: Database, project_id: int, user_id: int, *, now: dt.datetime | None = None) -> Lease | None:
+    """Lease the next image of a project to a user, or return their live lease; None when no work is left."""
+    now = now or utcnow()
+    is_pg = not db.is_sqlite
+    with db.session(write_lock=True) as session:
+        project = session.get(Project, project_id)
+        if project is None:
+            raise NotFoundError(f"no project with id {project_id}")
+        if is_pg:  # one leasing transaction per user at a time
+            session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
+        live = session.scalars(
+            select(A).where(A.project_id == project_id, A.user_id == user_id, A.status == "leased", A.expires_at > now)
+            .order_by(A.id).limit(1)
+        ).first()
+        if live is not None:
+            return Lease(live, resumed=True)
+        _expire(session, project_id, now)
+        cfg = project_config(project)
+        order = [True, False] if _want_gold(session, project_id, user_id, cfg.gold_fraction, now) else [False]
+        for gold in order:
+            excluded: list[int] = []
+            for _ in range(MAX_LOCK_TRIES):
+                # a savepoint per try: rolling it back releases the row lock of an image found full,
+                # so this transaction never holds one image while waiting for another (no deadlock)
+                savepoint = session.begin_nested() if is_pg else None
+                row = _lock_candidate(session, _candidates(project_id, user_id, cfg.overlap, gold, now, excluded), is_pg)
+                if row is None:
+                    if savepoint is not None:
+                        savepoint.rollback()
+                    break
+                if is_pg and not _still_free(session, row.id, project_id, user_id, cfg.overlap, gold, now):
+                    savepoint.rollback()
+                    excluded.append(row.id)
+                    continue
+                assignment = A(
+                    project_id=project_id, image_id=row.image_id, user_id=user_id, status="leased",
+                    is_gold=bool(row.is_gold), expires_at=now + dt.timedelta(minutes=cfg.lease_minutes),
+                    created_at=now,
+                )
+                session.add(assignment)
+                session.flush()
+                if savepoint is not None:
+                    savepoint.commit()
+                return Lease(assignment, resumed=False)
+        return None
+
+
+def _expire(session: Session, project_id: int | None, now: dt.datetime) -> int:
+    stmt = select(A.id).where(A.status == "leased", A.expires_at <= now)
+    if project_id is not None:
+        stmt = stmt.where(A.project_id == project_id)
+    # SKIP LOCKED: a lease being submitted right now is left to its owner's transaction
+    ids = list(session.scalars(stmt.with_for_update(skip_locked=True)))
+    if ids:
+        session.execute(update(A).where(A.id.in_(ids)).values(status="expired"))
+    return len(ids)
+
+
+def expire_leases(db: Database, project_id: int | None = None, *, now: dt.datetime | None = None) -> int:
+    """Mark leases past their expiry as expired; returns how many."""
+    with db.session(write_lock=True) as session:
+        return _expire(session, project_id, now or utcnow())
+
+
+def get_assignment(session: Session, assignment_id: int, user_id: int, *, lock: bool = False) -> Assignment:
+    """The user's own assignment; NotFoundError for unknown ids and other users' work alike."""
+    stmt = select(A).where(A.id == assignment_id, A.user_id == user_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    assignment = session.scalars(stmt).first()
+    if assignment is None:
+        raise NotFoundError(f"no assignment {assignment_id} of yours")
+    return assignment
+
+
+def _add_active(assignment: Assignment, active_seconds: float | None, now: dt.datetime) -> None:
+    if active_seconds is None:
+        return
+    if not math.isfinite(active_seconds) or active_seconds < 0:
+        raise ValidationError("active_seconds must be a non-negative number")
+    # the client reports it; it cannot exceed the time since the lease began
+    elapsed = (now - aware(assignment.created_at)).total_seconds()
+    assignment.active_seconds = round(max(assignment.active_seconds or 0.0, min(active_seconds, max(elapsed, 0.0))), 1)
+
+
+def claim_for_submission(session: Session, assignment: Assignment, now: dt.datetime | None = None) -> None:
+    """Check that a (locked) assignment may be submitted now; LeaseError otherwise.
+
+    A lease that ran out is still accepted when its image has a free slot (nobody took it over).
+    """
+    now = now or utcnow()
+    if assignment.status == "submitted":
+        raise LeaseError("this task was submitted already")
+    if assignment.status == "skipped":
+        raise LeaseError("this task was skipped")
+    if assignment.status == "leased" and aware(assignment.expires_at) > now:
+        return
+    project = session.get(Project, assignment.project_id)
+    cfg = project_config(project)
+    lock = select(PI.id).where(PI.project_id == assignment.project_id, PI.image_id == assignment.image_id)
+    if not session.get_bind().dialect.name == "sqlite":
+        lock = lock.with_for_update(key_share=True)
+    session.execute(lock)
+    holders = session.execute(
+        select(A.user_id).where(
+            A.project_id == assignment.project_id, A.image_id == assignment.image_id, A.id != assignment.id, holds_slot(now)
+        )
+    ).scalars().all()
+    if assignment.user_id in holders:
+        raise LeaseError("your lease on this task expired and you hold this image in a newer task; use that one")
+    if not assignment.is_gold and len(holders) >= cfg.overlap:
+        raise LeaseError("your lease on this task expired and the image went to someone else; take the next task")
+    assignment.status = "leased"
+
+
+def mark_submitted(assignment: Assignment, active_seconds: float | None, now: dt.datetime | None = None) -> None:
+    """Record a submission on a claimed assignment."""
+    now = now or utcnow()
+    _add_active(assignment, active_seconds, now)
+    assignment.status = "submitted"
+    assignment.submitted_at = now
+    assignment.review_verdict = None
+
+
+def skip_assignment(db: Database, assignment_id: int, user_id: int, reason: str = "", *, active_seconds: float | None = None) -> Assignment:
+    """Give a leased image back, recording why; the user will not be offered it again."""
+    now = utcnow()
+    with db.session(write_lock=True) as session:
+        assignment = get_assignment(session, assignment_id, user_id, lock=True)
+        if assignment.status != "leased":
+            raise LeaseError(f"only a leased task can be skipped (this one is {assignment.status})")
+        _add_active(assignment, active_seconds, now)
+        assignment.status = "skipped"
+        assignment.skip_reason = (reason or "").strip()[:500] or None
+        assignment.submitted_at = now
+        return assignment
+
+
+def heartbeat(db: Database, assignment_id: int, user_id: int, active_seconds: float | None = None) -> Assignment:
+    """Record active time and extend a live lease by the project's lease length."""
+    now = utcnow()
+    with db.session(write_lock=True) as session:
+        assignment = get_assignment(session, assignment_id, user_id, lock=True)
+        if assignment.status != "leased" or aware(assignment.expires_at) <= now:
+            raise LeaseError("this task is no longer leased to you")
+        _add_active(assignment, active_seconds, now)
+        cfg = project_config(session.get(Project, assignment.project_id))
+        assignment.expires_at = now + dt.timedelta(minutes=cfg.lease_minutes)
+        return assignment
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def project_progress(session: Session, project: Project, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Counts for one project: images, completed images, assignments by state, reviews, active time."""
+    now = now or utcnow()
+    cfg = project_config(project)
+    images = session.scalar(select(func.count()).select_from(PI).where(PI.project_id == project.id)) or 0
+    gold = session.scalar(select(func.count()).select_from(PI).where(PI.project_id == project.id, PI.is_gold.is_(True))) or 0
+    done_per_image = (
+        select(A.image_id, func.count().label("n"))
+        .where(A.project_id == project.id, A.status == "submitted", A.is_gold.is_(False),
+               or_(A.review_verdict.is_(None), A.review_verdict != "rejected"))
+        .group_by(A.image_id)
+        .subquery()
+    )
+    complete = session.scalar(select(func.count()).select_from(done_per_image).where(done_per_image.c.n >= cfg.overlap)) or 0
+    started = session.scalar(select(func.count()).select_from(done_per_image)) or 0
+    states = dict(
+        session.execute(
+            select(A.status, func.count()).where(A.project_id == project.id).group_by(A.status)
+        ).all()
+    )
+    live = session.scalar(
+        select(func.count()).select_from(A).where(A.project_id == project.id, A.status == "leased", A.expires_at > now)
+    ) or 0
+    verdicts = dict(
+        session.execute(
+            select(A.review_verdict, func.count()).where(A.project_id == project.id, A.review_verdict.is_not(None))
+            .group_by(A.review_verdict)
+        ).all()
+    )
+    annotators = session.scalar(
+        select(func.count(func.distinct(A.user_id))).where(A.project_id == project.id, A.status == "submitted")
+    ) or 0
+    active = session.scalar(select(func.sum(A.active_seconds)).where(A.project_id == project.id)) or 0.0
+    submitted = states.get("submitted", 0)
+    return {
+        "project": project.name,
+        "kind": project.kind,
+        "overlap": cfg.overlap,
+        "images": images,
+        "gold_images": gold,
+        "complete_images": complete,
+        "started_images": started,
+        "percent_complete": round(100.0 * complete / max(images - gold, 1), 1) if images - gold > 0 else 0.0,
+        "submitted": submitted,
+        "leased": live,
+        "skipped": states.get("skipped", 0),
+        "expired": states.get("expired", 0) + states.get("leased", 0) - live,
+        "approved": verdicts.get("approved", 0),
+        "rejected": verdicts.get("rejected", 0),
+        "unreviewed": submitted - verdicts.get("approved", 0) - verdicts.get("rejected", 0) - verdicts.get("flagged", 0),
+        "annotators": annotators,
+        "active_hours": round(float(active) / 3600.0, 2),
+    }
+
+
+def user_stats(session: Session, user_id: int) -> dict[str, Any]:
+    """An annotator's own numbers: submissions, skips, active time, reviews and rejection rate."""
+    rows = session.execute(
+        select(
+            A.project_id,
+            func.count().filter(A.status == "submitted"),
+            func.count().filter(A.status == "skipped"),
+            func.count().filter(A.review_verdict == "approved"),
+            func.count().filter(A.review_verdict == "rejected"),
+            func.coalesce(func.sum(A.active_seconds), 0.0),
+        ).where(A.user_id == user_id).group_by(A.project_id)
+    ).all()
+    names = dict(session.execute(select(Project.id, Project.name)).all())
+    projects = []
+    for pid, submitted, skipped, approved, rejected, active in rows:
+        reviewed = approved + rejected
+        projects.append({
+            "project": names.get(pid, str(pid)), "submitted": submitted, "skipped": skipped,
+            "approved": approved, "rejected": rejected, "active_minutes": round(float(active) / 60.0, 1),
+            "rejection_rate": round(rejected / reviewed, 3) if reviewed else None,
+        })
+    total = {k: sum(p[k] for p in projects) for k in ("submitted", "skipped", "approved", "rejected")}
+    total["active_minutes"] = round(sum(p["active_minutes"] for p in projects), 1)
+    reviewed = total["approved"] + total["rejected"]
+    total["rejection_rate"] = round(total["rejected"] / reviewed, 3) if reviewed else None
+    return {"total": total, "projects": projects}
+
+
+def open_projects(session: Session) -> list[Project]:
+    """Projects that have images, for the annotator's home page."""
+    has_images = exists().where(PI.project_id == Project.id)
+    return list(session.scalars(select(Project).where(has_images).order_by(Project.id)))

@@ -1,0 +1,138 @@
+"""Review of submitted work: the queue of unreviewed submissions and verdicts on them.
+
+A verdict is a ``reviews`` row; it is also copied onto the submission's assignment, and a
+rejected assignment no longer holds one of its image's overlap slots, so the image returns to
+the queue for another annotator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import VERDICTS, Assignment, Image, PointSet, Project, QAPair, Recording, Review, Transcript, User
+from pixmo.db.session import Database
+from pixmo.errors import NotFoundError, ValidationError
+
+TARGETS = {"recording": Recording, "point_set": PointSet, "qa_pair": QAPair}
+MAX_REASON_CHARS = 1000
+
+
+@dataclass
+class ReviewItem:
+    """One submission awaiting review, with what a reviewer needs to judge it."""
+
+    target_type: str
+    target_id: int
+    project: str
+    project_kind: str
+    annotator: str | None
+    image_id: int
+    image_key: str
+    image_width: int
+    image_height: int
+    created_at: Any
+    is_gold: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _unreviewed(model, target_type: str):  # noqa: ANN001, ANN202
+    return ~exists().where(Review.target_type == target_type, Review.target_id == model.id)
+
+
+def review_queue(session: Session, reviewer_id: int, project_id: int | None = None, limit: int = 20) -> list[ReviewItem]:
+    """Unreviewed submissions (oldest first), never the reviewer's own work."""
+    items: list[ReviewItem] = []
+    for target_type, model in TARGETS.items():
+        stmt = (
+            select(model, Image, Project, User.username, Assignment.is_gold)
+            .join(Image, Image.id == model.image_id)
+            .join(Project, Project.id == model.project_id)
+            .outerjoin(User, User.id == model.user_id)
+            .outerjoin(Assignment, Assignment.id == model.assignment_id)
+            .where(_unreviewed(model, target_type), (model.user_id.is_(None)) | (model.user_id != reviewer_id))
+        )
+        if model is QAPair:
+            stmt = stmt.where(QAPair.source.in_(("ask", "point_explain")), QAPair.status == "accepted")
+        if project_id is not None:
+            stmt = stmt.where(model.project_id == project_id)
+        for row, image, project, username, is_gold in session.execute(stmt.order_by(model.id).limit(limit)):
+            items.append(ReviewItem(
+                target_type, row.id, project.name, project.kind, username, image.id, image.storage_key,
+                image.width, image.height, row.created_at, bool(is_gold), _details(session, row),
+            ))
+    items.sort(key=lambda it: (str(it.created_at), it.target_type, it.target_id))
+    return items[:limit]
+
+
+def _details(session: Session, row: Any) -> dict[str, Any]:
+    if isinstance(row, Recording):
+        transcript = session.scalars(
+            select(Transcript).where(Transcript.recording_id == row.id, Transcript.status == "ok")
+            .order_by(Transcript.id.desc()).limit(1)
+        ).first()
+        return {"storage_key": row.storage_key, "mime": row.mime, "duration_s": row.duration_s,
+                "transcript": transcript.text if transcript else None,
+                "asr_model": transcript.asr_model if transcript else None}
+    if isinstance(row, PointSet):
+        return {"label": row.label, "points": row.points, "not_present": row.not_present, "method": row.method}
+    return {"question": row.question, "answer": row.answer, "revisions": row.revisions}
+
+
+def record_review(
+    db: Database, reviewer_id: int, target_type: str, target_id: int, verdict: str, reason: str = ""
+) -> Review:
+    """Approve, reject (a reason is required) or flag one submission."""
+    if target_type not in TARGETS:
+        raise ValidationError(f"target_type must be one of {', '.join(TARGETS)}")
+    if verdict not in VERDICTS:
+        raise ValidationError(f"verdict must be one of {', '.join(VERDICTS)}")
+    reason = (reason or "").strip()
+    if verdict == "rejected" and not reason:
+        raise ValidationError("Say why the submission is rejected.")
+    if len(reason) > MAX_REASON_CHARS:
+        raise ValidationError(f"The reason is longer than {MAX_REASON_CHARS} characters.")
+    with db.session(write_lock=True) as session:
+        target = session.get(TARGETS[target_type], target_id)
+        if target is None:
+            raise NotFoundError(f"no {target_type} {target_id}")
+        if target.user_id is not None and target.user_id == reviewer_id:
+            raise ValidationError("You cannot review your own work.")
+        review = Review(target_type=target_type, target_id=target_id, image_id=target.image_id,
+                        reviewer_id=reviewer_id, verdict=verdict, reason=reason)
+        session.add(review)
+        sync_assignment_verdict(session, target_type, target_id, verdict)
+        session.flush()
+        return review
+
+
+def sync_assignment_verdict(session: Session, target_type: str, target_id: int, verdict: str) -> None:
+    """Copy a new verdict onto the submission's assignment, so a rejection frees the image's slot.
+
+    Whoever writes a ``reviews`` row (the app, the dashboard) calls this in the same transaction.
+    """
+    model = TARGETS.get(target_type)
+    if model is None:
+        return
+    assignment_id = session.scalar(select(model.assignment_id).where(model.id == target_id))
+    if assignment_id is not None:
+        session.execute(update(Assignment).where(Assignment.id == assignment_id).values(review_verdict=verdict))
+
+
+def recent_rejections(session: Session, user_id: int, limit: int = 5) -> list[dict[str, Any]]:
+    """The latest rejections of a user's work, with the reviewers' reasons."""
+    out = []
+    for target_type, model in TARGETS.items():
+        stmt = (
+            select(Review.reason, Review.created_at, Project.name)
+            .join(model, (Review.target_type == target_type) & (Review.target_id == model.id))
+            .outerjoin(Project, Project.id == model.project_id)
+            .where(model.user_id == user_id, Review.verdict == "rejected")
+            .order_by(Review.id.desc()).limit(limit)
+        )
+        out += [{"reason": r, "at": at, "project": p, "kind": target_type} for r, at, p in session.execute(stmt)]
+    out.sort(key=lambda d: str(d["at"]), reverse=True)
+    return out[:limit]

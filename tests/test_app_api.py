@@ -1,0 +1,435 @@
+"""The annotation app's JSON API and pages, in-process (FastAPI TestClient) on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import datetime as dt
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, update
+
+from annotation_app.main import create_app
+from pixmo.audio import decode_audio
+from pixmo.config import Settings
+from pixmo.db.models import Assignment, Base, LoginAttempt, PointSet, Recording, Review, utcnow
+from tests.app_helpers import PASSWORD, add_users, audio_bytes, make_project, tokens_for, tone, wav_bytes
+
+HTML_LABEL = '<img src=x onerror="alert(1)">&<b>cat</b>'
+MAX_UPLOAD = 300_000
+ROLES = ("anonymous", "annotator", "reviewer", "admin")
+RANK = {r: i for i, r in enumerate(ROLES)}
+
+
+@pytest.fixture
+def env(db, store, tmp_path):
+    """An app with one user per role (+ a second annotator), a caption and a points project."""
+    users = add_users(db, [("ann", "annotator"), ("ann2", "annotator"), ("rev", "reviewer"), ("adm", "admin")])
+    caption, _ = make_project(db, store, "caps", "caption", n_images=3, min_seconds=2, max_seconds=6, overlap=1)
+    points, _ = make_project(db, store, "pts", "points", n_images=3, seed=1, labels=[HTML_LABEL, "dog"], max_points=5)
+    free, _ = make_project(db, store, "free", "points", n_images=1, seed=2)
+    settings = Settings(env="test", data_dir=tmp_path / "data", max_upload_bytes=MAX_UPLOAD)
+    app = create_app(settings, db=db, store=store)
+    tokens = tokens_for(db, ["ann", "ann2", "rev", "adm"])
+    clients = {"anonymous": TestClient(app)}
+    for name, role in (("ann", "annotator"), ("rev", "reviewer"), ("adm", "admin"), ("ann2", "ann2")):
+        clients[role] = TestClient(app, headers={"Authorization": f"Bearer {tokens[name]}"})
+    return {"db": db, "store": store, "app": app, "users": users, "c": clients,
+            "caption": caption, "points": points, "free": free}
+
+
+def lease(env, project: str, who: str = "annotator") -> dict:
+    r = env["c"][who].post(f"/api/projects/{env[project]}/next")
+    assert r.status_code == 200, r.text
+    return r.json()["assignment"]
+
+
+def snapshot(db) -> dict:
+    """Row counts of every table (login attempts aside) and the state of every assignment."""
+    with db.session() as s:
+        counts = {t.name: s.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables
+                  if t.name != "login_attempts"}
+        states = s.execute(select(Assignment.id, Assignment.status, Assignment.review_verdict)
+                           .order_by(Assignment.id)).all()
+    return {"counts": counts, "assignments": [tuple(r) for r in states]}
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def _routes(env) -> list[tuple[str, str, str, dict]]:
+    """(method, path, lowest role, request kwargs) for every route, with real ids filled in."""
+    a = lease(env, "points", "annotator")  # the annotator's own lease
+    caption_lease = lease(env, "caption", "annotator")
+    p = env["points"]
+    return [
+        ("GET", "/", "annotator", {}),
+        ("GET", "/api/me", "annotator", {}),
+        ("GET", "/api/me/stats", "annotator", {}),
+        ("GET", "/api/projects", "annotator", {}),
+        ("GET", f"/api/projects/{p}", "annotator", {}),
+        ("POST", f"/api/projects/{env['free']}/next", "annotator", {}),
+        ("POST", f"/projects/{env['free']}/next", "annotator", {}),
+        ("GET", f"/api/assignments/{a['id']}", "annotator", {}),
+        ("GET", f"/tasks/{a['id']}", "annotator", {}),
+        ("POST", f"/api/assignments/{a['id']}/heartbeat", "annotator", {"json": {"active_seconds": 1}}),
+        ("POST", f"/api/assignments/{a['id']}/points", "annotator", {"json": {"label": "dog", "points": [[0.5, 0.5]]}}),
+        ("POST", f"/api/assignments/{a['id']}/skip", "annotator", {"json": {"reason": "x"}}),
+        ("POST", f"/api/assignments/{caption_lease['id']}/recording", "annotator",
+         {"files": {"audio": ("a.webm", audio_bytes(3), "audio/webm")}, "data": {"idempotency_key": "role-test-key-1"}}),
+        ("GET", "/api/recordings/1", "annotator", {}),
+        # (the model is never called here: a caption task takes no question, and qa 999 does not exist)
+        ("POST", f"/api/assignments/{caption_lease['id']}/ask", "annotator", {"json": {"question": "why?"}}),
+        ("POST", "/api/qa/999/revise", "annotator", {"json": {"feedback": "wrong"}}),
+        ("POST", "/api/qa/999/accept", "annotator", {"json": {}}),
+        ("POST", "/logout", "annotator", {}),
+        ("GET", "/review", "reviewer", {}),
+        ("GET", "/api/reviews/queue", "reviewer", {}),
+        ("POST", "/api/reviews", "reviewer", {"json": {"target_type": "point_set", "target_id": 1, "verdict": "approved"}}),
+        ("GET", f"/api/projects/{p}/progress", "reviewer", {}),
+        ("GET", "/admin", "admin", {}),
+        ("GET", "/admin/projects", "admin", {}),
+        ("POST", "/admin/projects", "admin", {"data": {"name": "new", "kind": "points"}}),
+        ("GET", f"/admin/projects/{p}", "admin", {}),
+        ("POST", f"/admin/projects/{p}/images", "admin", {"data": {"source": "all"}}),
+        ("GET", "/admin/users", "admin", {}),
+        ("POST", "/admin/users", "admin", {"data": {"username": "zed", "password": "long-enough-pw"}}),
+        ("GET", "/api/users", "admin", {}),
+        ("POST", "/api/users", "admin", {"json": {"username": "zed2", "password": "long-enough-pw"}}),
+        ("POST", "/api/projects", "admin", {"json": {"name": "api-made", "kind": "caption"}}),
+        ("POST", f"/api/projects/{p}/images", "admin", {"json": {"all_images": True}}),
+    ]
+
+
+def _flat(routes):
+    for r in routes:  # FastAPI keeps included routers as nodes in newer versions
+        if hasattr(r, "original_router"):
+            yield from _flat(r.original_router.routes)
+        elif hasattr(r, "path"):
+            yield r
+
+
+def test_every_route_checks_the_role(env):
+    routes = _routes(env)
+    # every route of the app is in the table (static files, docs, login and signed blobs are public)
+    public = {"/login", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/static", "/blobs/{key:path}"}
+    covered = {re.sub(r"/\d+", "/{}", path) for _, path, _, _ in routes}
+    declared = {re.sub(r"\{[a-z_]+\}", "{}", r.path) for r in _flat(env["app"].routes) if r.path not in public}
+    assert declared <= covered, declared - covered
+    for method, path, lowest, kwargs in routes:
+        for role in ROLES:
+            if RANK[role] >= RANK[lowest]:
+                continue
+            before = snapshot(env["db"])
+            r = env["c"][role].request(method, path, **kwargs)
+            expected = 401 if role == "anonymous" else 403
+            assert r.status_code == expected, (method, path, role, r.status_code, r.text[:200])
+            assert snapshot(env["db"]) == before, (method, path, role)
+    # and the lowest allowed role gets past the check (last, since these change things)
+    for method, path, lowest, kwargs in routes:
+        if path == "/logout":
+            continue
+        r = env["c"][lowest].request(method, path, follow_redirects=False, **kwargs)
+        assert r.status_code not in (401, 403), (method, path, lowest, r.status_code, r.text[:300])
+
+
+def test_other_users_assignments_are_not_found_and_unchanged(env):
+    mine = lease(env, "points", "annotator")
+    before = snapshot(env["db"])
+    c = env["c"]["ann2"]
+    for method, suffix, body in [("GET", "", None), ("POST", "/points", {"label": "dog", "points": [[0.1, 0.1]]}),
+                                 ("POST", "/skip", {}), ("POST", "/heartbeat", {})]:
+        r = c.request(method, f"/api/assignments/{mine['id']}{suffix}", json=body)
+        assert r.status_code == 404, (suffix, r.text)
+    assert snapshot(env["db"]) == before
+
+
+# --------------------------------------------------------------------------- sessions, CSRF, rate limit
+
+
+def _login(client: TestClient, username: str, password: str = PASSWORD):
+    return client.post("/login", data={"username": username, "password": password}, follow_redirects=False)
+
+
+def _csrf(client: TestClient) -> str:
+    return re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text).group(1)
+
+
+def test_cookie_session_csrf_and_logout(env):
+    client = TestClient(env["app"])
+    r = _login(client, "ann", "wrong-password")
+    assert r.status_code == 401 and "Wrong username or password" in r.text
+    r = _login(client, "ann")
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie
+    assert client.get("/api/me").json()["username"] == "ann"
+    before = snapshot(env["db"])
+    url = f"/api/projects/{env['points']}/next"
+    assert client.post(url).status_code == 403  # no CSRF token
+    assert client.post(url, headers={"X-CSRF-Token": "forged"}).status_code == 403
+    token = _csrf(client)
+    assert client.post(url, headers={"X-CSRF-Token": token, "Origin": "https://evil.example"}).status_code == 403
+    assert snapshot(env["db"]) == before
+    r = client.post(url, headers={"X-CSRF-Token": token, "Origin": "http://testserver"})
+    assert r.status_code == 200 and r.json()["assignment"]["label"] in (HTML_LABEL, "dog")
+    # a form post carries the token as a field
+    assert client.post("/logout", data={"csrf_token": token}, follow_redirects=False).status_code == 303
+    assert client.get("/api/me").status_code == 401
+    # the old cookie is dead server-side, not just deleted in this browser
+    stale = TestClient(env["app"], cookies={"pixmo_session": r.request.headers["cookie"].split("=", 1)[1]})
+    assert stale.get("/api/me").status_code == 401
+
+
+def test_pages_redirect_to_login(env):
+    r = env["c"]["anonymous"].get("/review", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=/review"
+
+
+def test_login_is_rate_limited(env):
+    client = TestClient(env["app"])
+    for _ in range(5):
+        assert _login(client, "ann", "not-the-password").status_code == 401
+    r = _login(client, "ann")  # even the right password waits now
+    assert r.status_code == 429 and "too many failed logins" in r.text
+    # another user from the same address is not locked out by ann's failures
+    assert _login(TestClient(env["app"]), "rev").status_code == 303
+    with env["db"].session() as s:
+        assert s.scalar(select(func.count()).select_from(LoginAttempt).where(LoginAttempt.ok.is_(False))) == 5
+
+
+def test_cross_site_login_is_refused(env):
+    r = env["c"]["anonymous"].post("/login", data={"username": "ann", "password": PASSWORD},
+                                   headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    assert r.status_code == 403
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def _upload(env, assignment_id: int, data: bytes, key: str, who: str = "annotator", name: str = "a.webm"):
+    return env["c"][who].post(f"/api/assignments/{assignment_id}/recording",
+                              files={"audio": (name, data, "audio/webm")},
+                              data={"idempotency_key": key, "active_seconds": "7"})
+
+
+def _stored_audio(env) -> list[str]:
+    return [k for k in env["store"].iter_keys() if not k.endswith(".png")]
+
+
+BAD_UPLOADS = {
+    "not-audio": (lambda: b"this is plain text, not audio at all" * 10, 422, "not_audio", "not audio"),
+    "too-short": (lambda: audio_bytes(0.8), 422, "too_short", "at least 2 s"),
+    "too-long": (lambda: audio_bytes(8.5), 422, "too_long", "the limit is 6 s"),
+    "silent": (lambda: audio_bytes(4, amplitude=0.0), 422, "silent", "silent"),
+    "nearly-silent": (lambda: audio_bytes(4, amplitude=0.001), 422, "silent", "silent"),
+    "empty": (lambda: b"", 422, "empty", "empty"),
+    "too-big": (lambda: wav_bytes(tone(5)) * 2, 413, "too_big", "limit"),
+}
+
+
+def test_bad_uploads_are_refused_and_store_nothing(env):
+    a = lease(env, "caption")
+    for case, (make, status, reason, words) in BAD_UPLOADS.items():
+        before = snapshot(env["db"])
+        r = _upload(env, a["id"], make(), f"bad-upload-{case}")
+        assert r.status_code == status, (case, r.text)
+        assert words in r.json()["detail"], (case, r.json())
+        assert r.json()["reason"] == reason, case
+        assert snapshot(env["db"]) == before and _stored_audio(env) == [], case
+    # the task is still open: a good take goes through
+    assert _upload(env, a["id"], audio_bytes(3), "good-after-bad").status_code == 201
+
+
+def test_upload_within_tolerance_and_replay_returns_first_result(env):
+    a = lease(env, "caption")
+    data = audio_bytes(6.6)  # over max 6 s, within the 1 s tolerance
+    time.sleep(0.3)  # reported active time is capped by the time since the lease: let some pass
+    r1 = _upload(env, a["id"], data, "replay-key-0001")
+    assert r1.status_code == 201, r1.text
+    r2 = _upload(env, a["id"], data, "replay-key-0001")
+    r3 = _upload(env, a["id"], audio_bytes(3), "replay-key-0001")  # even other bytes: same answer
+    assert r2.status_code == r3.status_code == 200
+    assert r2.json()["id"] == r3.json()["id"] == r1.json()["id"] and r2.json()["replayed"]
+    with env["db"].session() as s:
+        recs = s.scalars(select(Recording)).all()
+        assignment = s.get(Assignment, a["id"])
+        assert len(recs) == 1 and assignment.status == "submitted" and assignment.active_seconds > 0
+    assert len(_stored_audio(env)) == 1
+    stored = env["store"].get_bytes(recs[0].storage_key)
+    assert abs(decode_audio(stored).duration_s - 6.6) < 0.1 and recs[0].mime == "audio/webm"
+    # a new key on a submitted task is refused
+    assert _upload(env, a["id"], data, "replay-key-0002").status_code == 409
+    # another user cannot use (or learn about) the key
+    b = lease(env, "caption", "ann2")
+    assert _upload(env, b["id"], data, "replay-key-0001", who="ann2").status_code == 409
+    # the author reads it back, with a signed audio URL that serves the bytes
+    info = env["c"]["annotator"].get(f"/api/recordings/{recs[0].id}").json()
+    assert env["c"]["anonymous"].get(info["audio_url"]).content == stored
+    assert env["c"]["ann2"].get(f"/api/recordings/{recs[0].id}").status_code == 404
+
+
+def test_missing_idempotency_key_is_refused(env):
+    a = lease(env, "caption")
+    r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/recording",
+                                   files={"audio": ("a.webm", audio_bytes(3), "audio/webm")})
+    assert r.status_code == 400 and "idempotency key" in r.json()["detail"]
+
+
+def test_expired_lease_is_reassigned(env):
+    a = lease(env, "caption")
+    with env["db"].session() as s:
+        s.execute(update(Assignment).values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+        # the other two images are done by someone else already
+    others = [lease(env, "caption", "ann2")]
+    assert others[0]["image_id"] == a["image_id"]  # the abandoned image went back to the pool first
+    r = _upload(env, a["id"], audio_bytes(3), "late-upload-key")
+    assert r.status_code == 409 and "expired" in r.json()["detail"]
+
+
+def test_late_upload_on_an_untaken_image_is_accepted(env):
+    a = lease(env, "caption")
+    with env["db"].session() as s:
+        s.execute(update(Assignment).values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+    assert _upload(env, a["id"], audio_bytes(3), "late-but-free-key").status_code == 201
+
+
+# --------------------------------------------------------------------------- points
+
+
+BAD_POINT_SETS = [
+    ({"label": "dog", "points": [[1.2, 0.5]]}, "outside the image"),
+    ({"label": "dog", "points": [[0.5, -0.01]]}, "outside the image"),
+    ({"label": "dog", "points": [[0.1, 0.1]] * 6}, "limit of 5"),
+    ({"label": "dog", "points": [[0.5, 0.5]], "not_present": True}, "cannot have points"),
+    ({"label": "dog", "points": []}, "at least one point"),
+    ({"label": "", "points": [[0.5, 0.5]]}, "label is empty"),
+    ({"label": "a unicorn", "points": [[0.5, 0.5]]}, "not one of this project's labels"),
+    ({"label": "dog", "points": [[0.5]]}, "[x, y] pair"),
+    ({"label": "dog", "points": [["a", "b"]]}, "outside the image"),
+    ({"label": "dog", "points": [[0.5, 0.5]], "method": "guessing"}, "pointing or counting"),
+]
+
+
+def test_bad_point_sets_are_refused_and_store_nothing(env):
+    a = lease(env, "points")
+    for body, words in BAD_POINT_SETS:
+        before = snapshot(env["db"])
+        r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/points", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert words in r.json()["detail"], (body, r.json())
+        assert snapshot(env["db"]) == before, body
+
+
+def test_points_are_stored_normalised_and_not_present(env):
+    a = lease(env, "points")
+    r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/points",
+                                   json={"label": "dog", "points": [[0.25, 0.5], [1, 1]], "method": "counting"})
+    assert r.status_code == 201 and r.json()["points"] == [[0.25, 0.5], [1.0, 1.0]]
+    b = lease(env, "points")
+    r = env["c"]["annotator"].post(f"/api/assignments/{b['id']}/points", json={"label": "dog", "not_present": True})
+    assert r.status_code == 201
+    with env["db"].session() as s:
+        sets = s.scalars(select(PointSet).order_by(PointSet.id)).all()
+        assert [(p.method, p.not_present, len(p.points)) for p in sets] == [("counting", False, 2), ("pointing", True, 0)]
+
+
+def test_free_label_projects_take_the_annotators_words(env):
+    a = lease(env, "free")
+    assert a["label"] is None
+    r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/points", json={"label": "  red   car ", "points": [[0.3, 0.3]]})
+    assert r.status_code == 201 and r.json()["label"] == "red car"
+
+
+def test_labels_with_html_are_escaped(env):
+    client = TestClient(env["app"])
+    _login(client, "adm")
+    # lease until the HTML label is the one asked for
+    for _ in range(3):
+        r = client.post(f"/projects/{env['points']}/next", data={"csrf_token": _csrf(client)}, follow_redirects=False)
+        page = client.get(r.headers["location"]).text
+        if "onerror" in page:
+            break
+        task_id = int(r.headers["location"].rsplit("/", 1)[1])
+        client.post(f"/api/assignments/{task_id}/skip", json={}, headers={"X-CSRF-Token": _csrf(client)})
+    assert HTML_LABEL not in page and "<img src=x" not in page
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;&lt;b&gt;cat&lt;/b&gt;" in page
+    admin_page = client.get(f"/admin/projects/{env['points']}").text
+    assert "<b>cat</b>" not in admin_page and "&lt;b&gt;cat&lt;/b&gt;" in admin_page
+
+
+# --------------------------------------------------------------------------- review, stats, admin
+
+
+def test_review_reject_returns_image_and_annotator_sees_rate(env):
+    p = env["caption"]
+    a = lease(env, "caption")
+    rec = _upload(env, a["id"], audio_bytes(3), "review-key-0001").json()
+    queue = env["c"]["reviewer"].get("/api/reviews/queue", params={"project": p}).json()
+    assert [(q["target_type"], q["target_id"]) for q in queue] == [("recording", rec["id"])]
+    assert queue[0]["details"]["audio_url"].startswith("/blobs/")
+    bad = env["c"]["reviewer"].post("/api/reviews", json={"target_type": "recording", "target_id": rec["id"], "verdict": "rejected"})
+    assert bad.status_code == 422 and "why" in bad.json()["detail"]
+    ok = env["c"]["reviewer"].post("/api/reviews", json={"target_type": "recording", "target_id": rec["id"],
+                                                         "verdict": "rejected", "reason": "mostly silence"})
+    assert ok.status_code == 201
+    assert env["c"]["reviewer"].get("/api/reviews/queue", params={"project": p}).json() == []
+    # the rejected image is free again, for someone else
+    assert lease(env, "caption", "ann2")["image_id"] == a["image_id"]
+    stats = env["c"]["annotator"].get("/api/me/stats").json()["total"]
+    assert stats["rejected"] == 1 and stats["rejection_rate"] == 1.0 and stats["submitted"] == 1
+    progress = env["c"]["reviewer"].get(f"/api/projects/{p}/progress").json()
+    assert progress["rejected"] == 1 and progress["leased"] == 1
+    # nobody reviews their own work
+    mine = lease(env, "caption", "admin")
+    own = _upload(env, mine["id"], audio_bytes(3), "own-work-key-01", who="admin").json()
+    r = env["c"]["admin"].post("/api/reviews", json={"target_type": "recording", "target_id": own["id"], "verdict": "approved"})
+    assert r.status_code == 422 and "own work" in r.json()["detail"]
+    with env["db"].session() as s:
+        assert s.scalar(select(func.count()).select_from(Review)) == 1
+
+
+def test_admin_api_creates_projects_users_and_attaches_images(env):
+    c = env["c"]["admin"]
+    r = c.post("/api/projects", json={"name": "new-caps", "kind": "caption", "min_seconds": 3, "max_seconds": 30,
+                                      "overlap": 2, "gold_fraction": 0.1})
+    assert r.status_code == 201 and r.json()["config"]["overlap"] == 2
+    pid = r.json()["id"]
+    assert c.post("/api/projects", json={"name": "new-caps", "kind": "caption"}).status_code == 422
+    assert c.post("/api/projects", json={"name": "x", "kind": "video"}).status_code == 422
+    assert c.post("/api/projects", json={"name": "y", "kind": "caption", "min_seconds": 9, "max_seconds": 5}).status_code == 422
+    r = c.post(f"/api/projects/{pid}/images", json={"from_project": "caps"})
+    assert r.json() == {"attached": 3, "images": 3}
+    assert c.post(f"/api/projects/{pid}/images", json={"all_images": True}).json() == {"attached": 4, "images": 7}
+    assert c.post(f"/api/projects/{pid}/images", json={"image_ids": [999]}).status_code == 404
+    r = c.post("/api/users", json={"username": "newbie", "password": "long-enough-pw", "role": "reviewer"})
+    assert r.status_code == 201 and r.json()["role"] == "reviewer"
+    assert c.post("/api/users", json={"username": "newbie", "password": "long-enough-pw"}).status_code == 422
+    assert "newbie" in [u["username"] for u in c.get("/api/users").json()]
+    assert env["c"]["anonymous"].get("/docs").status_code == 200
+    assert "/api/projects/{project_id}/next" in env["c"]["anonymous"].get("/openapi.json").json()["paths"]
+
+
+def test_admin_pages_create_project_and_show_errors(env):
+    client = TestClient(env["app"])
+    _login(client, "adm")
+    token = _csrf(client)
+    r = client.post("/admin/projects", data={"csrf_token": token, "name": "form-made", "kind": "points",
+                                             "labels": "cat\ndog\n", "attach_all": "true"}, follow_redirects=False)
+    assert r.status_code == 303
+    page = client.get(r.headers["location"]).text
+    assert "form-made" in page and "cat, dog" in page
+    r = client.post("/admin/projects", data={"csrf_token": token, "name": "form-made", "kind": "points"})
+    assert r.status_code == 422 and "exists already" in r.text
+    r = client.post("/admin/users", data={"csrf_token": token, "username": "bad name!", "password": "long-enough-pw"})
+    assert r.status_code == 422 and "must be 1-64 letters" in r.text
+
+
+def test_signed_blob_urls(env):
+    a = lease(env, "points")
+    url = a["image_url"]
+    assert env["c"]["anonymous"].get(url).headers["content-type"] == "image/png"
+    assert env["c"]["anonymous"].get(url.replace("sig=", "sig=0")).status_code == 403
+    assert env["c"]["anonymous"].get(url.split("?")[0]).status_code == 403

@@ -1,0 +1,134 @@
+"""Leasing work (pixmo.assignments) on SQLite and PostgreSQL, including under concurrency."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from sqlalchemy import func, select, update
+
+from pixmo.assignments import LeaseError, expire_leases, next_assignment, project_progress, skip_assignment, user_stats
+from pixmo.db.models import Assignment, Project, utcnow
+from pixmo.reviews import record_review
+from pixmo.submissions import submit_points
+from tests.app_helpers import add_users, make_project
+
+
+def _ask_at_once(db, project_id: int, users: dict[str, int]) -> dict[str, object]:
+    barrier = threading.Barrier(len(users))
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def ask(name: str, uid: int) -> None:
+        try:
+            barrier.wait()
+            lease = next_assignment(db, project_id, uid)
+            results[name] = lease.assignment.id if lease else None
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=item) for item in users.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results
+
+
+def test_twenty_annotators_one_image_overlap_two(db, store):
+    """20 annotators ask at once for the only image of a project with overlap 2: exactly 2 get it."""
+    project_id, _ = make_project(db, store, "one-image", "caption", n_images=1, overlap=2)
+    users = add_users(db, [(f"u{i:02d}", "annotator") for i in range(20)], password=None)
+    results = _ask_at_once(db, project_id, users)
+    got = [n for n, a in results.items() if a is not None]
+    assert len(results) == 20 and len(got) == 2
+    with db.session() as s:
+        rows = s.scalars(select(Assignment)).all()
+        assert len(rows) == 2 and len({r.user_id for r in rows}) == 2
+
+
+def test_twenty_annotators_ten_images_overlap_two(db, store):
+    """Enough work for everyone: all 20 get a lease at once and every image is held exactly twice."""
+    project_id, images = make_project(db, store, "ten-images", "caption", n_images=10, overlap=2)
+    users = add_users(db, [(f"u{i:02d}", "annotator") for i in range(20)], password=None)
+    results = _ask_at_once(db, project_id, users)
+    assert all(a is not None for a in results.values())
+    with db.session() as s:
+        per_image = dict(s.execute(select(Assignment.image_id, func.count()).group_by(Assignment.image_id)).all())
+    assert per_image == {i: 2 for i in images}
+
+
+def test_rules_never_same_image_twice_overlap_skip_and_resume(db, store):
+    project_id, images = make_project(db, store, "p", "caption", n_images=2, overlap=1)
+    users = add_users(db, [("a", "annotator"), ("b", "annotator")], password=None)
+    first = next_assignment(db, project_id, users["a"])
+    again = next_assignment(db, project_id, users["a"])
+    assert again.resumed and again.assignment.id == first.assignment.id  # a live lease is returned, not a new one
+    other = next_assignment(db, project_id, users["b"])
+    assert other.assignment.image_id != first.assignment.image_id  # overlap 1: a leased image is not offered
+    skip_assignment(db, first.assignment.id, users["a"], "blurry")
+    # b holds the other image, a skipped this one: a gets nothing, and the skip is recorded
+    assert next_assignment(db, project_id, users["a"]) is None
+    with db.session() as s:
+        skipped = s.get(Assignment, first.assignment.id)
+        assert skipped.status == "skipped" and skipped.skip_reason == "blurry"
+    # the skipped image is free again for someone else
+    c = add_users(db, [("c", "annotator")], password=None)["c"]
+    assert next_assignment(db, project_id, c).assignment.image_id == first.assignment.image_id
+
+
+def test_expired_lease_returns_image_to_pool(db, store):
+    project_id, _ = make_project(db, store, "p", "caption", n_images=1, overlap=1)
+    users = add_users(db, [("a", "annotator"), ("b", "annotator")], password=None)
+    lease = next_assignment(db, project_id, users["a"])
+    assert next_assignment(db, project_id, users["b"]) is None
+    with db.session() as s:
+        s.execute(update(Assignment).values(expires_at=utcnow() - dt.timedelta(seconds=1)))
+    again = next_assignment(db, project_id, users["b"])
+    assert again is not None and again.assignment.image_id == lease.assignment.image_id
+    with db.session() as s:
+        assert s.get(Assignment, lease.assignment.id).status == "expired"
+    assert expire_leases(db) == 0
+
+
+def test_gold_items_are_mixed_in_at_the_fraction(db, store):
+    project_id, _ = make_project(db, store, "p", "points", n_images=9, gold=3, overlap=1, gold_fraction=0.25)
+    uid = add_users(db, [("a", "annotator")], password=None)["a"]
+    golds = []
+    for _ in range(8):
+        lease = next_assignment(db, project_id, uid)
+        golds.append(lease.assignment.is_gold)
+        submit_points(db, assignment_id=lease.assignment.id, user_id=uid, label="x", points=[[0.5, 0.5]])
+    assert golds.count(True) == 2 and golds[3] and golds[7]
+
+
+def test_rejected_work_returns_to_the_queue_and_stats(db, store):
+    project_id, _ = make_project(db, store, "p", "points", n_images=1, overlap=1)
+    users = add_users(db, [("a", "annotator"), ("b", "annotator"), ("r", "reviewer")], password=None)
+    lease = next_assignment(db, project_id, users["a"])
+    ps = submit_points(db, assignment_id=lease.assignment.id, user_id=users["a"], label="cat", points=[[0.1, 0.2]],
+                       active_seconds=12.5)
+    assert next_assignment(db, project_id, users["b"]) is None
+    record_review(db, users["r"], "point_set", ps.id, "rejected", "wrong object")
+    assert next_assignment(db, project_id, users["b"]) is not None
+    with db.session() as s:
+        stats = user_stats(s, users["a"])
+        progress = project_progress(s, s.get(Project, project_id))
+        assert s.scalar(select(func.count()).select_from(Assignment)) == 2
+    assert stats["total"]["rejected"] == 1 and stats["total"]["rejection_rate"] == 1.0
+    assert progress["rejected"] == 1 and progress["leased"] == 1 and progress["complete_images"] == 0
+
+
+def test_a_late_submission_never_doubles_an_annotator(db, store):
+    project_id, _ = make_project(db, store, "p", "points", n_images=1, overlap=2)
+    uid = add_users(db, [("a", "annotator")], password=None)["a"]
+    old = next_assignment(db, project_id, uid)
+    with db.session() as s:
+        s.execute(update(Assignment).values(expires_at=utcnow() - dt.timedelta(seconds=1)))
+    new = next_assignment(db, project_id, uid)  # the same image again, in a new lease
+    assert new.assignment.id != old.assignment.id and new.assignment.image_id == old.assignment.image_id
+    with pytest.raises(LeaseError, match="newer task"):
+        submit_points(db, assignment_id=old.assignment.id, user_id=uid, label="x", points=[[0.5, 0.5]])
+    submit_points(db, assignment_id=new.assignment.id, user_id=uid, label="x", points=[[0.5, 0.5]])

@@ -1,0 +1,207 @@
+"""The annotation app in headless Chromium: the microphone plays an espeak-ng WAV (Chromium's fake
+capture device), the app runs in a real uvicorn server on 127.0.0.1 with a temp SQLite database."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from annotation_app.main import create_app
+from pixmo.audio import decode_audio
+from pixmo.config import Settings
+from pixmo.db.models import Assignment, PointSet, Recording, Review
+from pixmo.db.session import Database
+from pixmo.storage import LocalStore
+from tests.app_helpers import PASSWORD, add_users, make_project, serve_in_thread, speech_wav
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+MIN_SECONDS, MAX_SECONDS = 3.0, 30.0
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> tuple[Path, float]:
+    path = speech_wav(tmp_path_factory.mktemp("audio") / "speech.wav", MIN_SECONDS + 1.5)
+    return path, decode_audio(str(path)).duration_s
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, sqlite_template):
+    """A running app with a caption project, a points project (one label), an annotator and a reviewer."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed")
+    root = tmp_path_factory.mktemp("site")
+    shutil.copy(sqlite_template, root / "app.db")
+    db = Database(f"sqlite:///{root / 'app.db'}")
+    store = LocalStore(root / "blobs", secret="browser-test-secret-0123456789", public_url="http://127.0.0.1")
+    add_users(db, [("alice", "annotator"), ("bob", "annotator"), ("rita", "reviewer")])
+    caption, _ = make_project(db, store, "speak", "caption", n_images=1, size=(480, 360),
+                              min_seconds=MIN_SECONDS, max_seconds=MAX_SECONDS)
+    make_project(db, store, "quiet", "caption", n_images=1, seed=3, min_seconds=1, max_seconds=MAX_SECONDS)
+    points, _ = make_project(db, store, "point", "points", n_images=2, seed=7, size=(480, 360), labels=["red square"])
+    app = create_app(Settings(env="test", data_dir=root / "data"), db=db, store=store)
+    with serve_in_thread(app) as url:
+        yield {"url": url, "db": db, "store": store, "caption": caption, "points": points}
+    db.dispose()
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, speech):
+    browser = launch(playwright, speech[0])
+    yield browser
+    browser.close()
+
+
+def launch(p, wav: Path):
+    args = ["--no-sandbox", "--headless=new", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}"]
+    return p.chromium.launch(executable_path=CHROMIUM, args=args)
+
+
+def login(browser, site, username: str):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(site["url"] + "/")
+    assert "/login" in page.url  # pages send anonymous visitors to the login page
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(site["url"] + "/")
+    assert page.locator("h1").inner_text() == f"Hello, {username}"
+    page.errors = errors
+    return page
+
+
+def start(page, project: str) -> None:
+    page.click(f"button[data-project={project}]")
+    page.wait_for_url("**/tasks/*")
+    page.wait_for_load_state("load")  # module scripts (the task's controls) have run by then
+    page.wait_for_function("document.getElementById('task-image').complete")
+
+
+def test_speech_caption_end_to_end_with_the_keyboard(browser, site, speech):
+    wav, wav_seconds = speech
+    page = login(browser, site, "alice")
+    start(page, "speak")
+    page.keyboard.press("Space")
+    page.wait_for_selector("#record.on")
+    page.wait_for_function("parseFloat(document.getElementById('level').style.width) > 0")  # the meter moves
+    page.wait_for_timeout(int(wav_seconds * 1000))
+    page.keyboard.press("Space")
+    page.wait_for_function("!document.getElementById('submit').disabled")
+    assert "Recorded" in page.inner_text("#status")
+    assert page.locator("#playback").get_attribute("src").startswith("blob:")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("text=Nothing left for you")  # the only image is done: the next-task page says so
+    assert page.errors == []
+    with site["db"].session() as s:
+        rec = s.scalars(select(Recording)).one()
+        assignment = s.get(Assignment, rec.assignment_id)
+    assert assignment.status == "submitted" and assignment.active_seconds > 0
+    audio = decode_audio(site["store"].get_bytes(rec.storage_key))
+    assert abs(audio.duration_s - wav_seconds) < 1.0, (audio.duration_s, wav_seconds)
+    assert abs(rec.duration_s - audio.duration_s) < 0.01 and rec.mime in ("audio/webm", "audio/ogg")
+    page.context.close()
+
+
+def _click_image(page, fx: float, fy: float) -> None:
+    box = page.locator("#task-image").bounding_box()
+    page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+
+
+def test_pointing_three_clicks_one_removal_then_not_present(browser, site):
+    page = login(browser, site, "alice")
+    start(page, "point")
+    assert page.inner_text("#label-text") == "red square"
+    clicks = [(0.2, 0.3), (0.5, 0.5), (0.8, 0.7)]
+    for fx, fy in clicks:
+        _click_image(page, fx, fy)
+    assert page.inner_text("#count") == "3"
+    page.locator(".marker").nth(1).click()  # clicking a point removes it
+    assert page.inner_text("#count") == "2"
+    page.keyboard.press("z")  # undo brings it back, and it can be removed again
+    assert page.inner_text("#count") == "3"
+    page.locator(".marker").nth(1).click()
+    assert page.inner_text("#count") == "2"
+    page.click("#submit")
+    page.wait_for_url("**/tasks/*")
+    page.wait_for_function("document.getElementById('count').textContent === '0'")
+    page.click("#not-present")  # the second image: the label is not there
+    page.wait_for_selector("text=Nothing left for you")
+    assert page.errors == []
+    with site["db"].session() as s:
+        first, second = s.scalars(select(PointSet).order_by(PointSet.id)).all()
+    assert first.label == "red square" and not first.not_present and len(first.points) == 2
+    for (x, y), (fx, fy) in zip(first.points, [clicks[0], clicks[2]], strict=True):
+        assert abs(x - fx) < 0.01 and abs(y - fy) < 0.01
+    assert second.not_present and second.points == []
+    page.context.close()
+
+
+def test_review_approval(browser, site):
+    with site["db"].session() as s:
+        rec_id = s.scalars(select(Recording.id)).first()
+    if rec_id is None:
+        pytest.skip("needs the speech caption test's recording")
+    page = login(browser, site, "rita")
+    page.click("text=Review")
+    page.wait_for_load_state("load")  # the module that wires the buttons runs before "load"
+    card = page.locator(f'article[data-target-type="recording"][data-target-id="{rec_id}"]')
+    assert card.locator("audio").get_attribute("src").startswith("/blobs/")
+    card.locator("button[data-verdict=approved]").click()
+    card.locator("text=Approved").wait_for()
+    # a rejection needs a reason, and says so on the page
+    point_card = page.locator('article[data-target-type="point_set"]').first
+    point_card.locator("button[data-verdict=rejected]").click()
+    assert point_card.locator(".alert").inner_text() == "Say why you reject it."
+    assert page.errors == []
+    with site["db"].session() as s:
+        review = s.scalars(select(Review)).one()
+        assignment = s.scalars(select(Assignment).join(Recording, Recording.assignment_id == Assignment.id)).one()
+    assert (review.target_type, review.target_id, review.verdict) == ("recording", rec_id, "approved")
+    assert assignment.review_verdict == "approved"
+    page.context.close()
+
+
+def test_a_silent_recording_is_refused_with_a_message_on_the_page(site, tmp_path, playwright):
+    from tests.app_helpers import wav_bytes
+
+    silent = tmp_path / "silence.wav"
+    silent.write_bytes(wav_bytes(np.zeros(16_000 * 4, dtype=np.float32)))
+    quiet = launch(playwright, silent)  # another microphone: a browser that records silence
+    try:
+        page = login(quiet, site, "bob")
+        start(page, "quiet")
+        page.click("#record")
+        page.wait_for_selector("#record.on")
+        page.wait_for_timeout(2000)
+        page.click("#record")
+        page.click("#submit:not([disabled])")
+        page.locator("#error", has_text="silent").wait_for()
+        assert "Not saved" in page.inner_text("#status") and "/tasks/" in page.url
+    finally:
+        quiet.close()
+    with site["db"].session() as s:
+        assert s.scalars(select(Recording).where(Recording.user_id == _user_id(s, "bob"))).first() is None
+
+
+def _user_id(session, name: str) -> int:
+    from pixmo.db.models import User
+
+    return session.scalars(select(User.id).where(User.username == name)).one()
