@@ -1,0 +1,399 @@
+"""Rewrite stages: transcripts → cleaned captions, transcripts of one image → a merged caption,
+captions → CapQA pairs, with an LLM.
+
+Each stage reads what has no output yet for this model and prompt version, runs the task in
+batches (`pixmo.llm.tasks.run_task`: schema-checked, retried, faithfulness-checked), and writes
+rows whose unique constraints make reruns and resumed runs add nothing twice. Every row records
+its model, prompt version, sources and job. Identical requests are answered from the
+``llm_cache`` table. ``executor="ray"`` spreads each batch over Ray actors (each holding its
+own backend: the local model, or a client of an OpenAI-compatible server); the stage is the same.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlalchemy import String, cast, func, select
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import Caption, Project, QAPair, Recording, Transcript
+from pixmo.db.queries import insert_ignore
+from pixmo.db.session import Database
+from pixmo.errors import ConfigError, ValidationError
+from pixmo.llm import LLMBackend, get_backend
+from pixmo.llm.backend import Completion, Messages, Usage
+from pixmo.llm.cache import CachedBackend
+from pixmo.llm.prompts import load_prompt
+from pixmo.llm.tasks import TaskResult, run_task
+from pipelines.base import Stage, StageStats
+
+STAGE_TASKS = ("clean", "merge", "capqa")
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RewriteParams:
+    """What a rewrite run does; copied into its job row (the API key never is)."""
+
+    task: str
+    project: str | None = None
+    backend: str = "local"
+    model: str | None = None
+    base_url: str | None = None
+    executor: str = "local"
+    limit: int | None = None
+    batch_size: int = 8
+    max_tokens: int | None = None
+    prompt_version: str | None = None
+    threshold: float = 0.9
+    min_coverage: float = 0.85
+    pairs: int = 3
+    retries: int = 2
+    concurrency: int = 8
+    cache: bool = True
+    asr_model: str | None = None
+    min_transcripts: int = 2
+    ray_address: str | None = None
+    actors: int | None = None
+
+
+@dataclass
+class WorkItem:
+    """One unit of work: the task's inputs and where its output goes."""
+
+    ref: str
+    image_id: int
+    project_id: int | None
+    inputs: dict[str, Any]
+    source_ids: list[int] = field(default_factory=list)
+    caption_id: int | None = None
+
+
+@dataclass
+class RewriteStats(StageStats):
+    """Stage stats plus what the model did: requests, cache hits, tokens."""
+
+    llm: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return super().as_dict() | {"llm": dict(self.llm)}
+
+
+# -- Ray: the same backend, once per actor ------------------------------------------------------
+
+
+class BackendActor:
+    """A Ray actor holding one backend (so the local model loads once per actor)."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.backend = get_backend(**spec)
+
+    def complete(self, conversations: list[Messages], options: dict[str, Any]) -> list[Completion]:
+        return self.backend.complete_batch(conversations, **options)
+
+
+class RayBackend(LLMBackend):
+    """Answer each batch by splitting it over a pool of `BackendActor`s."""
+
+    name = "ray"
+
+    def __init__(self, spec: dict[str, Any], *, actors: int | None = None, cpus_per_actor: float = 1.0,
+                 address: str | None = None):
+        super().__init__()
+        try:
+            import ray
+            from ray.util import ActorPool
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ConfigError("the ray executor needs `pip install 'pixmo-toolkit[ray]'`") from exc
+        probe = get_backend(**spec)  # cheap: no weights are loaded for the id
+        self.model_id = probe.model_id
+        probe.close()
+        if spec.get("name") == "openai":
+            spec = {**spec, "model": self.model_id}  # actors need not ask the server again
+        self._started = False
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            self._started = True
+        n = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_actor))
+        remote = ray.remote(num_cpus=cpus_per_actor)(BackendActor)
+        self._actors = [remote.remote(spec) for _ in range(n)]
+        self._pool = ActorPool(self._actors)
+
+    def complete_batch(self, conversations: list[Messages], **options: Any) -> list[Completion]:
+        if not conversations:
+            return []
+        size = math.ceil(len(conversations) / len(self._actors))
+        chunks = [conversations[i : i + size] for i in range(0, len(conversations), size)]
+        done = [c for part in self._pool.map(lambda a, chunk: a.complete.remote(chunk, options), chunks) for c in part]
+        self._count(done)
+        return done
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+        if self._started:
+            ray.shutdown()
+
+
+def build_backend(params: RewriteParams, api_key: str | None = None) -> LLMBackend:
+    """The backend a run uses: local or OpenAI-compatible, on this process or on Ray actors."""
+    opts: dict[str, Any] = {"batch_size": params.batch_size} if params.backend == "local" else {
+        "concurrency": params.concurrency}
+    spec = {"name": params.backend, "model": params.model, "base_url": params.base_url, "api_key": api_key, **opts}
+    if params.executor == "local":
+        return get_backend(**spec)
+    if params.executor == "ray":
+        if params.backend == "local":
+            spec["threads"] = 1  # one CPU per actor: more threads would only contend
+        return RayBackend(spec, actors=params.actors, address=params.ray_address)
+    raise ValidationError(f"unknown executor {params.executor!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+# -- the stages --------------------------------------------------------------------------------
+
+
+class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
+    """The shared loop of the rewrite stages; subclasses find the work and write the rows."""
+
+    task = "clean"
+
+    def __init__(self, db: Database, params: RewriteParams, *, api_key: str | None = None,
+                 llm: LLMBackend | None = None):
+        if params.task != self.task:
+            raise ValidationError(f"{type(self).__name__} runs {self.task!r}, not {params.task!r}")
+        if params.batch_size < 1:
+            raise ValidationError("batch size must be at least 1")
+        super().__init__(db, params)
+        self.kind = f"rewrite.{self.task}"
+        self.batch_size = params.batch_size
+        self.stats = RewriteStats()
+        self.prompt = load_prompt(self.task, params.prompt_version)
+        self.project_id = self._project_id(params.project)
+        self._own_backend = llm is None
+        inner = llm or build_backend(params, api_key)
+        self.backend: LLMBackend = CachedBackend(inner, db) if params.cache else inner
+        self.model_id = self.backend.model_id
+        self._items: list[WorkItem] | None = None
+        self._t0 = time.perf_counter()
+        self._usage0 = replace(self.backend.usage)
+
+    def _project_id(self, name: str | None) -> int | None:
+        if not name:
+            return None
+        with self.db.session() as session:
+            pid = session.scalar(select(Project.id).where(Project.name == name))
+        if pid is None:
+            raise ValidationError(f"no project named {name!r}")
+        return pid
+
+    # -- hooks ------------------------------------------------------------------------------
+    def pending(self, session: Session) -> list[WorkItem]:
+        raise NotImplementedError
+
+    def items(self) -> list[WorkItem]:
+        if self._items is None:
+            with self.db.session() as session:
+                self._items = self.pending(session)
+            if self.params.limit is not None:
+                self._items = self._items[: self.params.limit]
+        return self._items
+
+    def total(self) -> int:
+        return len(self.items())
+
+    def task_options(self) -> dict[str, Any]:
+        p = self.params
+        return dict(prompt_version=p.prompt_version, max_tokens=p.max_tokens, retries=p.retries,
+                    threshold=p.threshold, min_coverage=p.min_coverage)
+
+    def process_batch(self, batch: Sequence[WorkItem]) -> list[tuple[WorkItem, TaskResult]]:
+        results = run_task(self.backend, self.task, [w.inputs for w in batch], **self.task_options())
+        return list(zip(batch, results))
+
+    def run(self, *, progress: bool = True, pipeline_depth: int = 2) -> dict[str, Any]:
+        """Process every pending item; returns the stats (also stored on the job row)."""
+        self._t0 = time.perf_counter()
+        self._usage0 = replace(self.backend.usage)  # the backend may have served others before
+        try:
+            return super().run(progress=progress, pipeline_depth=pipeline_depth)
+        finally:
+            if self._own_backend:
+                self.backend.close()
+
+    def _finish(self, status: str, error: str | None = None) -> None:
+        now, before = self.backend.usage, self._usage0
+        usage = Usage(*(getattr(now, f) - getattr(before, f) for f in Usage.__dataclass_fields__))
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        self.stats.llm = {
+            "backend": self.params.backend, "executor": self.params.executor, "model": self.model_id,
+            "prompt_version": self.prompt.version, "prompt_sha256": self.prompt.sha256,
+            "requests": usage.requests, "cache_hits": usage.cache_hits,
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "completion_tokens_per_s": round(usage.completion_tokens / elapsed, 2),
+        }
+        super()._finish(status, error)
+
+    def _record(self, w: WorkItem, r: TaskResult) -> None:
+        if not r.ok:
+            self.stats.record("failed", r.reason or "failed", w.ref)
+        elif r.produced_by == "rule":
+            self.stats.record("rule", f"llm {r.faithfulness.get('fallback_reason', 'failed')}", w.ref)
+        else:
+            self.stats.record("llm", ",".join(r.flags) or None, w.ref)
+
+
+class _CaptionStage(RewriteStage):
+    caption_kind = "cleaned"
+
+    def _existing_keys(self, session: Session) -> set[str]:
+        return set(session.scalars(select(Caption.source_key).where(
+            Caption.kind == self.caption_kind, Caption.model == self.model_id,
+            Caption.prompt_version == self.prompt.version)))
+
+    def write(self, session: Session, results: list[tuple[WorkItem, TaskResult]]) -> None:
+        rows = []
+        for w, r in results:
+            rows.append({
+                "image_id": w.image_id, "project_id": w.project_id, "kind": self.caption_kind,
+                "status": r.status, "error": r.error, "text": r.text, "model": self.model_id,
+                "prompt_version": r.prompt_version, "produced_by": r.produced_by,
+                "source_transcript_ids": w.source_ids, "source_key": ",".join(map(str, sorted(w.source_ids))),
+                "faithfulness": r.faithfulness or {}, "flags": r.flags, "job_id": self.job_id,
+            })
+            self._record(w, r)
+        insert_ignore(session, Caption, rows, ["image_id", "kind", "model", "prompt_version", "source_key"])
+
+    def _transcripts(self, session: Session):  # noqa: ANN202
+        q = (
+            select(Transcript.id, Transcript.text, Transcript.recording_id, Recording.image_id, Recording.project_id)
+            .join(Recording, Recording.id == Transcript.recording_id)
+            .where(Transcript.status == "ok", func.length(func.trim(Transcript.text)) > 0)
+            .order_by(Transcript.id)
+        )
+        if self.project_id is not None:
+            q = q.where(Recording.project_id == self.project_id)
+        if self.params.asr_model:
+            q = q.where(Transcript.asr_model == self.params.asr_model)
+        return q
+
+
+class CleanStage(_CaptionStage):
+    """Every transcript without a cleaned caption for this model and prompt version → one."""
+
+    task = "clean"
+    caption_kind = "cleaned"
+
+    def pending(self, session: Session) -> list[WorkItem]:
+        done = (
+            select(Caption.id)
+            .where(Caption.kind == "cleaned", Caption.model == self.model_id,
+                   Caption.prompt_version == self.prompt.version,
+                   Caption.source_key == cast(Transcript.id, String))
+            .exists()
+        )
+        rows = session.execute(self._transcripts(session).where(~done)).all()
+        return [WorkItem(f"transcript {tid}", image_id, project_id, {"transcript": text}, [tid])
+                for tid, text, _rec, image_id, project_id in rows]
+
+
+class MergeStage(_CaptionStage):
+    """Every image with several transcripts (one per recording) → one merged caption, unless one
+    exists for exactly those transcripts, this model and prompt version."""
+
+    task = "merge"
+    caption_kind = "merged"
+
+    def pending(self, session: Session) -> list[WorkItem]:
+        latest: dict[int, tuple] = {}  # one transcript per recording: the newest (or of --asr-model)
+        for row in session.execute(self._transcripts(session)).all():
+            latest[row.recording_id] = row
+        groups: dict[tuple[int, int | None], list] = defaultdict(list)
+        for row in latest.values():
+            groups[(row.image_id, row.project_id)].append(row)
+        done = self._existing_keys(session)
+        items = []
+        for (image_id, project_id), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            rows.sort(key=lambda r: r.id)
+            ids = [r.id for r in rows]
+            if len(ids) < self.params.min_transcripts or ",".join(map(str, ids)) in done:
+                continue
+            items.append(WorkItem(f"image {image_id}", image_id, project_id,
+                                  {"transcripts": [r.text for r in rows]}, ids))
+        return items
+
+
+class CapQAStage(RewriteStage):
+    """Every ok caption without QA pairs for this model and prompt version → up to ``pairs`` pairs."""
+
+    task = "capqa"
+
+    def pending(self, session: Session) -> list[WorkItem]:
+        done = (
+            select(QAPair.id)
+            .where(QAPair.caption_id == Caption.id, QAPair.model == self.model_id,
+                   QAPair.prompt_version == self.prompt.version)
+            .exists()
+        )
+        q = (
+            select(Caption.id, Caption.text, Caption.image_id, Caption.project_id)
+            .where(Caption.status == "ok", func.length(func.trim(Caption.text)) > 0, ~done)
+            .order_by(Caption.id)
+        )
+        if self.project_id is not None:
+            q = q.where(Caption.project_id == self.project_id)
+        return [WorkItem(f"caption {cid}", image_id, project_id, {"caption": text, "n": self.params.pairs},
+                         caption_id=cid)
+                for cid, text, image_id, project_id in session.execute(q).all()]
+
+    def task_options(self) -> dict[str, Any]:
+        p = self.params
+        return dict(prompt_version=p.prompt_version, max_tokens=p.max_tokens, retries=p.retries)
+
+    def write(self, session: Session, results: list[tuple[WorkItem, TaskResult]]) -> None:
+        rows = []
+        for w, r in results:
+            base = {"image_id": w.image_id, "project_id": w.project_id, "caption_id": w.caption_id,
+                    "source": "capqa", "model": self.model_id, "prompt_version": r.prompt_version,
+                    "job_id": self.job_id}
+            if r.ok:
+                rows += [base | {"idx": i, "status": "pending", "question": qa.question, "answer": qa.answer,
+                                 "messages": [qa.question, qa.answer]}
+                         for i, qa in enumerate(r.output.pairs)]
+            else:
+                rows.append(base | {"idx": 0, "status": "failed", "error": r.error, "question": "", "answer": "",
+                                    "messages": [], "revisions": [{"raw": r.raw, "attempts": r.attempts}]})
+            self._record(w, r)
+        insert_ignore(session, QAPair, rows, ["caption_id", "model", "prompt_version", "idx"])
+
+
+STAGES: dict[str, type[RewriteStage]] = {"clean": CleanStage, "merge": MergeStage, "capqa": CapQAStage}
+
+
+def rewrite(db: Database, task: str, *, api_key: str | None = None, llm: LLMBackend | None = None,
+            progress: bool = False, **params: Any) -> dict[str, Any]:
+    """Run one rewrite stage (``clean``, ``merge`` or ``capqa``) over everything pending.
+
+    ``params`` are `RewriteParams` fields; ``llm`` (a backend object) overrides the one they describe. Returns
+    the run's stats with ``job_id``.
+    """
+    if task not in STAGES:
+        raise ValidationError(f"unknown rewrite task {task!r}; choose one of {', '.join(STAGE_TASKS)}")
+    fields = set(RewriteParams.__dataclass_fields__)
+    unknown = set(params) - fields
+    if unknown:
+        raise ValidationError(f"unknown rewrite options: {', '.join(sorted(unknown))}")
+    stage = STAGES[task](db, RewriteParams(task=task, **params), api_key=api_key, llm=llm)
+    stats = stage.run(progress=progress)
+    stats["job_id"] = stage.job_id
+    return stats
+
+
+__all__ = ["CapQAStage", "CleanStage", "MergeStage", "RayBackend", "RewriteParams", "RewriteStage", "rewrite"]

@@ -1,0 +1,117 @@
+"""The model-free parts of the LLM layer: the deterministic cleaner, the faithfulness check,
+versioned prompts, JSON-schema helpers."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pixmo.errors import NotFoundError, ValidationError
+from pixmo.llm.backend import json_prefill, strict_schema, with_schema_instruction
+from pixmo.llm.cleaner import clean_transcript
+from pixmo.llm.faithfulness import check_faithfulness, content_words
+from pixmo.llm.outputs import CapQAOutput
+from pixmo.llm.prompts import list_prompts, load_prompt
+
+TRANSCRIPT = "um so there's a a red car parked uh next to a tree and uh two dogs"
+
+
+# -- faithfulness -------------------------------------------------------------------------------
+
+
+def test_faithfulness_flags_a_caption_that_adds_an_object():
+    check = check_faithfulness("A red car parked next to a tree, with two dogs and a bicycle.", TRANSCRIPT)
+    assert check.added == ["bicycle"]
+    assert not check.faithful and "unfaithful" in check.flags
+    assert check.score < check.threshold
+
+
+def test_faithfulness_passes_a_faithful_caption():
+    check = check_faithfulness("A red car is parked next to a tree, and there are two dogs.", TRANSCRIPT)
+    assert check.passed and check.flags == []
+    assert check.score == 1.0 and check.added == [] and check.dropped == []
+    assert set(check.supported) == {"red", "car", "tree", "2", "dog"}
+
+
+def test_faithfulness_flags_a_changed_number_and_a_dropped_object():
+    wrong_count = check_faithfulness("A red car next to a tree and three dogs.", TRANSCRIPT)
+    assert "3" in wrong_count.added and not wrong_count.faithful
+    dropped = check_faithfulness("Two dogs.", TRANSCRIPT)
+    assert dropped.faithful and not dropped.complete and "incomplete" in dropped.flags
+    assert {"car", "tree", "red"} <= set(dropped.dropped)
+
+
+def test_faithfulness_supports_across_several_transcripts():
+    check = check_faithfulness("A red bus at a stop where three people wait.",
+                               ["uh a red bus", "a bus stop with three people waiting"])
+    assert check.passed, check
+
+
+def test_content_words_normalise_numbers_plurals_colours():
+    assert content_words("Two Boxes, 3 glasses and a grey cat's toy") == ["2", "box", "3", "glass", "gray", "cat", "toy"]
+
+
+# -- the deterministic cleaner ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spoken", "written"),
+    [
+        (TRANSCRIPT, "There's a red car parked next to a tree and two dogs."),
+        ("there is a there is a dog on the gre- green grass you know", "There is a dog on the green grass."),
+        ("a blue, sorry, a green car. so the sky is blue", "A green car. The sky is blue."),
+        ("It looks like a cat. [laughs] The the cat is orange", "It looks like a cat. The cat is orange."),
+        ("okay, i see uh three three birds", "I see three birds."),
+        ("um uh", ""),
+    ],
+)
+def test_cleaner_removes_what_speech_adds(spoken, written):
+    assert clean_transcript(spoken) == written
+
+
+words = st.sampled_from(["um", "uh", "so", "like", "the", "a", "red", "car", "two", "dogs", "tree", "i", ",", ".",
+                         "you", "know", "sorry", "gre-", "green", "and", "okay", "is", "there"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(words, max_size=30).map(" ".join))
+def test_cleaner_is_idempotent_and_adds_no_content(text):
+    once = clean_transcript(text)
+    assert clean_transcript(once) == once
+    assert set(content_words(once)) <= set(content_words(text))
+    assert check_faithfulness(once, text).faithful
+
+
+# -- prompts and schemas ------------------------------------------------------------------------
+
+
+def test_every_task_has_a_versioned_prompt():
+    prompts = list_prompts()
+    assert set(prompts) == {"clean", "merge", "capqa", "ask", "revise", "point_explain"}
+    p = load_prompt("clean")
+    assert p.version == "clean-v1" and load_prompt("clean", "v1") == p == load_prompt("clean", "clean-v1")
+    messages = p.messages(transcript="uh a cat")
+    assert messages[0]["role"] == "system" and messages[-1] == {"role": "user", "content": "Transcript: uh a cat"}
+    assert [m["role"] for m in messages[1:-1]] == ["user", "assistant"]  # the worked example
+    with pytest.raises(ValidationError, match="needs transcript"):
+        p.messages()
+    with pytest.raises(NotFoundError):
+        load_prompt("clean", "v9")
+
+
+def test_a_prompt_file_of_your_own(tmp_path):
+    path = tmp_path / "clean.v7.toml"
+    path.write_text('task = "clean"\nversion = 7\nsystem = "Be brief."\nuser = "T: $transcript {json}"\n')
+    p = load_prompt("clean", str(path))
+    assert p.version == "clean-v7"
+    assert p.messages(transcript="x")[-1]["content"] == "T: x {json}"
+
+
+def test_schema_helpers():
+    schema = strict_schema(CapQAOutput.model_json_schema())
+    assert "$defs" not in str(schema) and schema["additionalProperties"] is False
+    assert schema["properties"]["pairs"]["items"]["required"] == ["question", "answer"]
+    assert json_prefill(schema) == '{"pairs": [{"question": "'
+    msgs = with_schema_instruction([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}], schema)
+    assert msgs[0]["content"].startswith("S\n\nReply with only a JSON value") and len(msgs) == 2
