@@ -2,6 +2,7 @@
 
 - `schemas.export`: `ExportSample`, the JSON record written per image in webdataset shards.
 - `schemas.pixmo_hf`: one model (and Arrow schema) per released PixMo Hugging Face row type.
+- `schemas.transcript`: `TranscriptRecord`, what the transcription stage writes per recording.
 - `schemas.generate`: writes/checks the JSON Schema files in ``schemas/json/``.
 """
 
@@ -31,8 +32,10 @@ from schemas.pixmo_hf import (
     arrow_schema,
     rows_to_table,
 )
+from schemas.transcript import TranscriptRecord
 
 __all__ = [
+    "TranscriptRecord",
     "EXPORT_SCHEMA_VERSION",
     "ExportCaption",
     "ExportImage",

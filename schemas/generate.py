@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from schemas.export import ExportSample
 from schemas.pixmo_hf import ROW_MODELS
+from schemas.transcript import TranscriptRecord
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "json"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -32,6 +33,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "pixmo_capqa_row": ROW_MODELS["capqa"],
     "pixmo_point_explanations_row": ROW_MODELS["point_explanations"],
     "pixmo_count_row": ROW_MODELS["count"],
+    "transcript_record": TranscriptRecord,
 }
 """File stem -> model whose JSON Schema is written to ``<stem>.json``."""
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from schemas import generate
 from schemas.export import ExportSample
+from schemas.transcript import TranscriptRecord
 from schemas.pixmo_hf import (
     HF_REPOS,
     ROW_MODELS,
@@ -146,7 +147,7 @@ def test_generate_check_flags_stale_missing_and_orphaned(tmp_path: Path, capsys:
 
 
 def test_every_contract_has_a_schema_file() -> None:
-    assert set(generate.MODELS.values()) == {ExportSample, *ROW_MODELS.values()}
+    assert set(generate.MODELS.values()) == {ExportSample, TranscriptRecord, *ROW_MODELS.values()}
 
 
 # ----------------------------------------------------------------------------- HF rows

@@ -1,0 +1,148 @@
+"""The transcribe stage on a real database and blob store: per-recording failures, flags, jobs,
+idempotent reruns, a SIGKILL midway, and the Ray executor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from pipelines.transcribe import transcribe_recordings
+from pixmo.db.models import Job, Transcript
+from pixmo.projects import create_project
+from tests.asr_helpers import add_image, add_recording, encode, silence, speech_clips, wer  # noqa: F401
+
+MODEL = "faster-whisper:tiny.en"
+
+
+def _project_with_recordings(db, store, clips, *, broken: bool = True, copies: int = 1) -> dict[str, int]:
+    """Recordings of ``clips`` (webm, ogg, flac in turn), a silent one, and optionally a corrupt blob
+    and a missing blob. Returns recording ids by name."""
+    ids = {}
+    with db.session() as s:
+        project = create_project(s, "caps", "caption", min_seconds=5, max_seconds=120)
+        image = add_image(s)
+        formats = [("webm", "audio/webm"), ("ogg", "audio/ogg"), ("flac", "audio/flac")]
+        for n in range(copies):
+            for i, clip in enumerate(clips):
+                fmt, mime = formats[i % 3]
+                # a little trailing silence keeps copies distinct blobs
+                samples = np.concatenate([clip.samples, silence(0.1 * n, seed=n)]) if n else clip.samples
+                data = encode(samples, fmt)
+                ids[f"{clip.voice}#{n}"] = add_recording(s, store, image.id, project.id, data, mime,
+                                                          clip.duration_s, fmt).id
+        ids["silence"] = add_recording(s, store, image.id, project.id, encode(silence(5.0), "webm"), "audio/webm",
+                                       5.0, "webm").id
+        if broken:
+            ids["corrupt"] = add_recording(s, store, image.id, project.id, b"\x1aE\xdf\xa3" + os.urandom(400),
+                                           "audio/webm", 9.0, "webm").id
+            rec = add_recording(s, store, image.id, project.id, encode(clips[0].samples, "ogg"), "audio/ogg",
+                                clips[0].duration_s, "ogg", key="recordings/gone.ogg")
+            store.delete(rec.storage_key)
+            ids["missing"] = rec.id
+    return ids
+
+
+def _transcripts(db) -> dict[int, Transcript]:
+    with db.session() as s:
+        return {t.recording_id: t for t in s.scalars(select(Transcript))}
+
+
+@pytest.mark.slow
+def test_stage_transcribes_flags_and_fails_per_recording(db, store, speech_clips):
+    ids = _project_with_recordings(db, store, speech_clips[:3])
+    stats = transcribe_recordings(db, store, "caps", batch_size=4)
+
+    assert stats["asr_model"] == MODEL
+    assert stats["statuses"] == {"ok": 4, "failed": 2}
+    assert stats["reasons"] == {"not_audio": 1, "blob_missing": 1}
+    assert stats["flags"] == {"no_speech": 1}
+    assert stats["audio_s"] > 20 and stats["x_realtime"] > 0
+    rows = _transcripts(db)
+    assert len(rows) == len(ids)
+    for clip in speech_clips[:3]:
+        t = rows[ids[f"{clip.voice}#0"]]
+        assert t.status == "ok" and t.asr_model == MODEL and t.job_id == stats["job_id"]
+        assert wer(clip.text, t.text) <= 0.3 and t.language == "en" and t.flags == []
+        assert t.metrics["duration_s"] == pytest.approx(clip.duration_s, abs=0.1) and t.segments
+    quiet = rows[ids["silence"]]
+    assert quiet.status == "ok" and quiet.text == "" and quiet.flags == ["no_speech"]
+    assert rows[ids["corrupt"]].status == "failed" and rows[ids["corrupt"]].error.startswith("not_audio:")
+    assert rows[ids["missing"]].status == "failed" and rows[ids["missing"]].error.startswith("blob_missing:")
+    with db.session() as s:
+        job = s.get(Job, stats["job_id"])
+        assert job.kind == "transcribe" and job.status == "succeeded"
+        assert job.params["asr_model"] == MODEL and job.params["project"] == "caps"
+        assert job.stats["statuses"] == stats["statuses"] and job.stats["flags"] == {"no_speech": 1}
+
+    again = transcribe_recordings(db, store, "caps")  # nothing left: a no-op run
+    assert again["total"] == 0
+    assert len(_transcripts(db)) == len(ids)
+
+    # the missing blob turns up; --retry-failed tries the failed ones again, the corrupt one fails again
+    store.put_bytes(encode(speech_clips[0].samples, "ogg"), key="recordings/gone.ogg")
+    retry = transcribe_recordings(db, store, "caps", retry_failed=True)
+    assert retry["statuses"] == {"ok": 1, "failed": 1}
+    rows = _transcripts(db)
+    assert rows[ids["missing"]].status == "ok" and wer(speech_clips[0].text, rows[ids["missing"]].text) <= 0.3
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Transcript)) == len(ids)
+
+
+def _cli(db, store, *args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PIXMO_ENV": "test", "PIXMO_DATABASE_URL": db.url, "PIXMO_STORAGE_URL": f"file://{store.root}"}
+    cmd = [sys.executable, "-m", "pixmo.cli", "transcribe", "--project", "caps", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.slow
+def test_sigkill_midway_then_rerun_gives_one_transcript_per_recording(db, store, speech_clips):
+    ids = _project_with_recordings(db, store, speech_clips[:2], broken=False, copies=3)  # 7 recordings
+    proc = _cli(db, store, "--batch-size", "1", "--json")
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            with db.session() as s:
+                if s.scalar(select(func.count()).select_from(Transcript)):
+                    break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # no cleanup, no final commit, no job status
+    finally:
+        proc.wait()
+    done = len(_transcripts(db))
+    assert 1 <= done < len(ids), "the kill must land midway"
+
+    rerun = _cli(db, store, "--json")
+    out, errors = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, errors
+    stats = json.loads(out)
+    assert stats["statuses"] == {"ok": len(ids) - done}
+    rows = _transcripts(db)
+    assert sorted(rows) == sorted(ids.values()) and all(t.status == "ok" for t in rows.values())
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Transcript)) == len(ids)
+        assert [j.status for j in s.scalars(select(Job).order_by(Job.id))] == ["running", "succeeded"]
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_transcripts_as_local(sqlite_db, store, speech_clips, ray_local):
+    ids = _project_with_recordings(sqlite_db, store, speech_clips, broken=True)
+    # same batches (2 recordings per actor call) and threads per model: the same arithmetic
+    on_ray = transcribe_recordings(sqlite_db, store, "caps", executor="ray", actors=2, batch_size=2, cpu_threads=1)
+    assert on_ray["statuses"] == {"ok": 5, "failed": 2}
+    ray_rows = {rid: (t.status, t.text, t.flags, t.error) for rid, t in _transcripts(sqlite_db).items()}
+    assert len(ray_rows) == len(ids)
+
+    with sqlite_db.session() as s:
+        s.execute(Transcript.__table__.delete())
+    local = transcribe_recordings(sqlite_db, store, "caps", batch_size=2, cpu_threads=1)
+    local_rows = {rid: (t.status, t.text, t.flags, t.error) for rid, t in _transcripts(sqlite_db).items()}
+    assert local["statuses"] == on_ray["statuses"] and local["flags"] == on_ray["flags"]
+    assert local_rows == ray_rows
