@@ -1,0 +1,244 @@
+"""Training-side loader: a torch ``IterableDataset`` / ``DataLoader`` over webdataset export shards.
+
+    from pixmo.data import pixmo_loader
+
+    loader = pixmo_loader("exports/v1", split="train", num_workers=4, shuffle=2000)
+    for sample in loader:            # batch_size=None: one sample at a time
+        sample["image"]              # uint8 tensor, 3 x H x W
+        sample["caption"]            # the best caption (the .txt member)
+        sample["targets"]            # Molmo-style (task, prompt, text): caption, transcripts, points, counts, QA
+
+Shards are split across nodes (``RANK``/``WORLD_SIZE`` or torch.distributed) and across DataLoader
+workers, so each sample is seen once per epoch; give the export at least nodes x workers shards
+(``--maxcount``). Shard order is shuffled per worker and samples go through a shuffle buffer.
+Exports on S3 (``s3://bucket/prefix``) are read with the toolkit's S3 settings
+(``PIXMO_S3_ENDPOINT_URL``, AWS credentials). torch and webdataset are imported when first used.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
+
+from pixmo.formats.points import render_count, render_none, render_points
+
+PROMPTS = {
+    "caption": "Describe this image in detail.",
+    "transcript": "Describe this image as if you were speaking about it.",
+    "pointing": "Point to {label}.",
+    "counting": "How many {label} are there?",
+}
+IMAGE_EXTS = ("jpg", "png", "webp")
+
+
+def shard_urls(source: str | os.PathLike | Sequence[str], split: str = "train") -> list[str]:
+    """Paths or URLs of the shards of ``split`` in an export (folder or ``s3://``), from its manifest.
+
+    A list is taken as shard URLs already and returned as is.
+    """
+    if isinstance(source, (list, tuple)):
+        return list(source)
+    from pixmo.export.manifest import read_manifest
+    from pixmo.export.target import open_target
+
+    target = open_target(source)
+    manifest = read_manifest(target)
+    if split not in manifest["splits"]:
+        raise ValueError(f"no split {split!r} in {target.url}; it has {', '.join(manifest['splits'])}")
+    return [target.location(name) for name in manifest["splits"][split]["shards"]]
+
+
+# ----------------------------------------------------------------------------- S3 shards
+
+
+@lru_cache(maxsize=None)
+def _s3_store(bucket: str, pid: int):  # noqa: ANN202 - pid in the key: never reuse a client across fork
+    from pixmo.config import get_settings
+    from pixmo.storage import S3Store
+
+    settings = get_settings()
+    return S3Store(bucket, "", settings.s3_endpoint_url, settings.s3_region)
+
+
+def _open_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any):  # noqa: ANN202
+    if "r" not in mode:
+        raise ValueError("s3:// shards are read-only here")
+    bucket, _, key = url[len("s3://"):].partition("/")
+    return _s3_store(bucket, os.getpid()).open(key)
+
+
+def register_s3() -> None:
+    """Let webdataset open ``s3://`` shard URLs through the toolkit's S3 store (idempotent)."""
+    from webdataset.gopen import gopen_schemes
+
+    gopen_schemes.setdefault("s3", _open_s3)
+
+
+def _worker_init(_worker_id: int) -> None:
+    register_s3()  # spawned workers start without the parent's registration
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def _verdicts(record: dict[str, Any]) -> dict[tuple[str, int], str]:
+    return {(r["target_type"], r["target_id"]): r["verdict"] for r in record.get("reviews", [])}
+
+
+def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, str]]:
+    """Training targets of one sample as ``{"task", "prompt", "text"}`` dicts, Molmo style.
+
+    The caption; each transcript; each point set as Molmo point text (``<point>``/``<points>``,
+    ``There are none.`` when not present) or, for counting sets, a counting answer; each accepted
+    QA pair. Rows rejected or flagged by a reviewer are left out.
+    """
+    verdicts = _verdicts(record)
+
+    def ok(kind: str, row_id: int) -> bool:
+        return verdicts.get((kind, row_id)) not in ("rejected", "flagged")
+
+    out = []
+    if caption:
+        out.append({"task": "caption", "prompt": PROMPTS["caption"], "text": caption})
+    for t in record.get("transcripts", []):
+        if t["text"].strip() and ok("transcript", t["id"]) and ok("recording", t["recording_id"]):
+            out.append({"task": "transcript", "prompt": PROMPTS["transcript"], "text": t["text"]})
+    for ps in record.get("point_sets", []):
+        if not ok("point_set", ps["id"]):
+            continue
+        method = ps["method"]
+        if ps["not_present"] or not ps["points"]:
+            text = render_none()
+        elif method == "counting":
+            text = render_count(ps["points"], ps["label"])
+        else:
+            text = render_points(ps["points"], ps["label"])
+        out.append({"task": method, "prompt": PROMPTS[method].format(label=ps["label"]), "text": text})
+    for qa in record.get("qa", []):
+        if qa["status"] == "accepted" and ok("qa_pair", qa["id"]):
+            out.append({"task": qa["source"], "prompt": qa["question"], "text": qa["answer"]})
+    return out
+
+
+def decode_image(data: bytes, mode: str = "tensor"):  # noqa: ANN201
+    """Image bytes -> a uint8 ``3 x H x W`` tensor (``tensor``), an RGB PIL image (``pil``), or the bytes."""
+    if mode == "bytes":
+        return data
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        rgb = im if im.mode == "RGB" else im.convert("RGB")
+    if mode == "pil":
+        return rgb
+    import numpy as np
+    import torch
+
+    # a channels-first view of the HWC buffer, as torchvision's pil_to_tensor returns (a copy costs more)
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+
+
+def to_training_sample(raw: dict[str, Any], decode: str = "tensor", transform: Callable | None = None) -> dict[str, Any]:
+    """A raw webdataset sample (bytes per member) -> image, caption, Molmo targets, record, audio."""
+    import json
+
+    record = json.loads(raw["json"])
+    ext = record["image"]["ext"]
+    caption = raw["txt"].decode("utf-8") if "txt" in raw else ""
+    image = decode_image(raw[ext], decode)
+    if transform is not None:
+        image = transform(image)
+    audio = {k: v for k, v in raw.items() if k.startswith("audio")}
+    return {
+        "__key__": raw["__key__"],
+        "__url__": raw.get("__url__"),
+        "image": image,
+        "caption": caption,
+        "targets": molmo_targets(record, caption),
+        "json": record,
+        "audio": audio,
+    }
+
+
+def pixmo_dataset(
+    source: str | os.PathLike | Sequence[str],
+    *,
+    split: str = "train",
+    shuffle: int = 1000,
+    shardshuffle: int | bool | None = None,
+    seed: int | None = None,
+    decode: str = "tensor",
+    transform: Callable | None = None,
+    resampled: bool = False,
+):  # noqa: ANN201 - a webdataset.WebDataset (a torch IterableDataset)
+    """A ``webdataset.WebDataset`` over the shards of ``split``, yielding `to_training_sample` dicts.
+
+    ``shuffle`` is the sample shuffle buffer (0: keep the key order); ``shardshuffle`` how many
+    shards to shuffle (default: all when shuffling, none otherwise); ``seed`` makes both
+    repeatable; ``decode`` is ``tensor``, ``pil`` or ``bytes``; ``transform`` is applied to the
+    decoded image; ``resampled`` samples shards with replacement for endless training.
+    """
+    import webdataset as wds
+
+    urls = shard_urls(source, split)
+    if any(u.startswith("s3://") for u in urls):
+        register_s3()
+    if shardshuffle is None or shardshuffle is True:
+        shardshuffle = max(1, len(urls)) if shuffle else False
+    dataset = wds.WebDataset(
+        urls,
+        shardshuffle=False if resampled else shardshuffle,
+        resampled=resampled,
+        nodesplitter=wds.split_by_node,
+        workersplitter=wds.split_by_worker,
+        empty_check=False,  # a worker may get no shard when there are fewer shards than workers
+        seed=seed,
+    )
+    if shuffle:
+        dataset = dataset.shuffle(shuffle, seed=seed)
+    return dataset.map(_Decode(decode, transform))
+
+
+class _Decode:
+    """Picklable mapping step (spawned DataLoader workers pickle the pipeline)."""
+
+    def __init__(self, decode: str, transform: Callable | None) -> None:
+        self.decode, self.transform = decode, transform
+
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+        return to_training_sample(raw, self.decode, self.transform)
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch as lists per field; images are stacked into one tensor when they share a shape."""
+    batch = {k: [s[k] for s in samples] for k in samples[0]}
+    images = batch["image"]
+    if images and hasattr(images[0], "shape") and all(im.shape == images[0].shape for im in images):
+        import torch
+
+        batch["image"] = torch.stack(images)
+    return batch
+
+
+def pixmo_loader(
+    source: str | os.PathLike | Sequence[str],
+    *,
+    batch_size: int | None = None,
+    num_workers: int = 2,
+    **dataset_options: Any,
+):  # noqa: ANN201 - a torch DataLoader
+    """A torch ``DataLoader`` over `pixmo_dataset` (options passed through); batches via `collate_samples`."""
+    from torch.utils.data import DataLoader
+
+    dataset = pixmo_dataset(source, **dataset_options)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_samples if batch_size is not None else None,
+        worker_init_fn=_worker_init,
+        persistent_workers=False,
+    )

@@ -1,0 +1,286 @@
+"""`export_hf`: parquet files in the released PixMo Hugging Face schemas (`schemas.pixmo_hf`).
+
+One subset per call; files ``<OUT>/<subset>/train-00000.parquet``, ... (at most ``rows_per_file``
+rows each), every one with exactly the columns and Arrow types of `schemas.pixmo_hf.arrow_schema`.
+Rows come from the same records as the webdataset export, so the same filters and rules apply;
+rows rejected or flagged by a reviewer are left out, and only accepted QA pairs are written.
+
+- ``cap``: the best caption and the usable transcripts of each image that has a caption.
+- ``points``: every point set (pointing and counting), points on PixMo's 0-100 scale.
+- ``ama`` / ``capqa`` / ``point_explanations``: accepted QA of that source; point explanations
+  cite points inline as Molmo point text, which is split into placeholders and point lists.
+- ``count``: counting point sets, points in pixels (as allenai/pixmo-count stores them).
+
+``image_url`` is the image's source URL, or else a signed URL of its blob (valid ``url_expires``
+seconds; S3 allows at most 7 days).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pixmo.db.session import Database
+from pixmo.errors import StorageError, ValidationError
+from pixmo.export.bookkeeping import finish_job, record_export, start_job
+from pixmo.export.errors import ExportError
+from pixmo.export.options import ExportFilters
+from pixmo.export.progress import Progress
+from pixmo.export.records import BuiltSample, build_samples, load_usernames
+from pixmo.export.select import select_images
+from pixmo.export.target import ExportTarget, open_target
+from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
+from pixmo.storage import BlobStore
+from schemas.pixmo_hf import ROW_MODELS, rows_to_table
+
+HF_SUBSETS = tuple(ROW_MODELS)
+POINT_PLACEHOLDER = "<|POINT|>"
+_POINT_ELEMENT_RE = re.compile(r"<(points?)\b[^>]*?(?:/>|>.*?</\1\s*>)", re.DOTALL)
+BUILD_CHUNK = 500
+WEEK = 7 * 24 * 3600
+
+
+@dataclass
+class HFExportResult:
+    """Where the parquet files went, how many rows each holds, and the job/exports rows."""
+
+    out: str
+    subset: str
+    files: list[dict[str, Any]]
+    rows: int
+    snapshot_id: str
+    job_id: int
+    export_id: int
+    elapsed_s: float
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "total": self.rows, "statuses": {"written": self.rows, **self.skipped}, "reasons": {}, "examples": {},
+            "files": len(self.files), "elapsed_s": round(self.elapsed_s, 3),
+            "items_per_s": round(self.rows / self.elapsed_s, 2) if self.elapsed_s > 0 else None,
+        }
+
+
+def _pixmo100(points: Any) -> list[tuple[float, float]]:
+    # round away float noise (0.4321 * 100 = 43.209999999999994) without losing real precision
+    return [(round(p.x, 6), round(p.y, 6)) for p in to_pixmo100(points)]
+
+
+def _latest_verdicts(sample: BuiltSample) -> dict[tuple[str, int], str]:
+    return {(r.target_type, r.target_id): r.verdict for r in sample.record.reviews}  # already in time order
+
+
+def split_point_explanation(answer: str) -> dict[str, Any]:
+    """An answer citing Molmo point elements -> parsed_response with placeholders, alt_text,
+    inline_text and points (0-100) per element; parsed_response is None when an element is malformed."""
+    alt_text, inline_text, points = [], [], []
+    malformed = False
+
+    def replace(m: re.Match[str]) -> str:
+        nonlocal malformed
+        refs = parse_points(m.group(0), strict=False)
+        if not refs:
+            malformed = True
+            return m.group(0)
+        ref = refs[0]
+        alt_text.append(ref.alt)
+        inline_text.append(ref.label)
+        points.append([list(p) for p in _pixmo100(ref.points)])
+        return POINT_PLACEHOLDER
+
+    parsed = _POINT_ELEMENT_RE.sub(replace, answer)
+    return {"parsed_response": None if malformed else parsed, "alt_text": alt_text, "inline_text": inline_text,
+            "points": points}
+
+
+def hf_rows(subset: str, sample: BuiltSample, image_url: str) -> list[dict[str, Any]]:
+    """The rows of one PixMo subset that one sample gives."""
+    rec = sample.record
+    verdicts = _latest_verdicts(sample)
+
+    def ok(kind: str, row_id: int) -> bool:
+        return verdicts.get((kind, row_id)) not in ("rejected", "flagged")
+
+    if subset == "cap":
+        if not sample.caption:
+            return []
+        return [{"image_url": image_url, "caption": sample.caption, "transcripts": list(sample.transcripts)}]
+    if subset == "points":
+        return [
+            {"image_url": image_url, "image_sha256": rec.key,
+             "points": [{"x": x, "y": y} for x, y in _pixmo100(ps.points)], "count": len(ps.points),
+             "label": ps.label, "collection_method": ps.method}
+            for ps in rec.point_sets if ok("point_set", ps.id)
+        ]
+    if subset == "count":
+        rows = []
+        for ps in rec.point_sets:
+            if ps.method != "counting" or not ok("point_set", ps.id):
+                continue
+            px = to_pixels(ps.points, rec.image.width, rec.image.height)
+            rows.append({"image_url": image_url, "image_sha256": rec.key, "count": len(px),
+                         "points": {"x": [p.x for p in px], "y": [p.y for p in px]}, "label": ps.label})
+        return rows
+    source = {"ama": "ask", "capqa": "capqa", "point_explanations": "point_explain"}[subset]
+    rows = []
+    for qa in rec.qa:
+        if qa.source != source or qa.status != "accepted" or not ok("qa_pair", qa.id):
+            continue
+        if subset == "ama":
+            rows.append({"image_url": image_url, "image_sha256": rec.key, "question": qa.question, "answer": qa.answer})
+        elif subset == "capqa":
+            rows.append({"image_url": image_url, "question": qa.question, "answer": qa.answer,
+                         "messages": [qa.question, qa.answer]})
+        else:
+            rows.append({"image_url": image_url, "image_sha256": rec.key, "question": qa.question,
+                         "response": qa.answer, **split_point_explanation(qa.answer)})
+    return rows
+
+
+class _RollingParquet:
+    """Writes tables into ``<subset>/train-NNNNN.parquet`` files of at most ``rows_per_file`` rows."""
+
+    def __init__(self, target: ExportTarget, subset: str, rows_per_file: int) -> None:
+        from schemas.pixmo_hf import arrow_schema
+
+        self.target, self.subset, self.rows_per_file = target, subset, rows_per_file
+        self.schema = arrow_schema(subset)
+        self.files: list[dict[str, Any]] = []
+        self._stack: contextlib.ExitStack | None = None
+        self._writer = None
+        self._rows = 0
+        self._name = ""
+
+    def _open(self) -> None:
+        import pyarrow.parquet as pq
+
+        self._name = f"{self.subset}/train-{len(self.files):05d}.parquet"
+        self._stack = contextlib.ExitStack()
+        f = self._stack.enter_context(self.target.writer(self._name))
+        self._writer = pq.ParquetWriter(f, self.schema)
+        self._rows = 0
+
+    def _close(self, ok: bool = True) -> None:
+        if self._stack is None:
+            return
+        self._writer.close()
+        stack, self._stack = self._stack, None
+        if ok:
+            stack.close()
+            self.files.append({"name": self._name, "rows": self._rows})
+        else:
+            stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        while rows:
+            if self._stack is None:
+                self._open()
+            room = self.rows_per_file - self._rows
+            chunk, rows = rows[:room], rows[room:]
+            self._writer.write_table(rows_to_table(self.subset, chunk))
+            self._rows += len(chunk)
+            if self._rows >= self.rows_per_file:
+                self._close()
+
+    def finish(self) -> None:
+        if self._stack is None and not self.files:
+            self._open()  # an empty subset still gets one file with the right schema
+        self._close()
+
+    def abort(self) -> None:
+        self._close(ok=False)
+
+
+def _image_urls(store: BlobStore, samples: list[BuiltSample], expires: int) -> dict[str, str]:
+    urls = {}
+    for s in samples:
+        if s.record.image.source_url:
+            urls[s.key] = s.record.image.source_url
+            continue
+        try:
+            urls[s.key] = store.url(s.image_storage_key, expires=expires)
+        except StorageError as exc:
+            raise ExportError(f"image {s.key} has no source URL and its blob URL cannot be made: {exc}") from exc
+    return urls
+
+
+def _file_digests(target: ExportTarget, files: list[dict[str, Any]]) -> None:
+    for f in files:
+        h, size = hashlib.sha256(), 0
+        with target.open(f["name"]) as stream:
+            while chunk := stream.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+        f.update(sha256=h.hexdigest(), bytes=size)
+
+
+def export_hf(
+    db: Database,
+    store: BlobStore,
+    out: str | ExportTarget | BlobStore,
+    subset: str,
+    filters: ExportFilters | None = None,
+    *,
+    rows_per_file: int = 100_000,
+    url_expires: int = WEEK,
+    progress: bool | Callable[[int], None] = False,
+) -> HFExportResult:
+    """Write one PixMo subset as parquet under ``out/<subset>/``; see the module doc for the rows."""
+    if subset not in HF_SUBSETS:
+        raise ValidationError(f"unknown subset {subset!r}; use one of {', '.join(HF_SUBSETS)}")
+    if rows_per_file < 1:
+        raise ValidationError("rows_per_file must be at least 1")
+    filters = filters or ExportFilters()
+    target = open_target(out)
+    started = time.perf_counter()
+    job_id = start_job(db, f"export-hf-{subset}", {"out": target.url, "subset": subset, "filters": filters.as_dict(),
+                                                   "rows_per_file": rows_per_file})
+    writer = _RollingParquet(target, subset, rows_per_file)
+    try:
+        as_of = filters.until or dt.datetime.now(dt.timezone.utc)
+        with db.session() as session:
+            candidates = select_images(session, filters, as_of=as_of)
+            usernames = load_usernames(session)
+        for name in target.names():  # files of an earlier export of this subset
+            if name.startswith(f"{subset}/train-") and name.endswith(".parquet"):
+                target.delete(name)
+        total = 0
+        with Progress(f"export {subset}", len(candidates), progress) as bar:
+            for chunk in _chunked([c.image_id for c in candidates], BUILD_CHUNK):
+                with db.session() as session:
+                    samples = build_samples(session, chunk, val_fraction=0.0, as_of=as_of, usernames=usernames)
+                urls = _image_urls(store, samples, url_expires)
+                rows = [row for s in samples for row in hf_rows(subset, s, urls[s.key])]
+                writer.write(rows)
+                total += len(rows)
+                bar.advance(len(chunk))
+        writer.finish()
+        _file_digests(target, writer.files)
+        content = {"subset": subset, "filters": filters.as_dict(), "files": writer.files}
+        snapshot = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        elapsed = time.perf_counter() - started
+        export_id = record_export(
+            db, snapshot_id=snapshot, fmt=f"hf-{subset}", output_url=target.url, filters=filters.as_dict(),
+            counts={"rows": total, "images": len(candidates), "files": len(writer.files)},
+            versions={"hf_repo": ROW_MODELS[subset].hf_repo}, shards=writer.files, manifest_sha256=None, job_id=job_id,
+        )
+        result = HFExportResult(target.url, subset, writer.files, total, snapshot, job_id, export_id, elapsed)
+    except BaseException as exc:
+        writer.abort()
+        finish_job(db, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finish_job(db, job_id, "succeeded", result.stats())
+    return result
+
+
+def _chunked(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,44 @@
+"""The image member of a sample: the original bytes, unless a resize or a format change is asked for."""
+
+from __future__ import annotations
+
+import io
+
+PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+SAVE_OPTIONS = {"JPEG": {"quality": 90}, "WEBP": {"quality": 90}, "PNG": {}}
+
+
+def image_member(data: bytes, original_ext: str, member_ext: str, max_side: int | None = None) -> bytes:
+    """Bytes of the image member.
+
+    The original bytes are returned untouched when the format is kept (jpg, png, webp) and the
+    image fits in ``max_side``. Otherwise the image is decoded, shrunk so that its longer side is
+    ``max_side`` (aspect ratio kept, Lanczos) and encoded as ``member_ext`` (JPEG/WebP quality 90,
+    EXIF kept so the orientation survives). Re-encoding is deterministic for a given Pillow.
+    """
+    if original_ext == member_ext and max_side is None:
+        return data
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        width, height = im.size
+        if original_ext == member_ext and max(width, height) <= max_side:
+            return data
+        exif = im.info.get("exif")
+        fmt = PIL_FORMAT[member_ext]
+        if max_side is not None and max(width, height) > max_side:
+            scale = max_side / max(width, height)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            if im.format == "JPEG":
+                im.draft("RGB", size)
+            im = im.resize(size, Image.Resampling.LANCZOS)
+        if fmt == "JPEG" and im.mode not in ("RGB", "L"):
+            im = im.convert("RGB")
+        elif im.mode == "P":
+            im = im.convert("RGBA")
+        buf = io.BytesIO()
+        options = dict(SAVE_OPTIONS[fmt])
+        if exif and fmt in ("JPEG", "WEBP"):
+            options["exif"] = exif
+        im.save(buf, fmt, **options)
+        return buf.getvalue()

@@ -1,0 +1,407 @@
+"""From database rows to export records: one validated `ExportSample` per image.
+
+Rules that every exporter shares live here:
+
+- **review status** of an image: the latest verdict on each reviewed row counts; ``flagged`` if any
+  is flagged, else ``approved`` if any is approved, else ``rejected`` if all are rejected, else
+  ``pending`` (nothing reviewed).
+- **best caption** (the ``.txt`` member, the ``caption`` of PixMo-Cap rows): captions rejected or
+  flagged by a reviewer, or written from a rejected transcript or recording, are never used. Of
+  the rest, ``merged`` beats ``cleaned`` (it draws on several annotators), then ``human`` beats
+  ``llm`` beats ``rule`` (a curator's edit is the most trusted), then the newest. With no usable
+  caption, the longest usable transcript is used; with none, the text is empty.
+- **split**: ``validation`` when a stable hash of the key falls below the validation fraction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, true
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import (
+    Caption,
+    Image,
+    PointSet,
+    Project,
+    ProjectImage,
+    QAPair,
+    Recording,
+    Review,
+    Transcript,
+    User,
+)
+from pixmo.media import EXT_BY_MIME
+from schemas.export import ExportSample
+
+# image formats written as they are; any other format is converted to PNG for the image member
+MEMBER_EXTS = ("jpg", "png", "webp")
+AUDIO_EXT_BY_MIME = {
+    "audio/webm": "webm",
+    "audio/ogg": "ogg",
+    "audio/flac": "flac",
+    "audio/x-flac": "flac",
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/mpeg": "mp3",
+    "audio/mp4": "m4a",
+}
+KIND_RANK = {"cleaned": 0, "merged": 1}
+PRODUCER_RANK = {"rule": 0, "llm": 1, "human": 2}
+ID_CHUNK = 900  # stays under every backend's bound-parameter limit
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive UTC datetimes, PostgreSQL aware ones: make both aware UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """``validation`` or ``train``, from a stable hash of the sample key."""
+    if val_fraction <= 0:
+        return "train"
+    h = int.from_bytes(hashlib.sha256(b"pixmo-split:" + key.encode("ascii")).digest()[:8], "big")
+    return "validation" if h / 2**64 < val_fraction else "train"
+
+
+def member_ext(mime: str) -> str:
+    """Extension of the image member for an image of ``mime`` (jpg, png or webp)."""
+    ext = EXT_BY_MIME.get(mime, "png")
+    return ext if ext in MEMBER_EXTS else "png"
+
+
+def audio_ext(mime: str) -> str:
+    """Extension of an audio member (``audio/webm;codecs=opus`` -> ``webm``)."""
+    base = mime.split(";")[0].strip().lower()
+    return AUDIO_EXT_BY_MIME.get(base, base.split("/")[-1] or "bin")
+
+
+def latest_verdicts(reviews: Iterable[dict[str, Any]]) -> dict[tuple[str, int], str]:
+    """(target_type, target_id) -> the newest verdict on it."""
+    out: dict[tuple[str, int], str] = {}
+    for r in sorted(reviews, key=lambda r: (utc(r["created_at"]), r["id"])):
+        out[(r["target_type"], r["target_id"])] = r["verdict"]
+    return out
+
+
+def review_status(verdicts: dict[tuple[str, int], str]) -> str:
+    """The image's review status from the latest verdicts on its rows (see the module doc)."""
+    values = set(verdicts.values())
+    if not values:
+        return "pending"
+    if "flagged" in values:
+        return "flagged"
+    if "approved" in values:
+        return "approved"
+    return "rejected"
+
+
+def flag_names(flags: Any) -> list[str]:
+    """Quality flags as strings (a flag stored as ``{"name": ...}`` gives its name)."""
+    out = []
+    for f in flags or []:
+        if isinstance(f, str):
+            out.append(f)
+        elif isinstance(f, dict) and isinstance(f.get("name") or f.get("flag"), str):
+            out.append(f.get("name") or f.get("flag"))
+        else:
+            out.append(json.dumps(f, sort_keys=True))
+    return out
+
+
+def _sorted_keys(value: Any) -> Any:
+    """Dicts with sorted keys, recursively: PostgreSQL's JSONB and SQLite's JSON order keys differently."""
+    if isinstance(value, dict):
+        return {k: _sorted_keys(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(v) for v in value]
+    return value
+
+
+def _faithfulness(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        for name in ("score", "supported"):
+            v = value.get(name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return float(v)
+    return None
+
+
+@dataclass
+class ImageRows:
+    """Every exported row of one image, as plain dicts straight from the database."""
+
+    image: dict[str, Any]
+    projects: list[str] = field(default_factory=list)
+    captions: list[dict[str, Any]] = field(default_factory=list)
+    recordings: list[dict[str, Any]] = field(default_factory=list)
+    transcripts: list[dict[str, Any]] = field(default_factory=list)
+    point_sets: list[dict[str, Any]] = field(default_factory=list)
+    qa: list[dict[str, Any]] = field(default_factory=list)
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class AudioMember:
+    suffix: str  # member name after the key, e.g. ``audio0.ogg``
+    storage_key: str
+    sha256: str
+
+
+@dataclass
+class BuiltSample:
+    """One sample ready to write: its validated record, JSON bytes, best caption and blob keys."""
+
+    key: str
+    record: ExportSample
+    json_bytes: bytes
+    caption: str
+    transcripts: list[str]  # texts of the usable transcripts (not rejected or flagged), by id
+    image_storage_key: str
+    image_ext: str
+    image_mime: str
+    audio: list[AudioMember]
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+    for i in range(0, len(ids), ID_CHUNK):
+        yield ids[i : i + ID_CHUNK]
+
+
+def _rows(session: Session, stmt) -> list[dict[str, Any]]:  # noqa: ANN001
+    # Core execution and one keys() call: the ORM and RowMapping cost more than the query here
+    result = session.connection().execute(stmt)
+    keys = list(result.keys())
+    return [dict(zip(keys, row)) for row in result]
+
+
+def load_usernames(session: Session) -> dict[int, str]:
+    """user id -> username (small table; read once per worker)."""
+    return dict(session.execute(select(User.id, User.username)).all())
+
+
+def load_rows(session: Session, image_ids: Sequence[int], as_of: dt.datetime | None = None) -> dict[int, ImageRows]:
+    """Every row of these images created before ``as_of``, grouped per image (bulk queries)."""
+    out: dict[int, ImageRows] = {}
+    for chunk in _chunks(list(image_ids)):
+        _load_chunk(session, chunk, as_of, out)
+    return out
+
+
+def _before(column, as_of):  # noqa: ANN001, ANN202
+    return column < as_of if as_of is not None else true()
+
+
+# Only the columns a record needs: no segments, messages or revisions (large JSON, not exported).
+_COLUMNS = {
+    "images": ("id", "sha256", "storage_key", "width", "height", "mime", "bytes", "source_url", "source"),
+    "captions": ("id", "image_id", "kind", "text", "model", "prompt_version", "produced_by",
+                 "source_transcript_ids", "faithfulness", "flags"),
+    "recordings": ("id", "image_id", "user_id", "storage_key", "sha256", "mime", "duration_s"),
+    "point_sets": ("id", "image_id", "user_id", "label", "points", "not_present", "method"),
+    "qa_pairs": ("id", "image_id", "source", "question", "answer", "model", "prompt_version", "status"),
+    "reviews": ("id", "image_id", "target_type", "target_id", "verdict", "reason", "reviewer_id", "created_at"),
+    "transcripts": ("id", "recording_id", "text", "language", "asr_model", "metrics", "flags"),
+}
+
+
+def _cols(table) -> list:  # noqa: ANN001
+    return [table.c[name] for name in _COLUMNS[table.name]]
+
+
+def _load_chunk(session: Session, ids: Sequence[int], as_of: dt.datetime | None, out: dict[int, ImageRows]) -> None:
+    img = Image.__table__
+    for row in _rows(session, select(*_cols(img)).where(img.c.id.in_(ids))):
+        out[row["id"]] = ImageRows(image=row)
+    project_rows = session.connection().execute(
+        select(ProjectImage.image_id, Project.name)
+        .join(Project, Project.id == ProjectImage.project_id)
+        .where(ProjectImage.image_id.in_(ids), _before(ProjectImage.created_at, as_of))
+    ).all()
+    for image_id, name in project_rows:
+        out[image_id].projects.append(name)
+
+    def grouped(table, attr: str, *where) -> None:  # noqa: ANN001
+        stmt = select(*_cols(table)).where(table.c.image_id.in_(ids), _before(table.c.created_at, as_of), *where)
+        for row in _rows(session, stmt.order_by(table.c.id)):
+            getattr(out[row["image_id"]], attr).append(row)
+
+    cap, rec, ps, qa, rev = (m.__table__ for m in (Caption, Recording, PointSet, QAPair, Review))
+    grouped(cap, "captions", cap.c.status == "ok")
+    grouped(rec, "recordings")
+    grouped(ps, "point_sets")
+    grouped(qa, "qa", qa.c.status != "failed")
+    grouped(rev, "reviews")
+    tr = Transcript.__table__
+    stmt = (
+        select(*_cols(tr), rec.c.image_id.label("image_id"), rec.c.duration_s.label("duration_s"))
+        .join(rec, rec.c.id == tr.c.recording_id)
+        .where(rec.c.image_id.in_(ids), tr.c.status == "ok", _before(tr.c.created_at, as_of))
+        .order_by(tr.c.id)
+    )
+    for row in _rows(session, stmt):
+        out[row["image_id"]].transcripts.append(row)
+
+
+def _usable_transcripts(rows: ImageRows, verdicts: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
+    bad = {"rejected", "flagged"}
+    return [
+        t for t in rows.transcripts
+        if verdicts.get(("transcript", t["id"])) not in bad and verdicts.get(("recording", t["recording_id"])) not in bad
+    ]
+
+
+def best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str] | None = None) -> str:
+    """The text of the best usable caption of an image (see the module doc), or ``""``."""
+    if verdicts is None:
+        verdicts = latest_verdicts(rows.reviews)
+    good_transcripts = _usable_transcripts(rows, verdicts)
+    good_ids = {t["id"] for t in good_transcripts}
+    all_ids = {t["id"] for t in rows.transcripts}
+    candidates = []
+    for c in rows.captions:
+        if not c["text"].strip() or verdicts.get(("caption", c["id"])) in ("rejected", "flagged"):
+            continue
+        sources = {int(i) for i in c["source_transcript_ids"] or []}
+        if sources & (all_ids - good_ids):
+            continue
+        candidates.append((KIND_RANK.get(c["kind"], 0), PRODUCER_RANK.get(c["produced_by"], 0), c["id"], c["text"]))
+    if candidates:
+        return max(candidates)[3].strip()
+    texts = [t["text"].strip() for t in good_transcripts if t["text"].strip()]
+    return max(texts, key=len) if texts else ""
+
+
+def build_sample(
+    rows: ImageRows, usernames: dict[int, str], *, val_fraction: float, with_audio: bool
+) -> BuiltSample:
+    """Validate one image's rows into an `ExportSample` and serialise it deterministically."""
+    image = rows.image
+    key = image["sha256"]
+    ext = member_ext(image["mime"])
+    verdicts = latest_verdicts(rows.reviews)
+    recordings, audio = [], []
+    for i, r in enumerate(rows.recordings):
+        member = None
+        if with_audio:
+            suffix = f"audio{i}.{audio_ext(r['mime'])}"
+            member = f"{key}.{suffix}"
+            audio.append(AudioMember(suffix, r["storage_key"], r["sha256"]))
+        recordings.append({
+            "id": r["id"], "sha256": r["sha256"], "mime": r["mime"], "duration_s": r["duration_s"],
+            "annotator": usernames.get(r["user_id"]), "audio_member": member,
+        })
+    captions = [
+        {
+            "id": c["id"], "kind": c["kind"], "text": c["text"], "model": c["model"],
+            "prompt_version": c["prompt_version"], "produced_by": c["produced_by"],
+            "source_transcript_ids": [int(i) for i in c["source_transcript_ids"] or []],
+            "faithfulness": _faithfulness(c["faithfulness"]), "flags": flag_names(c["flags"]),
+        }
+        for c in rows.captions
+    ]
+    transcripts = [
+        {
+            "id": t["id"], "recording_id": t["recording_id"], "text": t["text"], "language": t["language"],
+            "asr_model": t["asr_model"], "duration_s": t["duration_s"], "metrics": _sorted_keys(t["metrics"] or {}),
+            "flags": flag_names(t["flags"]),
+        }
+        for t in rows.transcripts
+    ]
+    point_sets = [
+        {
+            "id": p["id"], "label": p["label"], "points": [[float(x), float(y)] for x, y in p["points"] or []],
+            "not_present": bool(p["not_present"]), "method": p["method"], "annotator": usernames.get(p["user_id"]),
+        }
+        for p in rows.point_sets
+    ]
+    qa = [
+        {
+            "id": q["id"], "source": q["source"], "question": q["question"], "answer": q["answer"],
+            "model": q["model"], "prompt_version": q["prompt_version"], "status": q["status"],
+        }
+        for q in rows.qa
+    ]
+    reviews = [
+        {
+            "target_type": r["target_type"], "target_id": r["target_id"], "verdict": r["verdict"],
+            "reason": r["reason"] or "", "reviewer": usernames.get(r["reviewer_id"]), "created_at": utc(r["created_at"]),
+        }
+        for r in sorted(rows.reviews, key=lambda r: (utc(r["created_at"]), r["id"]))
+    ]
+    lineage = {
+        "asr_models": sorted({t["asr_model"] for t in rows.transcripts}),
+        "llm_models": sorted(
+            {c["model"] for c in rows.captions if c["produced_by"] != "human"} | {q["model"] for q in rows.qa if q["model"]}
+        ),
+        "prompt_versions": sorted(
+            {c["prompt_version"] for c in rows.captions} | {q["prompt_version"] for q in rows.qa if q["prompt_version"]}
+        ),
+    }
+    record = ExportSample.model_validate({
+        "key": key,
+        "image": {
+            "sha256": key, "width": image["width"], "height": image["height"], "mime": image["mime"],
+            "bytes": image["bytes"], "source_url": image["source_url"], "source": image["source"], "ext": ext,
+        },
+        "projects": sorted(set(rows.projects)),
+        "captions": captions,
+        "transcripts": transcripts,
+        "recordings": recordings,
+        "point_sets": point_sets,
+        "qa": qa,
+        "reviews": reviews,
+        "review_status": review_status(verdicts),
+        "split": split_of(key, val_fraction),
+        "lineage": lineage,
+    })
+    data = record.model_dump_json()  # fields in declaration order; free-form dicts were key-sorted above
+    return BuiltSample(
+        key=key, record=record, json_bytes=data.encode("utf-8"), caption=best_caption(rows, verdicts),
+        transcripts=[t["text"] for t in _usable_transcripts(rows, verdicts)],
+        image_storage_key=image["storage_key"], image_ext=ext, image_mime=image["mime"], audio=audio,
+    )
+
+
+def build_samples(
+    session: Session,
+    image_ids: Sequence[int],
+    *,
+    val_fraction: float,
+    with_audio: bool = False,
+    as_of: dt.datetime | None = None,
+    usernames: dict[int, str] | None = None,
+) -> list[BuiltSample]:
+    """Built samples for ``image_ids``, sorted by key."""
+    if usernames is None:
+        usernames = load_usernames(session)
+    rows = load_rows(session, image_ids, as_of)
+    built = [build_sample(r, usernames, val_fraction=val_fraction, with_audio=with_audio) for r in rows.values()]
+    return sorted(built, key=lambda b: b.key)
+
+
+ROW_KINDS = ("captions", "transcripts", "recordings", "point_sets", "qa", "reviews")
+
+
+def count_rows(records: Iterable[ExportSample | dict[str, Any]]) -> dict[str, int]:
+    """How many captions, transcripts, recordings, point sets, QA pairs and reviews the records hold."""
+    counts: dict[str, int] = dict.fromkeys(ROW_KINDS, 0)
+    for r in records:
+        for kind in ROW_KINDS:
+            counts[kind] += len(r[kind] if isinstance(r, dict) else getattr(r, kind))
+    return counts

@@ -1,0 +1,137 @@
+"""Which images an export takes (`select_images`): filters applied with a few bulk queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import Caption, Image, PointSet, Project, ProjectImage, QAPair, Recording, Review, Transcript
+from pixmo.errors import ValidationError
+from pixmo.export.options import ExportFilters
+from pixmo.export.records import flag_names, latest_verdicts, review_status, utc
+
+TAR_BLOCK = 512
+# Per-sample allowance for the JSON and text members when planning shard sizes.
+TEXT_ALLOWANCE = 4096
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An image that will become a sample, with the planning estimate of its size in the shard."""
+
+    image_id: int
+    key: str
+    est_bytes: int
+
+
+def _padded(n: int) -> int:
+    return TAR_BLOCK + (n + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
+
+
+def _ids(session: Session, stmt) -> set[int]:  # noqa: ANN001
+    return set(session.connection().execute(stmt).scalars())
+
+
+def _annotated(session: Session, as_of: dt.datetime) -> set[int]:
+    ids: set[int] = set()
+    ids |= _ids(session, select(Caption.image_id).where(Caption.status == "ok", Caption.created_at < as_of).distinct())
+    ids |= _ids(session, select(Recording.image_id).where(Recording.created_at < as_of).distinct())
+    ids |= _ids(session, select(PointSet.image_id).where(PointSet.created_at < as_of).distinct())
+    ids |= _ids(session, select(QAPair.image_id).where(QAPair.status != "failed", QAPair.created_at < as_of).distinct())
+    return ids
+
+
+def _statuses(session: Session, as_of: dt.datetime) -> dict[int, str]:
+    stmt = select(Review.image_id, Review.target_type, Review.target_id, Review.verdict, Review.created_at, Review.id).where(
+        Review.image_id.is_not(None), Review.created_at < as_of
+    )
+    per_image: dict[int, list[dict]] = defaultdict(list)
+    for row in session.connection().execute(stmt).mappings():
+        per_image[row["image_id"]].append(dict(row))
+    return {image_id: review_status(latest_verdicts(rows)) for image_id, rows in per_image.items()}
+
+
+def _flagged(session: Session, flags: Iterable[str], as_of: dt.datetime) -> set[int]:
+    wanted = set(flags)
+    out: set[int] = set()
+    caption_flags = select(Caption.image_id, Caption.flags).where(Caption.status == "ok", Caption.created_at < as_of)
+    transcript_flags = (
+        select(Recording.image_id, Transcript.flags)
+        .join(Recording, Recording.id == Transcript.recording_id)
+        .where(Transcript.status == "ok", Transcript.created_at < as_of)
+    )
+    for stmt in (caption_flags, transcript_flags):
+        for image_id, row_flags in session.connection().execute(stmt):
+            if wanted.intersection(flag_names(row_flags)):
+                out.add(image_id)
+    return out
+
+
+def _last_activity(session: Session, as_of: dt.datetime) -> dict[int, dt.datetime]:
+    last: dict[int, dt.datetime] = {}
+    tables = [
+        select(Image.id, Image.created_at).where(Image.created_at < as_of),
+        *(
+            select(m.image_id, func.max(m.created_at)).where(m.created_at < as_of).group_by(m.image_id)
+            for m in (Caption, Recording, PointSet, QAPair, Review)
+        ),
+        select(Recording.image_id, func.max(Transcript.created_at))
+        .join(Recording, Recording.id == Transcript.recording_id)
+        .where(Transcript.created_at < as_of)
+        .group_by(Recording.image_id),
+    ]
+    for stmt in tables:
+        for image_id, when in session.connection().execute(stmt):
+            if image_id is None or when is None:
+                continue
+            when = utc(when)
+            if image_id not in last or when > last[image_id]:
+                last[image_id] = when
+    return last
+
+
+def select_images(
+    session: Session, filters: ExportFilters, *, as_of: dt.datetime, with_audio: bool = False
+) -> list[Candidate]:
+    """The images that pass ``filters`` as of ``as_of``, sorted by key (their sha256)."""
+    stmt = select(Image.id, Image.sha256, Image.bytes).where(Image.created_at < as_of)
+    if filters.projects:
+        known = set(session.scalars(select(Project.name).where(Project.name.in_(filters.projects))))
+        missing = [p for p in filters.projects if p not in known]
+        if missing:
+            raise ValidationError(f"no project named {missing[0]!r}")
+        members = (
+            select(ProjectImage.image_id)
+            .join(Project, Project.id == ProjectImage.project_id)
+            .where(Project.name.in_(filters.projects))
+        )
+        stmt = stmt.where(Image.id.in_(members))
+    images = {image_id: (sha, nbytes) for image_id, sha, nbytes in session.connection().execute(stmt)}
+    keep = set(images)
+    if filters.annotated_only:
+        keep &= _annotated(session, as_of)
+    if filters.review_status:
+        statuses = _statuses(session, as_of)
+        keep = {i for i in keep if statuses.get(i, "pending") in filters.review_status}
+    if filters.exclude_flags:
+        keep -= _flagged(session, filters.exclude_flags, as_of)
+    if filters.since is not None:
+        last = _last_activity(session, as_of)
+        keep = {i for i in keep if i in last and last[i] >= filters.since}
+    audio: dict[int, list[int]] = defaultdict(list)
+    if with_audio and keep:
+        for image_id, nbytes in session.connection().execute(
+            select(Recording.image_id, Recording.bytes).where(Recording.created_at < as_of)
+        ):
+            audio[image_id].append(nbytes)
+    out = []
+    for image_id in keep:
+        sha, nbytes = images[image_id]
+        est = _padded(nbytes) + 2 * _padded(0) + TEXT_ALLOWANCE + sum(_padded(n) for n in audio.get(image_id, ()))
+        out.append(Candidate(image_id, sha, est))
+    return sorted(out, key=lambda c: c.key)

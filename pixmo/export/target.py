@@ -1,0 +1,249 @@
+"""Where an export goes: a local folder or a blob store (``s3://bucket/prefix``).
+
+Every file is written under a temporary name and appears under its final name only when it is
+complete: in a folder by an atomic rename, in S3 by uploading a finished local temp file (an object
+becomes visible only when its upload completes). Temporary names start with the blob store's
+reserved prefix and end in ``.part``, so nothing half-written ever looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pixmo.errors import StorageError
+from pixmo.storage import TMP_PREFIX, BlobStore, LocalStore, S3Store, open_store
+
+
+class ExportTarget(ABC):
+    """A flat namespace of files (shards, parquet, manifest) with atomic writes."""
+
+    url: str
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Every complete file, as a name relative to the target (``train-000000.tar``)."""
+
+    @abstractmethod
+    def temp_names(self) -> list[str]:
+        """Leftover temporary files (from a run that was killed)."""
+
+    @abstractmethod
+    def writer(self, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A file to write ``name`` into; it appears under ``name`` only when the block succeeds."""
+
+    @abstractmethod
+    def open(self, name: str) -> BinaryIO:
+        """Read a complete file."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove a file (complete or temporary); a missing one is not an error."""
+
+    @abstractmethod
+    def location(self, name: str) -> str:
+        """A path or URL that webdataset and other readers can open."""
+
+    @abstractmethod
+    def spec(self) -> tuple[Any, ...]:
+        """A picklable recipe to rebuild this target in a worker process (see `target_from_spec`)."""
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        with self.writer(name) as f:
+            f.write(data)
+
+    def get_bytes(self, name: str) -> bytes:
+        with self.open(name) as f:
+            return f.read()
+
+    def exists(self, name: str) -> bool:
+        return name in self.names()
+
+
+class LocalTarget(ExportTarget):
+    """A folder on this machine; files are renamed into place when complete."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.url = str(self.root)
+
+    def _path(self, name: str) -> Path:
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise StorageError(f"{name!r} is not a file name inside {self.root}")
+        return path
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.root)
+            for f in sorted(filenames):
+                if not f.startswith(TMP_PREFIX):
+                    out.append((rel / f).as_posix())
+        return out
+
+    def temp_names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            (Path(d).relative_to(self.root) / f).as_posix()
+            for d, _, files in os.walk(self.root)
+            for f in files
+            if f.startswith(TMP_PREFIX)
+        )
+
+    @contextlib.contextmanager
+    def writer(self, name: str) -> Iterator[BinaryIO]:
+        target = self._path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{TMP_PREFIX}{target.name}.{uuid.uuid4().hex[:12]}.part")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def open(self, name: str) -> BinaryIO:
+        try:
+            return open(self._path(name), "rb")  # noqa: SIM115 - caller closes
+        except FileNotFoundError as exc:
+            raise StorageError(f"{name} is missing from {self.root}") from exc
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+    def location(self, name: str) -> str:
+        return str(self._path(name))
+
+    def spec(self) -> tuple[Any, ...]:
+        return ("local", str(self.root))
+
+
+class StoreTarget(ExportTarget):
+    """A blob store (S3 or a LocalStore); files are uploaded from a finished local temp file."""
+
+    def __init__(self, store: BlobStore, url: str | None = None, tmp_dir: str | None = None) -> None:
+        self.store = store
+        self.url = url or _store_url(store)
+        self.tmp_dir = tmp_dir
+
+    def names(self) -> list[str]:
+        return sorted(self.store.iter_keys(""))
+
+    def temp_names(self) -> list[str]:
+        return []  # temp files live on the writing machine, never in the store
+
+    @contextlib.contextmanager
+    def writer(self, name: str) -> Iterator[BinaryIO]:
+        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=self.tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            self.store.put_file(tmp_name, key=name, content_type=_content_type(name))
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+
+    def open(self, name: str) -> BinaryIO:
+        return self.store.open(name)
+
+    def exists(self, name: str) -> bool:
+        return self.store.exists(name)
+
+    def delete(self, name: str) -> None:
+        self.store.delete(name)
+
+    def location(self, name: str) -> str:
+        if isinstance(self.store, S3Store):
+            prefix = f"{self.store.prefix}/" if self.store.prefix else ""
+            return f"s3://{self.store.bucket}/{prefix}{name}"
+        if isinstance(self.store, LocalStore):
+            return str(self.store.path_for(name))
+        return f"{self.url.rstrip('/')}/{name}"
+
+    def spec(self) -> tuple[Any, ...]:
+        return ("store", store_spec(self.store), self.url, self.tmp_dir)
+
+
+def _content_type(name: str) -> str:
+    if name.endswith(".tar"):
+        return "application/x-tar"
+    if name.endswith(".json"):
+        return "application/json"
+    if name.endswith(".parquet"):
+        return "application/vnd.apache.parquet"
+    return "application/octet-stream"
+
+
+def _store_url(store: BlobStore) -> str:
+    if isinstance(store, S3Store):
+        return f"s3://{store.bucket}/{store.prefix}".rstrip("/")
+    if isinstance(store, LocalStore):
+        return str(store.root)
+    return store.describe()
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def store_spec(store: BlobStore) -> tuple[Any, ...]:
+    """A picklable recipe for ``store``: S3 clients cannot cross process boundaries, so rebuild them."""
+    if isinstance(store, S3Store):
+        return ("s3", store.bucket, store.prefix, store.endpoint_url, store.region)
+    return ("object", store)
+
+
+def store_from_spec(spec: tuple[Any, ...]) -> BlobStore:
+    """The store that `store_spec` describes."""
+    if spec[0] == "s3":
+        _, bucket, prefix, endpoint_url, region = spec
+        return S3Store(bucket, prefix, endpoint_url, region)
+    return spec[1]
+
+
+def target_from_spec(spec: tuple[Any, ...]) -> ExportTarget:
+    """The target that `ExportTarget.spec` describes."""
+    if spec[0] == "local":
+        return LocalTarget(spec[1])
+    _, sspec, url, tmp_dir = spec
+    return StoreTarget(store_from_spec(sspec), url, tmp_dir)
+
+
+def open_target(out: str | Path | BlobStore | ExportTarget) -> ExportTarget:
+    """The target for ``out``: a folder path, ``file://PATH``, ``s3://bucket/prefix`` or a BlobStore."""
+    if isinstance(out, ExportTarget):
+        return out
+    if isinstance(out, BlobStore):
+        return StoreTarget(out)
+    text = str(out)
+    if text.startswith("s3://"):
+        if not text[5:].strip("/"):
+            raise StorageError(f"{text!r} has no bucket name")
+        return StoreTarget(open_store(text.rstrip("/")), text.rstrip("/"))
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if "://" in text:
+        raise StorageError(f"unsupported export location {text!r}; use a folder or s3://bucket/prefix")
+    return LocalTarget(text)

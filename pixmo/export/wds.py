@@ -1,0 +1,194 @@
+"""`export_webdataset`: the database as webdataset tar shards plus a manifest, written in parallel.
+
+Steps: select the images (filters) as of a snapshot time → plan the shards from the sorted keys →
+clear what a previous run left (the manifest first, then temporary files and shards that are no
+longer planned) → write the shards in a process pool, each to a temporary name renamed (or
+uploaded) when complete → write ``manifest.json`` last → record an ``exports`` row and the job.
+A run that is killed leaves no manifest and no complete-looking partial file; running it again
+writes everything anew.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pixmo.db.session import Database
+from pixmo.export.bookkeeping import finish_job, record_export, start_job
+from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, build_manifest, manifest_bytes
+from pixmo.export.options import ExportFilters, WebDatasetOptions
+from pixmo.export.progress import Progress
+from pixmo.export.records import load_usernames
+from pixmo.export.select import select_images
+from pixmo.export.shards import ShardPlan, ShardResult, plan_shards, write_shard
+from pixmo.export.target import ExportTarget, open_target, store_from_spec, store_spec, target_from_spec
+from pixmo.storage import BlobStore
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote: where, its manifest, the job and exports rows, and its speed."""
+
+    out: str
+    manifest: dict[str, Any]
+    job_id: int
+    export_id: int
+    elapsed_s: float
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.manifest["snapshot_id"]
+
+    @property
+    def samples(self) -> int:
+        return self.manifest["counts"]["samples"]
+
+    @property
+    def bytes(self) -> int:
+        return self.manifest["counts"]["bytes"]
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        c = self.manifest["counts"]
+        return {
+            "total": c["samples"], "statuses": {"written": c["samples"]}, "reasons": {}, "examples": {},
+            "bytes": c["bytes"], "shards": c["shards"], "elapsed_s": round(self.elapsed_s, 3),
+            "items_per_s": round(self.samples_per_s, 2), "mb_per_s": round(self.mb_per_s, 2),
+        }
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(db_url: str, store: tuple, target: tuple, options: WebDatasetOptions, as_of: dt.datetime) -> None:
+    # a fresh engine: connections must never be shared with the parent process
+    db = Database(db_url)
+    with db.session() as session:
+        usernames = load_usernames(session)
+    _worker.update(db=db, store=store_from_spec(store), target=target_from_spec(target), options=options,
+                   as_of=as_of, usernames=usernames)
+
+
+def _write_in_worker(plan: ShardPlan) -> ShardResult:
+    w = _worker
+    return write_shard(plan, db=w["db"], store=w["store"], target=w["target"], options=w["options"],
+                       as_of=w["as_of"], usernames=w["usernames"])
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    # fork starts workers in milliseconds with everything imported; spawn elsewhere
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return multiprocessing.get_context(method)
+
+
+# ----------------------------------------------------------------------------- the export
+
+
+def _clear_previous(target: ExportTarget, plans: list[ShardPlan]) -> None:
+    """Remove the old manifest first (the export is incomplete from now on), then leftovers."""
+    target.delete(MANIFEST_NAME)
+    for name in target.temp_names():
+        target.delete(name)
+    planned = {p.name for p in plans}
+    for name in target.names():
+        if SHARD_NAME_RE.match(name) and name not in planned:
+            target.delete(name)
+
+
+def _write_all(
+    plans: list[ShardPlan], db: Database, store: BlobStore, target: ExportTarget, options: WebDatasetOptions,
+    as_of: dt.datetime, bar: Progress,
+) -> list[ShardResult]:
+    workers = min(options.workers, len(plans))
+    if ":memory:" in db.url:
+        workers = 1  # worker processes cannot see a private in-memory database
+    if workers <= 1:
+        with db.session() as session:
+            usernames = load_usernames(session)
+        return [
+            write_shard(p, db=db, store=store, target=target, options=options, as_of=as_of, usernames=usernames,
+                        on_sample=bar.advance)
+            for p in plans
+        ]
+    results: list[ShardResult] = []
+    initargs = (db.url, store_spec(store), target.spec(), options, as_of)
+    with ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_worker, initargs=initargs) as pool:
+        pending = {pool.submit(_write_in_worker, p) for p in plans}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    result = fut.result()
+                    results.append(result)
+                    bar.advance(result.samples)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return results
+
+
+def export_webdataset(
+    db: Database,
+    store: BlobStore,
+    out: str | ExportTarget | BlobStore,
+    filters: ExportFilters | None = None,
+    options: WebDatasetOptions | None = None,
+    *,
+    progress: bool | Callable[[int], None] = False,
+) -> ExportResult:
+    """Export one sample per selected image to webdataset shards at ``out`` (folder or ``s3://``).
+
+    Samples are ``{key}.{jpg|png|webp}`` (original bytes unless ``max_side`` resizes),
+    ``{key}.json`` (an `ExportSample`), ``{key}.txt`` (the best caption) and, with ``with_audio``,
+    ``{key}.audio<i>.<ext>`` per recording. ``progress`` is True for a bar on stderr, or a
+    callable that receives the number of samples written as they are written.
+    """
+    filters = filters or ExportFilters()
+    options = options or WebDatasetOptions()
+    target = open_target(out)
+    started = time.perf_counter()
+    params = {"out": target.url, "filters": filters.as_dict(), "options": asdict(options)}
+    job_id = start_job(db, "export", params)
+    try:
+        as_of = filters.until or dt.datetime.now(dt.timezone.utc)
+        with db.session() as session:
+            candidates = select_images(session, filters, as_of=as_of, with_audio=options.with_audio)
+        plans = plan_shards(candidates, maxcount=options.maxcount, maxsize=options.maxsize,
+                            val_fraction=options.val_fraction)
+        _clear_previous(target, plans)
+        with Progress("export", len(candidates), progress) as bar:
+            results = _write_all(plans, db, store, target, options, as_of, bar)
+        manifest = build_manifest(filters, options, results)
+        target.put_bytes(MANIFEST_NAME, manifest_bytes(manifest))
+        elapsed = time.perf_counter() - started
+        export_id = record_export(
+            db, snapshot_id=manifest["snapshot_id"], fmt="webdataset", output_url=target.url,
+            filters=manifest["filters"], counts=manifest["counts"],
+            versions={**manifest["versions"], "code_version": manifest["code_version"],
+                      "schema_version": manifest["schema_version"]},
+            shards=manifest["shards"], manifest_sha256=hashlib.sha256(manifest_bytes(manifest)).hexdigest(),
+            job_id=job_id,
+        )
+        result = ExportResult(target.url, manifest, job_id, export_id, elapsed)
+    except BaseException as exc:
+        finish_job(db, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finish_job(db, job_id, "succeeded", {**result.stats(), "snapshot_id": result.snapshot_id})
+    return result

@@ -1,0 +1,123 @@
+"""PixMo parquet export: exact column names and Arrow types per subset, values on the PixMo scales."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from pixmo.db.models import Image, PointSet, QAPair, Review
+from pixmo.errors import ValidationError
+from pixmo.export import export_hf
+from pixmo.export.hf import HF_SUBSETS, split_point_explanation
+from schemas.pixmo_hf import ROW_MODELS, arrow_schema
+from tests.export_helpers import demo, demo_template  # noqa: F401
+
+pd = pytest.importorskip("pandas")
+pq = pytest.importorskip("pyarrow.parquet")
+
+EXPLANATION = (
+    'The <points x1="10.0" y1="20.0" x2="30.5" y2="40.0" alt="red circles">two circles</points> are left of '
+    '<point x="50.0" y="60.0" alt="cup">the cup</point>.'
+)
+
+
+def _add_qa(db) -> None:
+    with db.session() as s:
+        image = s.scalars(select(Image).order_by(Image.sha256)).first()
+        rows = [
+            QAPair(image_id=image.id, source="ask", status="accepted", question="What colour is it?", answer="Red."),
+            QAPair(image_id=image.id, source="ask", status="pending", question="Unanswered?", answer=""),
+            QAPair(image_id=image.id, source="ask", status="accepted", question="Rejected later?", answer="No."),
+            QAPair(image_id=image.id, source="point_explain", status="accepted", question="Where?", answer=EXPLANATION),
+        ]
+        s.add_all(rows)
+        s.flush()
+        s.add(Review(target_type="qa_pair", target_id=rows[2].id, image_id=image.id, verdict="rejected", reason="wrong"))
+
+
+@pytest.mark.parametrize("subset", HF_SUBSETS)
+def test_every_subset_has_exactly_the_pixmo_columns_and_types(demo, tmp_path, subset):
+    db, store = demo
+    _add_qa(db)
+    result = export_hf(db, store, tmp_path / "hf", subset, rows_per_file=10)
+    assert result.files and all(f["name"].startswith(f"{subset}/train-") for f in result.files)
+    total = 0
+    for f in result.files:
+        path = tmp_path / "hf" / f["name"]
+        schema = pq.read_schema(path).remove_metadata()
+        assert schema.equals(arrow_schema(subset)), f"{schema}\n!=\n{arrow_schema(subset)}"
+        frame = pd.read_parquet(path)
+        assert list(frame.columns) == list(ROW_MODELS[subset].model_fields)
+        assert len(frame) == f["rows"] <= 10
+        total += len(frame)
+    assert total == result.rows
+
+
+def test_row_values(demo, tmp_path):
+    db, store = demo
+    _add_qa(db)
+    out = tmp_path / "hf"
+    for subset in HF_SUBSETS:
+        export_hf(db, store, out, subset)
+    read = lambda subset: pq.read_table(out / subset / "train-00000.parquet").to_pylist()  # noqa: E731
+
+    with db.session() as s:
+        n_sets = len(s.scalars(select(PointSet)).all())
+        counting = s.scalars(select(PointSet).where(PointSet.method == "counting")).all()
+        sizes = {im.sha256: (im.width, im.height) for im in s.scalars(select(Image))}
+        first = s.scalars(select(PointSet).where(PointSet.points != []).order_by(PointSet.id)).first()
+        first_sha = s.get(Image, first.image_id).sha256
+        first_points = [c for x, y in sorted(first.points) for c in (x * 100, y * 100)]
+
+    points = read("points")
+    assert len(points) == n_sets
+    for row in points:
+        assert row["count"] == len(row["points"])
+        assert all(0 <= p["x"] <= 100 and 0 <= p["y"] <= 100 for p in row["points"])
+        assert row["collection_method"] in ("pointing", "counting")
+        assert row["image_url"].startswith("http://testserver/blobs/sha256/")
+    match = next(r for r in points if r["image_sha256"] == first_sha and r["label"] == first.label)
+    assert [c for p in sorted(match["points"], key=lambda p: (p["x"], p["y"])) for c in (p["x"], p["y"])] == pytest.approx(first_points)
+
+    count = read("count")
+    assert len(count) == len(counting) > 0
+    for row in count:
+        width, height = sizes[row["image_sha256"]]
+        assert row["count"] == len(row["points"]["x"]) == len(row["points"]["y"]) > 1
+        assert all(0 <= x <= width for x in row["points"]["x"]) and any(x > 1 for x in row["points"]["x"])
+
+    cap = read("cap")
+    assert cap and all(r["caption"] and isinstance(r["transcripts"], list) for r in cap)
+    assert any(len(r["transcripts"]) == 2 for r in cap)
+
+    capqa = read("capqa")
+    assert capqa and all(r["messages"] == [r["question"], r["answer"]] for r in capqa)
+
+    assert [(r["question"], r["answer"]) for r in read("ama")] == [("What colour is it?", "Red.")]
+
+    [pe] = read("point_explanations")
+    assert pe["response"] == EXPLANATION
+    assert pe["parsed_response"] == "The <|POINT|> are left of <|POINT|>."
+    assert pe["alt_text"] == ["red circles", "cup"] and pe["inline_text"] == ["two circles", "the cup"]
+    assert pe["points"] == [[[10.0, 20.0], [30.5, 40.0]], [[50.0, 60.0]]]
+
+
+def test_malformed_point_element_gives_no_parsed_response():
+    parsed = split_point_explanation('See <point x="500" y="1" alt="a">a</point>.')
+    assert parsed["parsed_response"] is None and parsed["points"] == []
+
+
+def test_unknown_subset_is_refused(demo, tmp_path):
+    db, store = demo
+    with pytest.raises(ValidationError, match="unknown subset"):
+        export_hf(db, store, tmp_path, "nope")
+
+
+def test_an_empty_subset_still_gets_a_file_with_the_schema(demo, tmp_path):
+    db, store = demo
+    from pixmo.export import ExportFilters
+
+    result = export_hf(db, store, tmp_path / "hf", "cap", ExportFilters(until="2000-01-01"))
+    assert result.rows == 0 and [f["rows"] for f in result.files] == [0]
+    path = tmp_path / "hf" / result.files[0]["name"]
+    assert pq.read_schema(path).remove_metadata().equals(arrow_schema("cap"))

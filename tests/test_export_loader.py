@@ -1,0 +1,98 @@
+"""The training loader (pixmo.data) over exported shards: workers, nodes, decoding, Molmo targets."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from pixmo.db.models import Image
+from pixmo.export import WebDatasetOptions, export_webdataset
+from pixmo.formats.points import NONE_TEXT, parse_count, parse_points
+from tests.export_helpers import demo, demo_template  # noqa: F401
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def exported(demo, tmp_path):
+    db, store = demo
+    out = tmp_path / "out"
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=2, val_fraction=0, workers=1))
+    with db.session() as s:
+        keys = set(s.scalars(select(Image.sha256)))
+    return out, keys
+
+
+def test_two_workers_yield_every_sample_exactly_once(exported):
+    from pixmo.data import pixmo_loader
+
+    out, keys = exported
+    loader = pixmo_loader(out, num_workers=2, shuffle=50, seed=3)
+    seen = Counter(sample["__key__"] for sample in loader)
+    assert set(seen) == keys and set(seen.values()) == {1}
+    again = Counter(sample["__key__"] for sample in loader)  # a second epoch: the same, once each
+    assert again == seen
+
+
+def test_nodes_split_the_shards(exported, monkeypatch):
+    from pixmo.data import pixmo_dataset
+
+    out, keys = exported
+    per_node = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        per_node.append({s["__key__"] for s in pixmo_dataset(out, shuffle=0, decode="bytes")})
+    assert per_node[0] and per_node[1]
+    assert not per_node[0] & per_node[1] and per_node[0] | per_node[1] == keys
+
+
+def test_samples_decode_to_tensors_with_molmo_targets(exported):
+    from pixmo.data import pixmo_dataset
+
+    out, keys = exported
+    n_points = n_counts = n_none = 0
+    for sample in pixmo_dataset(out, shuffle=0):
+        record = sample["json"]
+        image = sample["image"]
+        assert image.dtype == torch.uint8
+        assert tuple(image.shape) == (3, record["image"]["height"], record["image"]["width"])
+        tasks = [t["task"] for t in sample["targets"]]
+        if sample["caption"]:
+            assert sample["targets"][0] == {"task": "caption", "prompt": "Describe this image in detail.",
+                                            "text": sample["caption"]}
+        sets = {ps["label"]: ps for ps in record["point_sets"]}
+        for target in sample["targets"]:
+            if target["task"] == "counting":
+                answer = parse_count(target["text"])
+                label = target["prompt"][len("How many "):-len(" are there?")]
+                assert answer.count == len(sets[label]["points"])
+                n_counts += 1
+            elif target["task"] == "pointing" and target["text"] == NONE_TEXT:
+                n_none += 1
+            elif target["task"] == "pointing":
+                [ref] = parse_points(target["text"])
+                got = [c for p in sorted(ref.points) for c in p]
+                want = [c for p in sorted(map(tuple, sets[ref.label]["points"])) for c in p]
+                assert got == pytest.approx(want, abs=1e-3)  # Molmo text keeps one decimal on 0-100
+                n_points += 1
+        assert tasks.count("capqa") == sum(1 for q in record["qa"] if q["status"] == "accepted")
+    assert n_points and n_counts and n_none
+
+
+def _crop(image):
+    return image[:, :32, :32]
+
+
+def test_batches_stack_same_sized_images(exported):
+    from pixmo.data import pixmo_loader
+
+    out, keys = exported
+    batches = list(pixmo_loader(out, batch_size=5, num_workers=0, shuffle=0, transform=_crop))
+    assert sum(len(b["__key__"]) for b in batches) == len(keys)
+    assert tuple(batches[0]["image"].shape) == (5, 3, 32, 32)
+    assert isinstance(batches[0]["targets"][0], list)
+    assert json.dumps(batches[0]["json"][0])  # the record stays plain JSON data

@@ -1,0 +1,103 @@
+"""The rules shared by the exporters: best caption, review status, split, shard planning, sizes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import pytest
+
+from pixmo.errors import ValidationError
+from pixmo.export.options import ExportFilters, WebDatasetOptions, parse_size, parse_time
+from pixmo.export.records import ImageRows, best_caption, latest_verdicts, review_status, split_of
+from pixmo.export.select import Candidate
+from pixmo.export.shards import plan_shards
+
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _caption(id_, kind="cleaned", producer="llm", text=None, sources=(1,)):
+    return {"id": id_, "kind": kind, "produced_by": producer, "text": text or f"caption {id_}",
+            "source_transcript_ids": list(sources)}
+
+
+def _review(id_, target, target_id, verdict, minutes=0):
+    return {"id": id_, "target_type": target, "target_id": target_id, "verdict": verdict,
+            "created_at": T0 + dt.timedelta(minutes=minutes)}
+
+
+def _rows(captions=(), transcripts=None, reviews=()):
+    transcripts = transcripts if transcripts is not None else [
+        {"id": 1, "recording_id": 10, "text": "first transcript"},
+        {"id": 2, "recording_id": 20, "text": "a longer second transcript"},
+    ]
+    return ImageRows(image={}, captions=list(captions), transcripts=transcripts, reviews=list(reviews))
+
+
+def test_best_caption_prefers_merged_then_human_then_llm_then_rule_then_newest():
+    assert best_caption(_rows([_caption(1, "merged", "rule"), _caption(2, "cleaned", "human")])) == "caption 1"
+    assert best_caption(_rows([_caption(1, producer="rule"), _caption(2, producer="llm"), _caption(3, producer="human")])) == "caption 3"
+    assert best_caption(_rows([_caption(3, producer="llm"), _caption(1, producer="rule")])) == "caption 3"
+    assert best_caption(_rows([_caption(1), _caption(2)])) == "caption 2"
+
+
+def test_best_caption_skips_reviewed_out_captions_and_sources():
+    captions = [_caption(1, "merged", sources=(1, 2)), _caption(2, sources=(1,))]
+    # the merged caption was written from recording 20's transcript, which a reviewer rejected
+    assert best_caption(_rows(captions, reviews=[_review(1, "recording", 20, "rejected")])) == "caption 2"
+    # a rejected caption is never used, even when it was approved before
+    reviews = [_review(1, "caption", 1, "approved", 0), _review(2, "caption", 1, "rejected", 5)]
+    assert best_caption(_rows(captions, reviews=reviews)) == "caption 2"
+    # no usable caption: the longest usable transcript
+    reviews = [_review(1, "caption", 1, "rejected"), _review(2, "caption", 2, "flagged")]
+    assert best_caption(_rows(captions, reviews=reviews)) == "a longer second transcript"
+    everything_rejected = [_review(1, "recording", 10, "rejected"), _review(2, "recording", 20, "rejected")]
+    assert best_caption(_rows(captions, reviews=everything_rejected)) == ""
+
+
+def test_review_status_uses_the_latest_verdict_per_row():
+    assert review_status(latest_verdicts([])) == "pending"
+    assert review_status(latest_verdicts([_review(1, "recording", 1, "rejected")])) == "rejected"
+    assert review_status(latest_verdicts([_review(1, "recording", 1, "rejected"), _review(2, "recording", 2, "approved")])) == "approved"
+    assert review_status(latest_verdicts([_review(1, "recording", 1, "approved"), _review(2, "caption", 2, "flagged")])) == "flagged"
+    later_approval = [_review(2, "recording", 1, "approved", 10), _review(1, "recording", 1, "rejected", 0)]
+    assert review_status(latest_verdicts(later_approval)) == "approved"
+
+
+def test_split_is_a_stable_hash_of_the_key():
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(4000)]
+    splits = [split_of(k, 0.1) for k in keys]
+    assert splits == [split_of(k, 0.1) for k in keys]
+    assert 300 < splits.count("validation") < 500
+    assert {split_of(k, 0.0) for k in keys} == {"train"}
+    # growing the fraction only moves samples into validation
+    assert all(split_of(k, 0.2) == "validation" for k, s in zip(keys, splits) if s == "validation")
+
+
+def test_plan_shards_by_count_and_estimated_size():
+    cands = [Candidate(i, f"{i:064x}", 1000) for i in range(10)]
+    plans = plan_shards(cands, maxcount=4, maxsize=10**9, val_fraction=0)
+    assert [p.samples for p in plans] == [4, 4, 2]
+    assert [p.name for p in plans] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert plans[0].first_key == cands[0].key and plans[-1].last_key == cands[-1].key
+    assert [p.samples for p in plan_shards(cands, maxcount=100, maxsize=2500, val_fraction=0)] == [2] * 5
+    big = [Candidate(99, "f" * 64, 10_000)]  # larger than maxsize: a shard of its own
+    assert [p.samples for p in plan_shards(cands[:2] + big, maxcount=100, maxsize=2500, val_fraction=0)] == [2, 1]
+    both = plan_shards(cands, maxcount=100, maxsize=10**9, val_fraction=0.5)
+    assert {p.split for p in both} == {"train", "validation"}
+    assert sum(p.samples for p in both) == 10
+
+
+def test_options_and_filters_refuse_bad_values():
+    assert parse_size("1G") == 10**9 and parse_size("64MiB") == 64 * 2**20 and parse_size("3e9") == 3 * 10**9
+    assert parse_time("2024-06-01") == dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
+    assert parse_time("2024-06-01T12:00+02:00").hour == 10
+    for bad in [dict(maxcount=0), dict(maxsize="lots"), dict(val_fraction=1.0), dict(max_side=2), dict(workers=0)]:
+        with pytest.raises(ValidationError):
+            WebDatasetOptions(**bad)
+    with pytest.raises(ValidationError, match="unknown review status"):
+        ExportFilters(review_status=("good",))
+    with pytest.raises(ValidationError, match="before"):
+        ExportFilters(since="2024-02-01", until="2024-01-01")
+    with pytest.raises(ValidationError, match="ISO"):
+        ExportFilters(since="yesterday")

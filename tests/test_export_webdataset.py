@@ -1,0 +1,296 @@
+"""Webdataset export: demo -> export -> verify, byte-identical reruns, interrupted runs, filters, S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+from typer.testing import CliRunner
+
+from pixmo.db.models import Caption, Export, Image, Job, PointSet, QAPair, Recording, Review, Transcript
+from pixmo.demo import create_demo
+from pixmo.errors import ValidationError
+from pixmo.export import ExportFilters, WebDatasetOptions, export_webdataset, verify_export
+from pixmo.export.manifest import MANIFEST_NAME
+from pixmo.storage import TMP_PREFIX
+from tests.export_helpers import SECRET, demo, demo_template  # noqa: F401
+from tests.s3server import make_s3_store, s3_server  # noqa: F401
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _samples(folder: Path) -> dict[str, dict]:
+    """key -> {suffix: bytes} over every shard of an export folder."""
+    out: dict[str, dict] = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for info in tar:
+                key, suffix = info.name.split(".", 1)
+                out.setdefault(key, {})[suffix] = tar.extractfile(info).read()
+    return out
+
+
+def test_round_trip_demo_export_verify_and_byte_identical_rerun(db, store, tmp_path):
+    create_demo(db, store, 12, seed=0, speech=False)
+    options = WebDatasetOptions(maxcount=4, val_fraction=0.25, workers=2)
+    first = export_webdataset(db, store, tmp_path / "a", options=options)
+
+    report = verify_export(tmp_path / "a")
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.validator.startswith("jsonschema")
+    with db.session() as s:
+        n_images = s.scalar(select(func.count()).select_from(Image))
+        expected = {
+            "captions": s.scalar(select(func.count()).select_from(Caption)),
+            "transcripts": s.scalar(select(func.count()).select_from(Transcript)),
+            "recordings": s.scalar(select(func.count()).select_from(Recording)),
+            "point_sets": s.scalar(select(func.count()).select_from(PointSet)),
+            "qa": s.scalar(select(func.count()).select_from(QAPair)),
+            "reviews": s.scalar(select(func.count()).select_from(Review)),
+        }
+        shas = set(s.scalars(select(Image.sha256)))
+    counts = first.manifest["counts"]
+    assert first.samples == report.samples == n_images == 12
+    assert {k: counts[k] for k in expected} == expected
+    assert counts["train"] + counts["validation"] == 12 and counts["shards"] >= 3
+    assert first.manifest["versions"]["asr_models"] == ["demo/synthetic"]
+    assert first.manifest["code_version"]
+
+    samples = _samples(tmp_path / "a")
+    assert set(samples) == shas
+    for key, members in samples.items():
+        record = json.loads(members["json"])
+        assert record["key"] == key and record["image"]["sha256"] == key
+        assert members[record["image"]["ext"]]  # original bytes: sha checked by verify
+        assert record["projects"] == ["demo-ask", "demo-captions", "demo-points"]
+        assert record["captions"] and record["transcripts"] and record["recordings"]
+        assert record["lineage"]["prompt_versions"] == ["demo-v1"]
+        texts = {c["text"] for c in record["captions"]} | {t["text"] for t in record["transcripts"]}
+        txt = members["txt"].decode()  # the best caption (rules: tests/test_export_records.py)
+        assert txt in texts or (txt == "" and record["review_status"] == "rejected")
+    assert any(json.loads(m["json"])["point_sets"] for m in samples.values())
+    assert any(json.loads(m["json"])["reviews"] for m in samples.values())
+
+    # a second export of the same database is byte-identical, manifest included
+    second = export_webdataset(db, store, tmp_path / "b", options=WebDatasetOptions(maxcount=4, val_fraction=0.25, workers=1))
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert second.snapshot_id == first.snapshot_id
+    with db.session() as s:
+        rows = s.scalars(select(Export)).all()
+        assert len(rows) == 1 and rows[0].snapshot_id == first.snapshot_id  # same snapshot: one row
+        assert rows[0].output_url == str((tmp_path / "b").resolve())
+        assert [s_["sha256"] for s_ in rows[0].shards] == [s_["sha256"] for s_ in first.manifest["shards"]]
+        jobs = s.scalars(select(Job).where(Job.kind == "export")).all()
+        assert [j.status for j in jobs] == ["succeeded", "succeeded"]
+        assert jobs[0].stats["total"] == 12
+
+
+def test_flipped_byte_fails_verify_naming_the_shard(demo, tmp_path):
+    db, store = demo
+    out = tmp_path / "out"
+    result = export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=1))
+    shard = result.manifest["shards"][1]["name"]
+    data = bytearray((out / shard).read_bytes())
+    data[2000] ^= 0x01
+    (out / shard).write_bytes(bytes(data))
+
+    report = verify_export(out)
+    assert not report.ok
+    assert report.bad_shards == [shard]
+    assert any("sha256" in p.message for p in report.problems)
+
+    cli = CliRunner().invoke(_cli_app(), ["verify", str(out)])
+    assert cli.exit_code == 1
+    assert shard in cli.output
+
+
+def test_verify_reports_missing_and_unlisted_shards_and_missing_manifest(demo, tmp_path):
+    db, store = demo
+    out = tmp_path / "out"
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=5, val_fraction=0, workers=1))
+    (out / "train-000001.tar").rename(out / "train-000009.tar")
+    report = verify_export(out)
+    assert {"train-000001.tar", "train-000009.tar"} <= set(report.bad_shards)
+    (out / MANIFEST_NAME).unlink()
+    report = verify_export(out)
+    assert not report.ok and "no manifest.json" in str(report.problems[0])
+
+
+def _cli_app():
+    from pixmo.cli import app
+
+    return app
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pixmo.db.session import Database
+    from pixmo.export import WebDatasetOptions, export_webdataset
+    from pixmo.storage import LocalStore
+
+    written = 0
+    def pause_mid_shard(n):
+        global written
+        written += n
+        if written == 6:  # shard 0 (4 samples) is complete, shard 1 is half written
+            print("PAUSED", flush=True)
+            time.sleep(120)
+
+    db = Database(sys.argv[1])
+    store = LocalStore(sys.argv[2], secret="s", public_url="http://x")
+    export_webdataset(db, store, sys.argv[3], options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=1),
+                      progress=pause_mid_shard)
+    """
+)
+
+
+def test_killed_export_leaves_nothing_complete_looking_and_a_rerun_completes(demo, tmp_path):
+    db, store = demo
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, db.url, str(store.root), str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "PAUSED", proc.stderr.read()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    names = sorted(p.name for p in out.iterdir())
+    assert MANIFEST_NAME not in names
+    complete = [n for n in names if not n.startswith(TMP_PREFIX)]
+    partial = [n for n in names if n.startswith(TMP_PREFIX)]
+    assert complete == ["train-000000.tar"]  # only the shard that was finished has a final name
+    assert len(partial) == 1 and partial[0].endswith(".part")
+    before = (out / "train-000000.tar").read_bytes()
+    assert not verify_export(out).ok  # no manifest: not an export yet
+
+    result = export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=1))
+    assert verify_export(out).ok
+    assert not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]
+    assert (out / "train-000000.tar").read_bytes() == before
+    assert result.samples == 12
+
+
+def test_audio_and_resized_images(demo, tmp_path):
+    db, store = demo
+    out = tmp_path / "out"
+    result = export_webdataset(db, store, out, options=WebDatasetOptions(max_side=100, with_audio=True, workers=1))
+    report = verify_export(out)
+    assert report.ok, [str(p) for p in report.problems]
+    assert result.manifest["counts"]["audio_files"] == result.manifest["counts"]["recordings"] > 0
+    assert result.manifest["counts"]["reencoded_images"] == 12
+    from PIL import Image as PILImage
+    import io
+
+    for key, members in _samples(out).items():
+        record = json.loads(members["json"])
+        with PILImage.open(io.BytesIO(members[record["image"]["ext"]])) as im:
+            assert max(im.size) == 100
+        members_audio = sorted(k for k in members if k.startswith("audio"))
+        assert members_audio == sorted(r["audio_member"].split(".", 1)[1] for r in record["recordings"])
+        assert all(m.endswith(".ogg") for m in members_audio)
+
+
+def test_filters_select_images(demo, tmp_path):
+    db, store = demo
+    opts = WebDatasetOptions(val_fraction=0, workers=1)
+    runs = iter(range(100))
+
+    def export(**filters) -> dict[str, dict]:
+        out = tmp_path / f"out{next(runs)}"
+        export_webdataset(db, store, out, ExportFilters(**filters), opts)
+        return {k: json.loads(m["json"]) for k, m in _samples(out).items()}
+
+    everything = set(export())
+    assert len(everything) == 12
+    approved = export(review_status=("approved",))
+    assert approved and set(approved) < everything
+    assert {r["review_status"] for r in approved.values()} == {"approved"}
+    assert set(export(projects=("demo-points",))) == everything
+    assert export(until="2000-01-01") == {}
+    assert export(since="2999-01-01") == {}
+    assert set(export(since="2000-01-01")) == everything
+    with db.session() as s:
+        flagged_image = s.scalars(select(Recording.image_id).order_by(Recording.id)).first()
+        rec_ids = select(Recording.id).where(Recording.image_id == flagged_image)
+        s.execute(update(Transcript).where(Transcript.recording_id.in_(rec_ids)).values(flags=["too_short"]))
+        flagged_sha = s.get(Image, flagged_image).sha256
+    assert set(export(exclude_flags=("too_short",))) == everything - {flagged_sha}
+    with pytest.raises(ValidationError, match="no project named"):
+        export(projects=("nope",))
+
+
+def test_export_to_s3_verifies_and_loads(demo, s3_server, monkeypatch):
+    db, store = demo
+    monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)
+    from pixmo.config import get_settings
+
+    get_settings.cache_clear()
+    bucket = make_s3_store(s3_server, prefix="exports/v1")
+    url = f"s3://{bucket.bucket}/exports/v1"
+    result = export_webdataset(db, store, url, options=WebDatasetOptions(maxcount=5, val_fraction=0, workers=2))
+    keys = sorted(bucket.iter_keys())
+    assert keys == [MANIFEST_NAME, "train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    report = verify_export(url)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.samples == result.samples == 12
+
+    from pixmo.data import pixmo_loader
+
+    seen = [s["__key__"] for s in pixmo_loader(url, num_workers=0, shuffle=0, decode="bytes")]
+    with db.session() as s:
+        assert sorted(seen) == sorted(s.scalars(select(Image.sha256)))
+
+
+def test_cli_export_then_verify(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIXMO_SECRET_KEY", SECRET)
+    from pixmo.db.session import _databases
+
+    runner = CliRunner()
+    app = _cli_app()
+    try:
+        assert runner.invoke(app, ["init"]).exit_code == 0
+        assert runner.invoke(app, ["demo", "--images", "5", "--no-speech"]).exit_code == 0
+        res = runner.invoke(app, ["export", "webdataset", "out", "--maxcount", "2", "--val-fraction", "0", "--json"])
+        assert res.exit_code == 0, res.output
+        stats = json.loads(res.output)["stats"]
+        assert stats["total"] == 5 and stats["shards"] == 3
+        res = runner.invoke(app, ["verify", "out", "--json"])
+        assert res.exit_code == 0 and json.loads(res.output)["ok"] is True
+        res = runner.invoke(app, ["export", "webdataset", "out2", "--review-status", "nonsense"])
+        assert res.exit_code == 2 and "unknown review status" in res.output
+    finally:
+        for database in _databases.values():
+            database.dispose()
+        _databases.clear()
+
+
+@pytest.mark.parametrize("cmd", [["export"], ["export", "webdataset"], ["export", "hf"], ["verify"]])
+def test_export_commands_have_help(cmd):
+    result = CliRunner().invoke(_cli_app(), [*cmd, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_an_empty_selection_gives_a_valid_empty_export(demo, tmp_path):
+    db, store = demo
+    result = export_webdataset(db, store, tmp_path / "out", ExportFilters(until="2000-01-01"),
+                               WebDatasetOptions(workers=2))
+    assert result.samples == 0 and result.manifest["shards"] == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST_NAME]
+    report = verify_export(tmp_path / "out")
+    assert report.ok and report.samples == 0
