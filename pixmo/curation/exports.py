@@ -1,0 +1,58 @@
+"""Export snapshots: what was written, where, with which filters, counts and shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import Export
+
+MANIFEST_NAMES = ("manifest.json",)
+
+
+def _shard_bytes(shard: Any) -> int:
+    if isinstance(shard, dict):
+        for key in ("bytes", "size", "nbytes"):
+            if isinstance(shard.get(key), (int, float)):
+                return int(shard[key])
+    return 0
+
+
+def list_exports(session: Session, before_id: int | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], int | None]:
+    """Snapshots newest first (keyset on id); returns (rows, next ``before_id`` or None)."""
+    stmt = select(Export).order_by(Export.id.desc()).limit(limit + 1)
+    if before_id is not None:
+        stmt = stmt.where(Export.id < before_id)
+    exports = list(session.scalars(stmt))
+    more = len(exports) > limit
+    rows = []
+    for e in exports[:limit]:
+        shards = list(e.shards or [])
+        rows.append({
+            "id": e.id, "snapshot_id": e.snapshot_id, "format": e.format, "output_url": e.output_url,
+            "created_at": e.created_at, "filters": dict(e.filters or {}), "counts": dict(e.counts or {}),
+            "versions": dict(e.versions or {}), "shards": shards, "n_shards": len(shards),
+            "total_bytes": sum(_shard_bytes(s) for s in shards), "manifest_sha256": e.manifest_sha256, "job_id": e.job_id,
+        })
+    return rows, (rows[-1]["id"] if more else None)
+
+
+def read_manifest(output_url: str) -> dict[str, Any] | None:
+    """The snapshot's manifest file when ``output_url`` is a local folder (or ``file://``) holding
+    one; None otherwise (remote snapshots show the manifest fields stored in the database)."""
+    parsed = urlparse(output_url)
+    if parsed.scheme not in ("", "file"):
+        return None
+    root = Path(parsed.path if parsed.scheme == "file" else output_url)
+    candidates = [root] if root.suffix == ".json" else [root / name for name in MANIFEST_NAMES]
+    for path in candidates:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return None

@@ -1,0 +1,233 @@
+"""The overview: per project, how far its images got (the funnel), and collection over time.
+
+Every number is an aggregate computed in SQL (``count(DISTINCT image_id)`` per project), so the
+cost grows with the index sizes, never with rows loaded into Python.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Date, Select, and_, distinct, exists, func, literal, select, union_all
+from sqlalchemy.orm import Session
+
+from pixmo.curation.sql import day_of
+from pixmo.errors import ValidationError
+from pixmo.db.models import (
+    Assignment,
+    Caption,
+    Export,
+    PointSet,
+    Project,
+    ProjectImage,
+    QAPair,
+    Recording,
+    Review,
+    Transcript,
+)
+
+# Which stages a project of each kind goes through, in order.
+FUNNEL_STAGES: dict[str, tuple[str, ...]] = {
+    "caption": ("images", "assigned", "recorded", "transcribed", "captioned", "reviewed", "exported"),
+    "points": ("images", "assigned", "pointed", "reviewed", "exported"),
+    "ask": ("images", "assigned", "answered", "reviewed", "exported"),
+    "point_explain": ("images", "assigned", "pointed", "answered", "reviewed", "exported"),
+}
+
+STAGE_HELP = {
+    "images": "images in the project",
+    "assigned": "images leased to an annotator at least once",
+    "recorded": "images with at least one recording",
+    "transcribed": "images with at least one successful transcript",
+    "captioned": "images with at least one successful caption",
+    "pointed": "images with at least one point set",
+    "answered": "images with at least one accepted QA pair",
+    "reviewed": "images with a review of any of their items in this project",
+    "exported": "images in the largest export snapshot of this project",
+}
+
+# Human work over time; pipeline outputs (transcripts, captions) show in the funnel instead.
+SERIES = ("submissions", "recordings", "point_sets", "qa_pairs", "reviews")
+
+
+@dataclass
+class FunnelStage:
+    """One step of a project's funnel: how many images reached it."""
+
+    name: str
+    count: int
+    pct_of_images: float | None
+    pct_of_previous: float | None
+
+
+@dataclass
+class ProjectFunnel:
+    """The funnel of one project."""
+
+    project_id: int
+    name: str
+    kind: str
+    stages: list[FunnelStage] = field(default_factory=list)
+
+    def count(self, stage: str) -> int:
+        return next((s.count for s in self.stages if s.name == stage), 0)
+
+
+def _pct(n: int, of: int) -> float | None:
+    return round(100.0 * n / of, 1) if of else None
+
+
+def _by_project(session: Session, stmt: Select) -> dict[int, int]:
+    return {pid: int(n) for pid, n in session.execute(stmt) if pid is not None}
+
+
+def _distinct_images(session: Session, model, project_id: int | None, *where) -> dict[int, int]:  # noqa: ANN001
+    stmt = select(model.project_id, func.count(distinct(model.image_id))).where(*where).group_by(model.project_id)
+    if project_id is not None:
+        stmt = stmt.where(model.project_id == project_id)
+    return _by_project(session, stmt)
+
+
+def _reviewed(session: Session, project_id: int | None) -> dict[int, int]:
+    """Distinct images per project with a review of any of their items in that project."""
+    R = Review
+
+    def on(target: str, id_column) -> Any:  # noqa: ANN001
+        return and_(R.target_type == target, R.target_id == id_column)
+
+    parts = [
+        select(Recording.project_id.label("project_id"), Recording.image_id.label("image_id")).join(
+            R, on("recording", Recording.id)
+        ),
+        select(Recording.project_id, Recording.image_id)
+        .join(Transcript, Transcript.recording_id == Recording.id)
+        .join(R, on("transcript", Transcript.id)),
+        select(Caption.project_id, Caption.image_id).join(R, on("caption", Caption.id)),
+        select(PointSet.project_id, PointSet.image_id).join(R, on("point_set", PointSet.id)),
+        select(QAPair.project_id, QAPair.image_id).join(R, on("qa_pair", QAPair.id)),
+        select(Assignment.project_id, Assignment.image_id).join(R, on("assignment", Assignment.id)),
+    ]
+    if project_id is not None:
+        parts = [p.where(p.selected_columns[0] == project_id) for p in parts]
+    both = union_all(*parts).subquery()
+    stmt = select(both.c.project_id, func.count(distinct(both.c.image_id))).group_by(both.c.project_id)
+    return _by_project(session, stmt)
+
+
+def exported_count(project_name: str, filters: dict[str, Any], counts: dict[str, Any]) -> int | None:
+    """Images of ``project_name`` in one export snapshot, read from its ``counts``/``filters``.
+
+    Exporters record either a per-project breakdown (``counts["projects"][name]``) or a snapshot
+    filtered to projects (``filters["project"]`` / ``filters["projects"]``) with a total
+    (``counts["images"]`` or ``counts["samples"]``). None when the snapshot says nothing about it.
+    """
+    per_project = counts.get("projects") if isinstance(counts, dict) else None
+    if isinstance(per_project, dict) and project_name in per_project:
+        value = per_project[project_name]
+        if isinstance(value, dict):
+            value = value.get("images", value.get("samples"))
+        return int(value) if isinstance(value, (int, float)) else None
+    named = filters.get("projects", filters.get("project")) if isinstance(filters, dict) else None
+    if isinstance(named, str):
+        named = [named]
+    if isinstance(named, list) and named == [project_name]:
+        total = counts.get("images", counts.get("samples"))
+        return int(total) if isinstance(total, (int, float)) else None
+    return None
+
+
+def _exported(session: Session, projects: dict[int, str]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    # Snapshots are few (one row per export run), so reading their small JSON columns is cheap.
+    for filters, counts in session.execute(select(Export.filters, Export.counts)):
+        for pid, name in projects.items():
+            n = exported_count(name, filters or {}, counts or {})
+            if n is not None:
+                out[pid] = max(out.get(pid, 0), n)
+    return out
+
+
+def funnel(session: Session, project_id: int | None = None) -> list[ProjectFunnel]:
+    """Per project (or one), images → assigned → … → reviewed → exported, with percentages."""
+    stmt = select(Project.id, Project.name, Project.kind).order_by(Project.id)
+    if project_id is not None:
+        stmt = stmt.where(Project.id == project_id)
+    projects = list(session.execute(stmt))
+    if not projects:
+        return []
+    ok_transcripts = exists(
+        select(literal(1)).where(Transcript.recording_id == Recording.id, Transcript.status == "ok")
+    )
+    images_stmt = select(ProjectImage.project_id, func.count()).group_by(ProjectImage.project_id)
+    if project_id is not None:
+        images_stmt = images_stmt.where(ProjectImage.project_id == project_id)
+    counts = {
+        "images": _by_project(session, images_stmt),
+        "assigned": _distinct_images(session, Assignment, project_id),
+        "recorded": _distinct_images(session, Recording, project_id),
+        "transcribed": _distinct_images(session, Recording, project_id, ok_transcripts),
+        "captioned": _distinct_images(session, Caption, project_id, Caption.status == "ok"),
+        "pointed": _distinct_images(session, PointSet, project_id),
+        "answered": _distinct_images(session, QAPair, project_id, QAPair.status == "accepted"),
+        "reviewed": _reviewed(session, project_id),
+        "exported": _exported(session, {pid: name for pid, name, _ in projects}),
+    }
+    out = []
+    for pid, name, kind in projects:
+        pf = ProjectFunnel(pid, name, kind)
+        images = counts["images"].get(pid, 0)
+        previous = None
+        for stage in FUNNEL_STAGES.get(kind, FUNNEL_STAGES["caption"]):
+            n = counts[stage].get(pid, 0)
+            pf.stages.append(FunnelStage(stage, n, _pct(n, images), None if previous is None else _pct(n, previous)))
+            previous = n
+        out.append(pf)
+    return out
+
+
+def collection_over_time(session: Session, project_id: int | None = None, since: str | None = None) -> list[dict[str, Any]]:
+    """Rows ``{day, series, count}``: what people made per UTC day (submitted assignments, recordings,
+    point sets, QA pairs, reviews).
+
+    ``since`` (``YYYY-MM-DD``) keeps the days from then on.
+    """
+    sources = [
+        ("submissions", Assignment.submitted_at, Assignment.project_id, Assignment.status == "submitted"),
+        ("recordings", Recording.created_at, Recording.project_id, None),
+        ("point_sets", PointSet.created_at, PointSet.project_id, None),
+        ("qa_pairs", QAPair.created_at, QAPair.project_id, None),
+    ]
+    rows: list[dict[str, Any]] = []
+    try:
+        first_day = literal(dt.date.fromisoformat(since), Date) if since else None
+    except ValueError as exc:
+        raise ValidationError(f"since must be a YYYY-MM-DD date, not {since!r}") from exc
+
+    def collect(series: str, stmt: Select, day) -> None:  # noqa: ANN001
+        if first_day is not None:
+            stmt = stmt.where(day >= first_day)
+        for d, n in session.execute(stmt.group_by(day).order_by(day)):
+            if d is not None:
+                rows.append({"day": str(d), "series": series, "count": int(n)})
+
+    for series, ts, project_col, where in sources:
+        day = day_of(session, ts)
+        stmt = select(day, func.count()).where(ts.is_not(None))
+        if where is not None:
+            stmt = stmt.where(where)
+        if project_id is not None:
+            stmt = stmt.where(project_col == project_id)
+        collect(series, stmt, day)
+
+    day = day_of(session, Review.created_at)
+    stmt = select(day, func.count()).select_from(Review)
+    if project_id is not None:
+        stmt = stmt.where(
+            exists(select(literal(1)).where(ProjectImage.image_id == Review.image_id, ProjectImage.project_id == project_id))
+        )
+    collect("reviews", stmt, day)
+    order = {s: i for i, s in enumerate(SERIES)}
+    rows.sort(key=lambda r: (r["day"], order[r["series"]]))
+    return rows

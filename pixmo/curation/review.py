@@ -1,0 +1,125 @@
+"""Review actions: reviewers (and admins) approve, reject with a reason, or flag any submission.
+
+Every call re-reads the acting user from the database, so a deactivated reviewer or an annotator
+cannot write a verdict whatever a client remembers about them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import null, select
+from sqlalchemy.orm import Session
+
+from pixmo.auth import authenticate, user_for_token
+from pixmo.db.models import (
+    REVIEW_TARGETS, VERDICTS, Assignment, Caption, LoginAttempt, PointSet, QAPair, Recording, Review, Transcript, User,
+)
+from pixmo.db.session import Database
+from pixmo.errors import NotFoundError, PixmoError, ValidationError
+from pixmo.logins import LoginThrottled, check_throttle
+from pixmo.reviews import MAX_REASON_CHARS, sync_assignment_verdict
+
+REVIEWER_ROLES = ("reviewer", "admin")
+
+
+class NotAllowedError(PixmoError, PermissionError):
+    """The user may not do this (not logged in, not a reviewer, or inactive)."""
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    """A user allowed to curate: id, name and role."""
+
+    id: int
+    username: str
+    role: str
+
+
+def _as_reviewer(user: User | None, refusal: str) -> Reviewer:
+    if user is None or not user.is_active:
+        raise NotAllowedError(refusal)
+    if user.role not in REVIEWER_ROLES:
+        raise NotAllowedError(f"{user.username} is an {user.role}; the dashboard is for reviewers and admins")
+    return Reviewer(user.id, user.username, user.role)
+
+
+def login(db: Database, username: str, password: str, ip: str | None = None) -> Reviewer:
+    """The reviewer with that name and password; NotAllowedError when wrong or not a reviewer.
+
+    Every try is a ``login_attempts`` row and too many recent failures refuse further tries
+    (the annotation app's limits, shared through the database), so the dashboard is no side door
+    for guessing passwords. Takes the Database: the attempt is committed even when refused.
+    """
+    username = username.strip()[:64]
+    ip = (ip or "dashboard")[:64]
+    with db.session() as session:
+        try:
+            check_throttle(session, username, ip)
+        except LoginThrottled as exc:
+            raise NotAllowedError(str(exc)) from exc
+        user = authenticate(session, username, password)
+        session.add(LoginAttempt(username=username, ip=ip, ok=user is not None))
+    with db.session() as session:
+        return _as_reviewer(session.get(User, user.id) if user else None, "wrong username or password")
+
+
+def login_with_token(db: Database, token: str) -> Reviewer:
+    """The reviewer an API token belongs to; NotAllowedError when unknown or not a reviewer."""
+    with db.session() as session:
+        user = user_for_token(session, token.strip())
+        user_id = user.id if user else None
+    with db.session() as session:
+        return _as_reviewer(session.get(User, user_id) if user_id else None, "unknown or revoked token")
+
+
+def reviewer_by_id(session: Session, user_id: int | None) -> Reviewer:
+    """Re-check a remembered login: the user must still exist, be active and be a reviewer."""
+    user = session.get(User, user_id) if user_id is not None else None
+    return _as_reviewer(user, "log in as a reviewer first")
+
+
+def target_owner(session: Session, target_type: str, target_id: int) -> tuple[int, int | None]:
+    """(image id, annotator id) of a reviewable item; NotFoundError when it does not exist."""
+    if target_type not in REVIEW_TARGETS:
+        raise ValidationError(f"target_type must be one of {', '.join(REVIEW_TARGETS)}, not {target_type!r}")
+    if target_type == "transcript":
+        stmt = (select(Recording.image_id, Recording.user_id)
+                .join(Transcript, Transcript.recording_id == Recording.id).where(Transcript.id == target_id))
+    elif target_type == "caption":
+        stmt = select(Caption.image_id, null()).where(Caption.id == target_id)
+    else:
+        model = {"recording": Recording, "point_set": PointSet, "qa_pair": QAPair, "assignment": Assignment}[target_type]
+        stmt = select(model.image_id, model.user_id).where(model.id == target_id)
+    row = session.execute(stmt).first()
+    if row is None:
+        raise NotFoundError(f"no {target_type} with id {target_id}")
+    return row[0], row[1]
+
+
+def submit_review(
+    session: Session, reviewer_id: int | None, target_type: str, target_id: int, verdict: str, reason: str = ""
+) -> Review:
+    """Write a verdict ("approved", "rejected" with a reason, or "flagged") on one item as a reviewer.
+
+    Earlier verdicts stay as history; the newest one is the item's current verdict. Nobody reviews
+    their own work.
+    """
+    reviewer = reviewer_by_id(session, reviewer_id)
+    if verdict not in VERDICTS:
+        raise ValidationError(f"verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}")
+    reason = (reason or "").strip()
+    if verdict == "rejected" and not reason:
+        raise ValidationError("a rejection needs a reason")
+    if len(reason) > MAX_REASON_CHARS:
+        raise ValidationError(f"the reason is longer than {MAX_REASON_CHARS} characters")
+    image_id, annotator_id = target_owner(session, target_type, int(target_id))
+    if annotator_id is not None and annotator_id == reviewer.id:
+        raise ValidationError("nobody reviews their own work")
+    review = Review(target_type=target_type, target_id=int(target_id), image_id=image_id, reviewer_id=reviewer.id,
+                    verdict=verdict, reason=reason)
+    session.add(review)
+    # keep the assignment's copy of the verdict in step, as the annotation app does
+    sync_assignment_verdict(session, target_type, int(target_id), verdict)
+    session.flush()
+    return review
