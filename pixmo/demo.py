@@ -40,6 +40,7 @@ from pixmo.db.models import (
 )
 from pixmo.db.session import Database
 from pixmo.projects import attach_images, create_project
+from pixmo.reviews import sync_assignment_verdict
 from pixmo.storage import BlobStore, content_key
 
 DEMO_PASSWORD = "demo-password"
@@ -300,6 +301,7 @@ def create_demo(db: Database, store: BlobStore, n_images: int = 12, seed: int = 
                     continue
                 session.add(Review(target_type="recording", target_id=rec_id, image_id=image.id,
                                    reviewer_id=user_ids["demo-reviewer"], verdict=verdict, reason=reason))
+                sync_assignment_verdict(session, "recording", rec_id, verdict)
                 made["reviews"] += 1
     with db.session() as session:
         n_images = session.query(ProjectImage).filter_by(project_id=project_ids[CAPTION_PROJECT]).count()

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, null, select, update
 from sqlalchemy.orm import Session
 
-from pixmo.db.models import VERDICTS, Assignment, Image, PointSet, Project, QAPair, Recording, Review, Transcript, User
+from pixmo.db.models import (
+    REVIEW_TARGETS, VERDICTS, Assignment, Caption, Image, PointSet, Project, QAPair, Recording, Review, Transcript, User,
+)
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, ValidationError
 
@@ -82,31 +84,59 @@ def _details(session: Session, row: Any) -> dict[str, Any]:
     return {"question": row.question, "answer": row.answer, "revisions": row.revisions}
 
 
+def target_owner(session: Session, target_type: str, target_id: int) -> tuple[int, int | None]:
+    """(image id, annotator id) of a reviewable item; NotFoundError when it does not exist."""
+    if target_type not in REVIEW_TARGETS:
+        raise ValidationError(f"target_type must be one of {', '.join(REVIEW_TARGETS)}, not {target_type!r}")
+    if target_type == "transcript":
+        stmt = (select(Recording.image_id, Recording.user_id)
+                .join(Transcript, Transcript.recording_id == Recording.id).where(Transcript.id == target_id))
+    elif target_type == "caption":
+        stmt = select(Caption.image_id, null()).where(Caption.id == target_id)
+    else:
+        model = {**TARGETS, "assignment": Assignment}[target_type]
+        stmt = select(model.image_id, model.user_id).where(model.id == target_id)
+    row = session.execute(stmt).first()
+    if row is None:
+        raise NotFoundError(f"no {target_type} {target_id}")
+    return row[0], row[1]
+
+
+def add_review(
+    session: Session, reviewer_id: int, target_type: str, target_id: int, verdict: str, reason: str = "",
+    *, targets: tuple[str, ...] = REVIEW_TARGETS,
+) -> Review:
+    """Write a verdict on one item in ``session``: the one place every caller (app, dashboard) goes.
+
+    A rejection needs a reason; nobody reviews their own work; the verdict is copied onto the
+    submission's assignment. Earlier verdicts stay as history.
+    """
+    if target_type not in targets:
+        raise ValidationError(f"target_type must be one of {', '.join(targets)}, not {target_type!r}")
+    if verdict not in VERDICTS:
+        raise ValidationError(f"verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}")
+    reason = (reason or "").strip()
+    if verdict == "rejected" and not reason:
+        raise ValidationError("a rejection needs a reason: say why the submission is rejected")
+    if len(reason) > MAX_REASON_CHARS:
+        raise ValidationError(f"the reason is longer than {MAX_REASON_CHARS} characters")
+    image_id, annotator_id = target_owner(session, target_type, int(target_id))
+    if annotator_id is not None and annotator_id == reviewer_id:
+        raise ValidationError("nobody reviews their own work")
+    review = Review(target_type=target_type, target_id=int(target_id), image_id=image_id, reviewer_id=reviewer_id,
+                    verdict=verdict, reason=reason)
+    session.add(review)
+    sync_assignment_verdict(session, target_type, int(target_id), verdict)
+    session.flush()
+    return review
+
+
 def record_review(
     db: Database, reviewer_id: int, target_type: str, target_id: int, verdict: str, reason: str = ""
 ) -> Review:
-    """Approve, reject (a reason is required) or flag one submission."""
-    if target_type not in TARGETS:
-        raise ValidationError(f"target_type must be one of {', '.join(TARGETS)}")
-    if verdict not in VERDICTS:
-        raise ValidationError(f"verdict must be one of {', '.join(VERDICTS)}")
-    reason = (reason or "").strip()
-    if verdict == "rejected" and not reason:
-        raise ValidationError("Say why the submission is rejected.")
-    if len(reason) > MAX_REASON_CHARS:
-        raise ValidationError(f"The reason is longer than {MAX_REASON_CHARS} characters.")
+    """Approve, reject (a reason is required) or flag one submission of the annotation app."""
     with db.session(write_lock=True) as session:
-        target = session.get(TARGETS[target_type], target_id)
-        if target is None:
-            raise NotFoundError(f"no {target_type} {target_id}")
-        if target.user_id is not None and target.user_id == reviewer_id:
-            raise ValidationError("You cannot review your own work.")
-        review = Review(target_type=target_type, target_id=target_id, image_id=target.image_id,
-                        reviewer_id=reviewer_id, verdict=verdict, reason=reason)
-        session.add(review)
-        sync_assignment_verdict(session, target_type, target_id, verdict)
-        session.flush()
-        return review
+        return add_review(session, reviewer_id, target_type, target_id, verdict, reason, targets=tuple(TARGETS))
 
 
 def sync_assignment_verdict(session: Session, target_type: str, target_id: int, verdict: str) -> None:

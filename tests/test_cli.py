@@ -79,3 +79,20 @@ def test_demo_makes_every_kind_of_annotation(initialised):
     # a second run tops up nothing: same images, same annotations
     invoke("demo", "--images", "6", "--no-speech")
     assert json.loads(invoke("stats", "--json").output)["totals"] == totals
+
+
+def test_demo_reviews_reach_the_assignments(initialised):
+    from sqlalchemy import select
+
+    from pixmo.db.models import Assignment, Recording, Review
+    from pixmo.db.session import _databases
+
+    invoke("demo", "--images", "6", "--no-speech")
+    (database,) = _databases.values()
+    with database.session() as s:
+        reviewed = s.execute(
+            select(Review.verdict, Assignment.review_verdict)
+            .join(Recording, Recording.id == Review.target_id)
+            .join(Assignment, Assignment.id == Recording.assignment_id)
+        ).all()
+    assert reviewed and all(verdict == on_assignment for verdict, on_assignment in reviewed)

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import null, select
 from sqlalchemy.orm import Session
 
 from pixmo.auth import authenticate, user_for_token
-from pixmo.db.models import (
-    REVIEW_TARGETS, VERDICTS, Assignment, Caption, LoginAttempt, PointSet, QAPair, Recording, Review, Transcript, User,
-)
+from pixmo.db.models import LoginAttempt, Review, User
 from pixmo.db.session import Database
-from pixmo.errors import NotFoundError, PixmoError, ValidationError
+from pixmo.errors import PixmoError
 from pixmo.logins import LoginThrottled, check_throttle
-from pixmo.reviews import MAX_REASON_CHARS, sync_assignment_verdict
+from pixmo.reviews import add_review
 
 REVIEWER_ROLES = ("reviewer", "admin")
 
@@ -79,24 +76,6 @@ def reviewer_by_id(session: Session, user_id: int | None) -> Reviewer:
     return _as_reviewer(user, "log in as a reviewer first")
 
 
-def target_owner(session: Session, target_type: str, target_id: int) -> tuple[int, int | None]:
-    """(image id, annotator id) of a reviewable item; NotFoundError when it does not exist."""
-    if target_type not in REVIEW_TARGETS:
-        raise ValidationError(f"target_type must be one of {', '.join(REVIEW_TARGETS)}, not {target_type!r}")
-    if target_type == "transcript":
-        stmt = (select(Recording.image_id, Recording.user_id)
-                .join(Transcript, Transcript.recording_id == Recording.id).where(Transcript.id == target_id))
-    elif target_type == "caption":
-        stmt = select(Caption.image_id, null()).where(Caption.id == target_id)
-    else:
-        model = {"recording": Recording, "point_set": PointSet, "qa_pair": QAPair, "assignment": Assignment}[target_type]
-        stmt = select(model.image_id, model.user_id).where(model.id == target_id)
-    row = session.execute(stmt).first()
-    if row is None:
-        raise NotFoundError(f"no {target_type} with id {target_id}")
-    return row[0], row[1]
-
-
 def submit_review(
     session: Session, reviewer_id: int | None, target_type: str, target_id: int, verdict: str, reason: str = ""
 ) -> Review:
@@ -106,20 +85,4 @@ def submit_review(
     their own work.
     """
     reviewer = reviewer_by_id(session, reviewer_id)
-    if verdict not in VERDICTS:
-        raise ValidationError(f"verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}")
-    reason = (reason or "").strip()
-    if verdict == "rejected" and not reason:
-        raise ValidationError("a rejection needs a reason")
-    if len(reason) > MAX_REASON_CHARS:
-        raise ValidationError(f"the reason is longer than {MAX_REASON_CHARS} characters")
-    image_id, annotator_id = target_owner(session, target_type, int(target_id))
-    if annotator_id is not None and annotator_id == reviewer.id:
-        raise ValidationError("nobody reviews their own work")
-    review = Review(target_type=target_type, target_id=int(target_id), image_id=image_id, reviewer_id=reviewer.id,
-                    verdict=verdict, reason=reason)
-    session.add(review)
-    # keep the assignment's copy of the verdict in step, as the annotation app does
-    sync_assignment_verdict(session, target_type, int(target_id), verdict)
-    session.flush()
-    return review
+    return add_review(session, reviewer.id, target_type, target_id, verdict, reason)
