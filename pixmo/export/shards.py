@@ -2,7 +2,10 @@
 
 Planning first is what lets shards be written in parallel and still come out the same every time:
 a shard's name, split and exact list of samples depend only on the database and the options.
-Members are written by webdataset's `TarWriter` with fixed times, owner and mode, in key order.
+Members are written in key order, and within a sample in the order of their suffixes (as
+webdataset's `TarWriter` does), with fixed times, owner and mode: POSIX ustar headers built from a
+precomputed template (`TarMemberWriter`), byte for byte what `tarfile` writes for these members,
+without importing webdataset (and torch) in every worker or building a `TarInfo` per member.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -19,7 +23,7 @@ from pixmo.errors import BlobNotFoundError
 from pixmo.export.errors import ExportError
 from pixmo.export.images import image_member
 from pixmo.export.options import WebDatasetOptions
-from pixmo.export.records import build_samples, count_rows, member_ext, split_of
+from pixmo.export.records import build_samples, count_rows, gc_paused, member_ext, split_of
 from pixmo.export.select import Candidate
 from pixmo.export.target import ExportTarget
 from pixmo.media import EXT_BY_MIME
@@ -30,6 +34,75 @@ SPLITS = ("train", "validation")
 MEMBER_MTIME = 0
 MEMBER_OWNER = "pixmo"
 MEMBER_MODE = 0o444
+TAR_BLOCK = tarfile.BLOCKSIZE  # 512
+TAR_RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads the archive to a multiple of this
+_MAX_NAME = 100
+_MAX_SIZE = 8**11 - 1  # largest size an octal ustar field holds
+
+
+def _ustar_template(owner: str, mode: int, mtime: int) -> tuple[bytes, bytes, int]:
+    """The parts of a regular-file ustar header that never change, and their byte sum.
+
+    Layout (POSIX ustar, as `tarfile` writes it in its default PAX format when no pax record is
+    needed): name[100] mode[8] uid[8] gid[8] size[12] mtime[12] chksum[8] type[1] linkname[100]
+    magic[8] uname[32] gname[32] devmajor[8] devminor[8] prefix[155], padded to 512 bytes.
+    """
+    middle = (
+        b"%07o\0" % (mode & 0o7777) + b"%07o\0" % 0 + b"%07o\0" % 0  # mode, uid, gid
+    )
+    tail = (
+        b"%011o\0" % mtime + b" " * 8 + tarfile.REGTYPE + b"\0" * 100 + tarfile.POSIX_MAGIC
+        + owner.encode("ascii").ljust(32, b"\0") + owner.encode("ascii").ljust(32, b"\0")
+        + b"\0" * 8 + b"\0" * 8 + b"\0" * 155
+    )
+    tail += b"\0" * (TAR_BLOCK - 100 - len(middle) - 12 - len(tail))
+    return middle, tail, sum(middle) + sum(tail)
+
+
+class TarMemberWriter:
+    """Write regular-file members to a stream as an uncompressed tar, identical to `tarfile`'s output.
+
+    Every member gets the same owner, group, mode and mtime; names are plain ASCII of at most 100
+    bytes (sample keys are sha256 hex) and use the template; any other name or size falls back to
+    `tarfile.TarInfo.tobuf`, so the output is always what ``tarfile.open(mode="w|")`` writes.
+    """
+
+    def __init__(self, out, *, owner: str = MEMBER_OWNER, mode: int = MEMBER_MODE, mtime: int = MEMBER_MTIME) -> None:  # noqa: ANN001
+        self.out = out
+        self.offset = 0
+        self.owner, self.mode, self.mtime = owner, mode, mtime
+        self._middle, self._tail, self._sum = _ustar_template(owner, mode, mtime)
+
+    def header(self, name: str, size: int) -> bytes:
+        raw = name.encode("ascii", "replace") if name.isascii() else b""
+        if not raw or len(raw) > _MAX_NAME or size > _MAX_SIZE or b"\0" in raw:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = size, self.mode, self.mtime
+            info.uname = info.gname = self.owner
+            return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        name_field = raw.ljust(_MAX_NAME, b"\0")
+        size_field = b"%011o\0" % size
+        chksum = self._sum + sum(name_field) + sum(size_field)
+        # the checksum field counts as 8 spaces, then holds 6 octal digits, NUL and a space
+        return name_field + self._middle + size_field + self._tail[:12] + b"%06o\0 " % chksum + self._tail[20:]
+
+    def add(self, name: str, data: bytes) -> None:
+        """Append one member: header, data, NUL padding to the next 512-byte block."""
+        size = len(data)
+        pad = -size % TAR_BLOCK
+        parts = [self.header(name, size), data]
+        if pad:
+            parts.append(b"\0" * pad)
+        chunk = b"".join(parts)
+        self.out.write(chunk)
+        self.offset += len(chunk)
+
+    def close(self) -> None:
+        """Two zero blocks, then zeros up to a whole 10 KiB record (as `tarfile` ends an archive)."""
+        end = b"\0" * (2 * TAR_BLOCK)
+        end += b"\0" * (-(self.offset + len(end)) % TAR_RECORD)
+        self.out.write(end)
+        self.offset += len(end)
 
 
 def shard_name(split: str, index: int) -> str:
@@ -151,8 +224,22 @@ def write_shard(
     on_sample: Callable[[int], None] | None = None,
 ) -> ShardResult:
     """Build the shard's samples from the database and write them to ``target`` atomically."""
-    from webdataset import TarWriter
+    with gc_paused():
+        return _write_shard(plan, db=db, store=store, target=target, options=options, as_of=as_of,
+                            usernames=usernames, on_sample=on_sample)
 
+
+def _write_shard(
+    plan: ShardPlan,
+    *,
+    db: Database,
+    store: BlobStore,
+    target: ExportTarget,
+    options: WebDatasetOptions,
+    as_of: dt.datetime | None,
+    usernames: dict[int, str] | None,
+    on_sample: Callable[[int], None] | None,
+) -> ShardResult:
     with db.session() as session:
         samples = build_samples(
             session, plan.image_ids, val_fraction=options.val_fraction, with_audio=options.with_audio,
@@ -165,29 +252,31 @@ def write_shard(
     asr, llm, prompts = set(), set(), set()
     with target.writer(plan.name) as raw:
         out = _HashingWriter(raw)
-        with TarWriter(out, user=MEMBER_OWNER, group=MEMBER_OWNER, mode=MEMBER_MODE, mtime=MEMBER_MTIME, encoder=False) as tar:
-            for s in samples:
-                data = _blob(store, s.image_storage_key, f"image {s.key}")
-                if hashlib.sha256(data).hexdigest() != s.key:
-                    raise ExportError(f"image {s.key}: stored bytes do not match its sha256 ({s.image_storage_key})")
-                original_ext = EXT_BY_MIME.get(s.image_mime, "bin")
-                image = image_member(data, original_ext, member_ext(s.image_mime), options.max_side)
-                result.reencoded += image is not data
-                sample = {"__key__": s.key, s.image_ext: image, "json": s.json_bytes, "txt": s.caption.encode("utf-8")}
-                for a in s.audio:
-                    audio = _blob(store, a.storage_key, f"recording of {s.key}")
-                    sample[a.suffix] = audio
-                    result.audio_bytes += len(audio)
-                    result.audio_files += 1
-                tar.write(sample)
-                result.image_bytes += len(image)
-                rec = s.record
-                statuses[rec.review_status] = statuses.get(rec.review_status, 0) + 1
-                asr.update(rec.lineage.asr_models)
-                llm.update(rec.lineage.llm_models)
-                prompts.update(rec.lineage.prompt_versions)
-                if on_sample is not None:
-                    on_sample(1)
+        tar = TarMemberWriter(out)
+        for s in samples:
+            data = _blob(store, s.image_storage_key, f"image {s.key}")
+            if hashlib.sha256(data).hexdigest() != s.key:
+                raise ExportError(f"image {s.key}: stored bytes do not match its sha256 ({s.image_storage_key})")
+            original_ext = EXT_BY_MIME.get(s.image_mime, "bin")
+            image = image_member(data, original_ext, member_ext(s.image_mime), options.max_side)
+            result.reencoded += image is not data
+            members = {s.image_ext: image, "json": s.json_bytes, "txt": s.caption.encode("utf-8")}
+            for a in s.audio:
+                audio = _blob(store, a.storage_key, f"recording of {s.key}")
+                members[a.suffix] = audio
+                result.audio_bytes += len(audio)
+                result.audio_files += 1
+            for suffix in sorted(members):  # the member order of webdataset's TarWriter
+                tar.add(f"{s.key}.{suffix}", members[suffix])
+            result.image_bytes += len(image)
+            rec = s.record
+            statuses[rec.review_status] = statuses.get(rec.review_status, 0) + 1
+            asr.update(rec.lineage.asr_models)
+            llm.update(rec.lineage.llm_models)
+            prompts.update(rec.lineage.prompt_versions)
+            if on_sample is not None:
+                on_sample(1)
+        tar.close()
     result.bytes, result.sha256 = out.size, out.hash.hexdigest()
     result.rows = count_rows(s.record for s in samples)
     result.review_status = dict(sorted(statuses.items()))
