@@ -97,7 +97,7 @@ def main() -> None:
         ingest_s, stats = run_ingest(folder, tmp / "run", args.workers)
         assert stats["statuses"].get("stored") == args.images, stats
         rate_base, rate_ingest = args.images / base_s, args.images / ingest_s
-        print(f"| what | seconds | images/s | MB/s |\n|---|---:|---:|---:|")
+        print("| what | seconds | images/s | MB/s |\n|---|---:|---:|---:|")
         print(f"| plain loop: sha256 + Pillow verify | {base_s:.2f} | {rate_base:.0f} | {nbytes / 1e6 / base_s:.1f} |")
         print(f"| plain loop: sha256 + full Pillow decode | {decode_s:.2f} | {args.images / decode_s:.0f} | {nbytes / 1e6 / decode_s:.1f} |")
         print(f"| `pixmo ingest folder` ({args.workers} workers, SQLite + local blobs) | {ingest_s:.2f} | {rate_ingest:.0f} | {nbytes / 1e6 / ingest_s:.1f} |")
