@@ -127,10 +127,12 @@ def decode_image(data: bytes, mode: str = "tensor"):  # noqa: ANN201
     """Image bytes -> a uint8 ``3 x H x W`` tensor (``tensor``), an RGB PIL image (``pil``), or the bytes."""
     if mode == "bytes":
         return data
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(io.BytesIO(data)) as im:
         im.load()
+        # as browsers show it, which is what the points were clicked on
+        im = ImageOps.exif_transpose(im)
         rgb = im if im.mode == "RGB" else im.convert("RGB")
     if mode == "pil":
         return rgb

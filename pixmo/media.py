@@ -89,6 +89,11 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
             im.load()
     except Exception as exc:  # noqa: BLE001
         raise ImageRejected(_decode_failure(exc), str(exc)) from exc
+    # EXIF orientations 5-8 rotate by 90°: browsers show (and annotators point on) the rotated
+    # image, so its displayed size is the one points are normalised against. (After verify():
+    # reading EXIF moves the file pointer, and verify() must come straight after open.)
+    if _exif_orientation(im if fmt != "PNG" else PILImage.open(io.BytesIO(data))) in (5, 6, 7, 8):
+        width, height = height, width
     return ImageInfo(width=width, height=height, mime=MIME_BY_FORMAT[fmt])
 
 
@@ -101,3 +106,10 @@ _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM
 
 def _looks_like_image(data: bytes) -> bool:
     return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _exif_orientation(im: PILImage.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to reject the image
+        return 1

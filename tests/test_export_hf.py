@@ -121,3 +121,19 @@ def test_an_empty_subset_still_gets_a_file_with_the_schema(demo, tmp_path):
     assert result.rows == 0 and [f["rows"] for f in result.files] == [0]
     path = tmp_path / "hf" / result.files[0]["name"]
     assert pq.read_schema(path).remove_metadata().equals(arrow_schema("cap"))
+
+
+def test_a_failed_export_keeps_the_previous_files(demo, tmp_path, monkeypatch):
+    db, store = demo
+    out = tmp_path / "hf"
+    first = export_hf(db, store, out, "cap", rows_per_file=2)
+    before = {f["name"]: (out / f["name"]).read_bytes() for f in first.files}
+    assert len(before) > 1
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr("pixmo.export.hf.build_samples", broken)
+    with pytest.raises(RuntimeError, match="database went away"):
+        export_hf(db, store, out, "cap", rows_per_file=2)
+    assert {name: (out / name).read_bytes() for name in before} == before

@@ -94,3 +94,32 @@ def test_failed_run_is_marked_failed(sqlite_db, store, tmp_path, monkeypatch):
         job = s.scalars(select(Job)).one()
         assert job.status == "failed" and "disk on fire" in job.error
         assert s.scalar(select(func.count()).select_from(Image)) == 0
+
+
+def test_probe_reports_the_displayed_size_of_rotated_jpegs():
+    import io
+
+    from PIL import Image
+
+    im = Image.new("RGB", (64, 48), (200, 30, 30))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90° CW on display
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif)
+    info = probe_image(buf.getvalue())
+    assert (info.width, info.height) == (48, 64)
+
+
+def test_loader_decodes_rotated_jpegs_as_displayed():
+    import io
+
+    from PIL import Image
+
+    from pixmo.data import decode_image
+
+    im = Image.new("RGB", (64, 48), (200, 30, 30))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif)
+    assert decode_image(buf.getvalue(), mode="pil").size == (48, 64)

@@ -98,7 +98,7 @@ def do_review() -> None:
     try:
         if target is None:
             raise PixmoError("choose an item to review")
-        with database().session() as session:
+        with database().session(write_lock=True) as session:
             review = curation.submit_review(session, reviewer.id if reviewer else None, target[0], target[1], verdict, reason)
         st.session_state["review_message"] = ("success", f"Saved: {verdict} {target[0]} #{target[1]} (review #{review.id})")
         st.session_state["review_reason"] = ""

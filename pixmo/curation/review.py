@@ -50,7 +50,8 @@ def login(db: Database, username: str, password: str, ip: str | None = None) -> 
     """
     username = username.strip()[:64]
     ip = (ip or "dashboard")[:64]
-    with db.session() as session:
+    # read-then-write: take SQLite's write lock up front, as the app does
+    with db.session(write_lock=True) as session:
         try:
             check_throttle(session, username, ip)
         except LoginThrottled as exc:
@@ -63,7 +64,7 @@ def login(db: Database, username: str, password: str, ip: str | None = None) -> 
 
 def login_with_token(db: Database, token: str) -> Reviewer:
     """The reviewer an API token belongs to; NotAllowedError when unknown or not a reviewer."""
-    with db.session() as session:
+    with db.session(write_lock=True) as session:  # records the token's last use
         user = user_for_token(session, token.strip())
         user_id = user.id if user else None
     with db.session() as session:

@@ -249,9 +249,6 @@ def export_hf(
         with db.session() as session:
             candidates = select_images(session, filters, as_of=as_of)
             usernames = load_usernames(session)
-        for name in target.names():  # files of an earlier export of this subset
-            if name.startswith(f"{subset}/train-") and name.endswith(".parquet"):
-                target.delete(name)
         total = 0
         with Progress(f"export {subset}", len(candidates), progress) as bar:
             for chunk in _chunked([c.image_id for c in candidates], BUILD_CHUNK):
@@ -263,6 +260,11 @@ def export_hf(
                 total += len(rows)
                 bar.advance(len(chunk))
         writer.finish()
+        # only now that the new files are complete: drop what an earlier, larger export left
+        keep = {f["name"] for f in writer.files}
+        for name in target.names():
+            if name.startswith(f"{subset}/train-") and name.endswith(".parquet") and name not in keep:
+                target.delete(name)
         _file_digests(target, writer.files)
         content = {"subset": subset, "filters": filters.as_dict(), "files": writer.files}
         snapshot = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
