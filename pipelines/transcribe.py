@@ -31,7 +31,7 @@ from pixmo.db.models import Project, Recording, Transcript
 from pixmo.db.queries import insert_ignore
 from pixmo.db.session import Database
 from pixmo.errors import BlobNotFoundError, ConfigError, StorageError, ValidationError
-from pixmo.storage import BlobStore, S3Store
+from pixmo.storage import BlobStore
 from pipelines.base import Stage, StageStats, stats_table
 from schemas.transcript import TranscriptRecord
 
@@ -117,8 +117,8 @@ class RecordingTranscriber:
     :meth:`transcribe` on the results; a Ray actor calls :meth:`process`.
     """
 
-    def __init__(self, store: BlobStore | tuple, asr_kwargs: dict[str, Any]):
-        self.store = _open_store(store)
+    def __init__(self, store: BlobStore, asr_kwargs: dict[str, Any]):
+        self.store = store
         self.asr_kwargs = asr_kwargs
         self.asr = load_asr(**asr_kwargs)
 
@@ -313,7 +313,7 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
             kwargs["cpu_threads"] = max(1, int(p.cpus_per_actor))
         kwargs["num_workers"] = p.num_workers or 1
         actor_cls = ray.remote(num_cpus=p.cpus_per_actor, num_gpus=gpus)(RecordingTranscriber)
-        store = ray.put(_portable_store(self.store))
+        store = ray.put(self.store)  # S3 stores pickle by recipe (S3Store.__reduce__)
         self._actors = [actor_cls.remote(store, kwargs) for _ in range(n)]
         self._pool = ActorPool(self._actors)
         self.batch_size = p.batch_size * n  # one shard of batch_size recordings per actor
@@ -343,20 +343,6 @@ def _record(model_id: str, r: RecordingResult) -> TranscriptRecord:
             r.status, r.reason, r.transcription = "failed", "invalid_output", None
             r.error = f"invalid_output: {exc.errors()[0]['msg']}"
     return TranscriptRecord(asr_model=model_id, status="failed", error=r.error or r.reason or "failed")
-
-
-def _portable_store(store: BlobStore) -> BlobStore | tuple:
-    """Something a Ray actor can unpickle into the same store (boto3 clients do not pickle)."""
-    if isinstance(store, S3Store):
-        return ("s3", store.bucket, store.prefix, store.endpoint_url, store.region)
-    return store
-
-
-def _open_store(spec: BlobStore | tuple) -> BlobStore:
-    if isinstance(spec, tuple):
-        _, bucket, prefix, endpoint_url, region = spec
-        return S3Store(bucket, prefix, endpoint_url, region)
-    return spec
 
 
 class _AudioProgress:

@@ -485,6 +485,10 @@ class S3Store(BlobStore):
         self.region = region
         self.client = client if client is not None else self._make_client()
 
+    def __reduce__(self):
+        # boto3 clients do not pickle: other processes (export workers, Ray actors) rebuild one
+        return (S3Store, (self.bucket, self.prefix, self.endpoint_url, self.region))
+
     def _make_client(self):
         import boto3
         from botocore.config import Config

@@ -459,6 +459,18 @@ def test_open_store_s3_against_server(s3_server, tmp_path):
     assert store.get_bytes(next(store.iter_keys())) == b"hi"
 
 
+def test_s3_store_pickles_by_recipe(s3_server):
+    """Export workers and Ray actors get S3 stores by pickle; the boto3 client is rebuilt."""
+    import pickle
+
+    store = make_s3_store(s3_server)
+    key = store.put_bytes(b"across processes").key
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.client is not store.client
+    assert (copy.bucket, copy.prefix, copy.endpoint_url) == (store.bucket, store.prefix, store.endpoint_url)
+    assert copy.get_bytes(key) == b"across processes"
+
+
 @pytest.mark.parametrize(
     "url", ["ftp://host/path", "http://example.com/blobs", "gs://bucket/p", "s3://", "s3:///prefix", "", "file://"]
 )

@@ -177,7 +177,7 @@ class StoreTarget(ExportTarget):
         return f"{self.url.rstrip('/')}/{name}"
 
     def spec(self) -> tuple[Any, ...]:
-        return ("store", store_spec(self.store), self.url, self.tmp_dir)
+        return ("store", self.store, self.url, self.tmp_dir)  # S3 stores pickle by recipe
 
 
 def _content_type(name: str) -> str:
@@ -208,27 +208,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def store_spec(store: BlobStore) -> tuple[Any, ...]:
-    """A picklable recipe for ``store``: S3 clients cannot cross process boundaries, so rebuild them."""
-    if isinstance(store, S3Store):
-        return ("s3", store.bucket, store.prefix, store.endpoint_url, store.region)
-    return ("object", store)
-
-
-def store_from_spec(spec: tuple[Any, ...]) -> BlobStore:
-    """The store that `store_spec` describes."""
-    if spec[0] == "s3":
-        _, bucket, prefix, endpoint_url, region = spec
-        return S3Store(bucket, prefix, endpoint_url, region)
-    return spec[1]
-
-
 def target_from_spec(spec: tuple[Any, ...]) -> ExportTarget:
     """The target that `ExportTarget.spec` describes."""
     if spec[0] == "local":
         return LocalTarget(spec[1])
-    _, sspec, url, tmp_dir = spec
-    return StoreTarget(store_from_spec(sspec), url, tmp_dir)
+    _, store, url, tmp_dir = spec
+    return StoreTarget(store, url, tmp_dir)
 
 
 def open_target(out: str | Path | BlobStore | ExportTarget) -> ExportTarget:

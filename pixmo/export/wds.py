@@ -28,7 +28,7 @@ from pixmo.export.progress import Progress
 from pixmo.export.records import load_usernames
 from pixmo.export.select import select_images
 from pixmo.export.shards import ShardPlan, ShardResult, plan_shards, write_shard
-from pixmo.export.target import ExportTarget, open_target, store_from_spec, store_spec, target_from_spec
+from pixmo.export.target import ExportTarget, open_target, target_from_spec
 from pixmo.storage import BlobStore
 
 
@@ -81,7 +81,7 @@ def _init_worker(db_url: str, store: tuple, target: tuple, options: WebDatasetOp
     db = Database(db_url)
     with db.session() as session:
         usernames = load_usernames(session)
-    _worker.update(db=db, store=store_from_spec(store), target=target_from_spec(target), options=options,
+    _worker.update(db=db, store=store, target=target_from_spec(target), options=options,
                    as_of=as_of, usernames=usernames)
 
 
@@ -127,7 +127,7 @@ def _write_all(
             for p in plans
         ]
     results: list[ShardResult] = []
-    initargs = (db.url, store_spec(store), target.spec(), options, as_of)
+    initargs = (db.url, store, target.spec(), options, as_of)
     with ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_worker, initargs=initargs) as pool:
         pending = {pool.submit(_write_in_worker, p) for p in plans}
         try:
