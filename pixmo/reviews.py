@@ -61,21 +61,30 @@ def review_queue(session: Session, reviewer_id: int, project_id: int | None = No
             stmt = stmt.where(QAPair.source.in_(("ask", "point_explain")), QAPair.status == "accepted")
         if project_id is not None:
             stmt = stmt.where(model.project_id == project_id)
-        for row, image, project, username, is_gold in session.execute(stmt.order_by(model.id).limit(limit)):
+        rows = session.execute(stmt.order_by(model.id).limit(limit)).all()
+        transcripts = _latest_transcripts(session, [r[0].id for r in rows]) if model is Recording else {}
+        for row, image, project, username, is_gold in rows:
             items.append(ReviewItem(
                 target_type, row.id, project.name, project.kind, username, image.id, image.storage_key,
-                image.width, image.height, row.created_at, bool(is_gold), _details(session, row),
+                image.width, image.height, row.created_at, bool(is_gold), _details(row, transcripts.get(row.id)),
             ))
     items.sort(key=lambda it: (str(it.created_at), it.target_type, it.target_id))
     return items[:limit]
 
 
-def _details(session: Session, row: Any) -> dict[str, Any]:
+def _latest_transcripts(session: Session, recording_ids: list[int]) -> dict[int, Transcript]:
+    """The newest ok transcript of each recording, in one query."""
+    latest: dict[int, Transcript] = {}
+    if recording_ids:
+        stmt = (select(Transcript).where(Transcript.recording_id.in_(recording_ids), Transcript.status == "ok")
+                .order_by(Transcript.id))
+        for t in session.scalars(stmt):
+            latest[t.recording_id] = t
+    return latest
+
+
+def _details(row: Any, transcript: Transcript | None = None) -> dict[str, Any]:
     if isinstance(row, Recording):
-        transcript = session.scalars(
-            select(Transcript).where(Transcript.recording_id == row.id, Transcript.status == "ok")
-            .order_by(Transcript.id.desc()).limit(1)
-        ).first()
         return {"storage_key": row.storage_key, "mime": row.mime, "duration_s": row.duration_s,
                 "transcript": transcript.text if transcript else None,
                 "asr_model": transcript.asr_model if transcript else None}

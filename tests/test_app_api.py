@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from annotation_app.main import create_app
 from pixmo.audio import decode_audio
 from pixmo.config import Settings
-from pixmo.db.models import Assignment, Base, LoginAttempt, PointSet, Recording, Review, utcnow
+from pixmo.db.models import Assignment, Base, LoginAttempt, PointSet, Recording, Review, Transcript, utcnow
 from tests.app_helpers import PASSWORD, add_users, audio_bytes, make_project, tokens_for, tone, wav_bytes
 
 HTML_LABEL = '<img src=x onerror="alert(1)">&<b>cat</b>'
@@ -367,9 +367,14 @@ def test_review_reject_returns_image_and_annotator_sees_rate(env):
     p = env["caption"]
     a = lease(env, "caption")
     rec = _upload(env, a["id"], audio_bytes(3), "review-key-0001").json()
+    with env["db"].session() as s:  # the reviewer sees the newest usable transcript
+        s.add_all([Transcript(recording_id=rec["id"], asr_model="old", text="first take"),
+                   Transcript(recording_id=rec["id"], asr_model="new", text="better take"),
+                   Transcript(recording_id=rec["id"], asr_model="broken", status="failed", text="")])
     queue = env["c"]["reviewer"].get("/api/reviews/queue", params={"project": p}).json()
     assert [(q["target_type"], q["target_id"]) for q in queue] == [("recording", rec["id"])]
     assert queue[0]["details"]["audio_url"].startswith("/blobs/")
+    assert (queue[0]["details"]["transcript"], queue[0]["details"]["asr_model"]) == ("better take", "new")
     bad = env["c"]["reviewer"].post("/api/reviews", json={"target_type": "recording", "target_id": rec["id"], "verdict": "rejected"})
     assert bad.status_code == 422 and "why" in bad.json()["detail"]
     ok = env["c"]["reviewer"].post("/api/reviews", json={"target_type": "recording", "target_id": rec["id"],
