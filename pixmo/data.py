@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from pixmo.formats.points import render_count, render_none, render_points
+from schemas.export import is_usable
 
 PROMPTS = {
     "caption": "Describe this image in detail.",
@@ -98,7 +99,7 @@ def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, s
     verdicts = _verdicts(record)
 
     def ok(kind: str, row_id: int) -> bool:
-        return verdicts.get((kind, row_id)) not in ("rejected", "flagged")
+        return is_usable(verdicts, kind, row_id)
 
     out = []
     if caption:

@@ -38,6 +38,7 @@ from pixmo.export.select import select_images
 from pixmo.export.target import ExportTarget, open_target
 from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
 from pixmo.storage import BlobStore
+from schemas.export import is_usable
 from schemas.pixmo_hf import ROW_MODELS, rows_to_table
 
 HF_SUBSETS = tuple(ROW_MODELS)
@@ -107,7 +108,7 @@ def hf_rows(subset: str, sample: BuiltSample, image_url: str) -> list[dict[str, 
     verdicts = _latest_verdicts(sample)
 
     def ok(kind: str, row_id: int) -> bool:
-        return verdicts.get((kind, row_id)) not in ("rejected", "flagged")
+        return is_usable(verdicts, kind, row_id)
 
     if subset == "cap":
         if not sample.caption:

@@ -40,7 +40,7 @@ from pixmo.db.models import (
     User,
 )
 from pixmo.media import EXT_BY_MIME
-from schemas.export import ExportSample
+from schemas.export import ExportSample, is_usable
 
 # image formats written as they are; any other format is converted to PNG for the image member
 MEMBER_EXTS = ("jpg", "png", "webp")
@@ -304,10 +304,9 @@ def _load_chunk(session: Session, ids: Sequence[int], as_of: dt.datetime | None,
 
 
 def _usable_transcripts(rows: ImageRows, verdicts: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
-    bad = {"rejected", "flagged"}
     return [
         t for t in rows.transcripts
-        if verdicts.get(("transcript", t["id"])) not in bad and verdicts.get(("recording", t["recording_id"])) not in bad
+        if is_usable(verdicts, "transcript", t["id"]) and is_usable(verdicts, "recording", t["recording_id"])
     ]
 
 
@@ -320,7 +319,7 @@ def best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str] | None = 
     all_ids = {t["id"] for t in rows.transcripts}
     candidates = []
     for c in rows.captions:
-        if not c["text"].strip() or verdicts.get(("caption", c["id"])) in ("rejected", "flagged"):
+        if not c["text"].strip() or not is_usable(verdicts, "caption", c["id"]):
             continue
         sources = {int(i) for i in c["source_transcript_ids"] or []}
         if sources & (all_ids - good_ids):
