@@ -1,17 +1,33 @@
-"""The rules shared by the exporters: best caption, review status, split, shard planning, sizes."""
+"""The rules shared by the exporters: best caption, review status, split, shard planning, sizes, records."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 
 import pytest
+from sqlalchemy import select
 
+from pixmo.db.models import Image, PointSet
 from pixmo.errors import ValidationError
+from pixmo.export import export_webdataset
+from pixmo.export.errors import ExportError
 from pixmo.export.options import ExportFilters, WebDatasetOptions, parse_size, parse_time
-from pixmo.export.records import ImageRows, best_caption, latest_verdicts, review_status, split_of
+from pixmo.export.records import (
+    ImageRows,
+    best_caption,
+    build_sample,
+    latest_verdicts,
+    load_rows,
+    load_usernames,
+    review_status,
+    split_of,
+)
 from pixmo.export.select import Candidate
 from pixmo.export.shards import plan_shards
+from schemas.export import ExportSample
+from tests.export_helpers import DEMO_IMAGES, demo, demo_template  # noqa: F401
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -101,3 +117,71 @@ def test_options_and_filters_refuse_bad_values():
         ExportFilters(since="2024-02-01", until="2024-01-01")
     with pytest.raises(ValidationError, match="ISO"):
         ExportFilters(since="yesterday")
+
+
+# ----------------------------------------------------------------------------- built records
+
+
+def _demo_rows(db):
+    with db.session() as session:
+        ids = [i for (i,) in session.execute(select(Image.id).order_by(Image.id))]
+        return load_rows(session, ids), load_usernames(session)
+
+
+@pytest.mark.parametrize("with_audio", [False, True])
+def test_built_record_is_exactly_the_validated_model(demo, with_audio):
+    """The record is built as a plain dict for speed; its JSON must be what the pydantic model writes."""
+    db, _ = demo
+    rows, usernames = _demo_rows(db)
+    assert len(rows) == DEMO_IMAGES
+    for r in rows.values():
+        built = build_sample(r, usernames, val_fraction=0.25, with_audio=with_audio)
+        assert ExportSample.model_validate_json(built.json_bytes).model_dump_json().encode() == built.json_bytes
+        assert built.record.model_dump_json().encode() == built.json_bytes
+    # values the database may hand back in another type are written as the model's type
+    r = next(r for r in rows.values() if r.transcripts and r.recordings)
+    odd = dataclasses.replace(
+        r,
+        recordings=[{**x, "duration_s": 60} for x in r.recordings],
+        transcripts=[{**x, "duration_s": 60, "metrics": {"z": 1, "a": {"y": 2, "b": 3}}} for x in r.transcripts],
+        point_sets=[{**p, "points": [[0, 1]], "not_present": 0} for p in r.point_sets[:1]],
+    )
+    built = build_sample(odd, usernames, val_fraction=0.25, with_audio=with_audio)
+    assert ExportSample.model_validate_json(built.json_bytes).model_dump_json().encode() == built.json_bytes
+    assert b'"duration_s":60.0' in built.json_bytes and b'"points":[[0.0,1.0]]' in built.json_bytes
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: {"point_sets": [{**r.point_sets[0], "points": [[1.5, 0.2]], "not_present": False}]}, "point set .*1.5"),
+        (lambda r: {"point_sets": [{**r.point_sets[0], "points": [[float("nan"), 0.2]], "not_present": False}]}, "point set"),
+        (lambda r: {"point_sets": [{**r.point_sets[0], "points": [[0.5]], "not_present": False}]}, r"must be \[x, y\]"),
+        (lambda r: {"point_sets": [{**r.point_sets[0], "points": [[0.1, 0.2]], "not_present": True}]}, "not_present"),
+        (lambda r: {"recordings": [{**r.recordings[0], "duration_s": -1.0}]}, "duration_s"),
+        (lambda r: {"recordings": [{**r.recordings[0], "sha256": "not-a-digest"}]}, "recording .*sha256"),
+        (lambda r: {"image": {**r.image, "width": 0}}, "width must be a positive integer"),
+        (lambda r: {"transcripts": [{**r.transcripts[0], "metrics": [1, 2]}]}, "metrics must be an object"),
+    ],
+)
+def test_bad_rows_fail_naming_the_image(demo, change, message):
+    db, _ = demo
+    rows, usernames = _demo_rows(db)
+    r = next(r for r in rows.values() if r.point_sets and r.recordings and r.transcripts)
+    bad = dataclasses.replace(r, **change(r))
+    with pytest.raises(ExportError, match=message) as caught:
+        build_sample(bad, usernames, val_fraction=0.0, with_audio=False)
+    assert r.image["sha256"] in str(caught.value)
+
+
+def test_export_of_a_bad_row_fails_clearly_and_writes_no_manifest(demo, tmp_path):
+    db, store = demo
+    with db.session() as session:
+        point_set = session.scalars(select(PointSet).where(PointSet.not_present.is_(False))).first()
+        point_set.points = [[0.5, 1.25]]
+        key = session.get(Image, point_set.image_id).sha256
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match=f"image {key}: point set {point_set.id}"):
+        export_webdataset(db, store, out, options=WebDatasetOptions(workers=2))
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob("*.tar"))

@@ -1,4 +1,4 @@
-"""From database rows to export records: one validated `ExportSample` per image.
+"""From database rows to export records: one `ExportSample` per image, as a checked plain dict.
 
 Rules that every exporter shares live here:
 
@@ -20,10 +20,14 @@ import datetime as dt
 import gc
 import hashlib
 import json
+import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+import pydantic_core
 from sqlalchemy import Text, select, true, type_coerce
 from sqlalchemy.orm import Session
 
@@ -39,8 +43,9 @@ from pixmo.db.models import (
     Transcript,
     User,
 )
+from pixmo.export.errors import ExportError
 from pixmo.media import EXT_BY_MIME
-from schemas.export import ExportSample, is_usable
+from schemas.export import EXPORT_SCHEMA_VERSION, ExportSample, is_usable
 
 # image formats written as they are; any other format is converted to PNG for the image member
 MEMBER_EXTS = ("jpg", "png", "webp")
@@ -170,10 +175,11 @@ class AudioMember:
 
 @dataclass
 class BuiltSample:
-    """One sample ready to write: its validated record, JSON bytes, best caption and blob keys."""
+    """One sample ready to write: its record (a plain dict shaped as `ExportSample`), JSON bytes,
+    best caption and blob keys."""
 
     key: str
-    record: ExportSample
+    data: dict[str, Any]
     json_bytes: bytes
     caption: str
     transcripts: list[str]  # texts of the usable transcripts (not rejected or flagged), by id
@@ -181,6 +187,11 @@ class BuiltSample:
     image_ext: str
     image_mime: str
     audio: list[AudioMember]
+
+    @cached_property
+    def record(self) -> ExportSample:
+        """The record as a validated `ExportSample` (made on first use)."""
+        return ExportSample.model_validate(self.data)
 
 
 def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
@@ -331,12 +342,45 @@ def best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str] | None = 
     return max(texts, key=len) if texts else ""
 
 
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _sha(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _SHA256_RE.fullmatch(value):
+        raise ExportError(f"{what}: not a lower-case hex sha256: {value!r}")
+    return value
+
+
+def _number(value: Any, what: str, *, low: float = 0.0, high: float = math.inf, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        bounds = f"[{low}, {high}]" if high != math.inf else f">= {low}"
+        raise ExportError(f"{what}: {value!r} is not a number {bounds}")
+    return float(value)
+
+
+def _point(xy: Any, what: str) -> list[float]:
+    if not isinstance(xy, (list, tuple)) or len(xy) != 2:
+        raise ExportError(f"{what}: a point must be [x, y], got {xy!r}")
+    return [_number(xy[0], what, high=1.0), _number(xy[1], what, high=1.0)]
+
+
 def build_sample(
     rows: ImageRows, usernames: dict[int, str], *, val_fraction: float, with_audio: bool
 ) -> BuiltSample:
-    """Validate one image's rows into an `ExportSample` and serialise it deterministically."""
+    """One image's rows as an `ExportSample`-shaped dict, checked and serialised deterministically.
+
+    Not validated through the pydantic model (that costs more than building the record): the
+    database's types and check constraints already hold for enums, ids and texts, and the few
+    rules it cannot enforce (sha256 digests, positive sizes, points in [0, 1], no points on a
+    not-present set) are checked here, naming the image. Fields are written in the model's order
+    with the model's types, so the JSON is exactly ``ExportSample.model_validate(data).model_dump_json()``
+    (tests/test_export_records.py holds the two together).
+    """
     image = rows.image
-    key = image["sha256"]
+    key = _sha(image["sha256"], f"image {image['id']}")
+    where = f"image {key}"
     ext = member_ext(image["mime"])
     verdicts = latest_verdicts(rows.reviews)
     recordings, audio = [], []
@@ -347,7 +391,8 @@ def build_sample(
             member = f"{key}.{suffix}"
             audio.append(AudioMember(suffix, r["storage_key"], r["sha256"]))
         recordings.append({
-            "id": r["id"], "sha256": r["sha256"], "mime": r["mime"], "duration_s": r["duration_s"],
+            "id": r["id"], "sha256": _sha(r["sha256"], f"{where}: recording {r['id']}"), "mime": r["mime"],
+            "duration_s": _number(r["duration_s"], f"{where}: recording {r['id']} duration_s"),
             "annotator": usernames.get(r["user_id"]), "audio_member": member,
         })
     captions = [
@@ -359,21 +404,27 @@ def build_sample(
         }
         for c in rows.captions
     ]
-    transcripts = [
-        {
+    transcripts = []
+    for t in rows.transcripts:
+        metrics = t["metrics"] or {}
+        if not isinstance(metrics, dict):
+            raise ExportError(f"{where}: transcript {t['id']} metrics must be an object, got {metrics!r}")
+        transcripts.append({
             "id": t["id"], "recording_id": t["recording_id"], "text": t["text"], "language": t["language"],
-            "asr_model": t["asr_model"], "duration_s": t["duration_s"], "metrics": _sorted_keys(t["metrics"] or {}),
-            "flags": flag_names(t["flags"]),
-        }
-        for t in rows.transcripts
-    ]
-    point_sets = [
-        {
-            "id": p["id"], "label": p["label"], "points": [[float(x), float(y)] for x, y in p["points"] or []],
-            "not_present": bool(p["not_present"]), "method": p["method"], "annotator": usernames.get(p["user_id"]),
-        }
-        for p in rows.point_sets
-    ]
+            "asr_model": t["asr_model"],
+            "duration_s": _number(t["duration_s"], f"{where}: transcript {t['id']} duration_s", optional=True),
+            "metrics": _sorted_keys(metrics), "flags": flag_names(t["flags"]),
+        })
+    point_sets = []
+    for p in rows.point_sets:
+        what = f"{where}: point set {p['id']}"
+        points = [_point(xy, what) for xy in p["points"] or []]
+        if p["not_present"] and points:
+            raise ExportError(f"{what}: a not_present point set must have no points")
+        point_sets.append({
+            "id": p["id"], "label": p["label"], "points": points, "not_present": bool(p["not_present"]),
+            "method": p["method"], "annotator": usernames.get(p["user_id"]),
+        })
     qa = [
         {
             "id": q["id"], "source": q["source"], "question": q["question"], "answer": q["answer"],
@@ -397,7 +448,12 @@ def build_sample(
             {c["prompt_version"] for c in rows.captions} | {q["prompt_version"] for q in rows.qa if q["prompt_version"]}
         ),
     }
-    record = ExportSample.model_validate({
+    for name in ("width", "height"):
+        if isinstance(image[name], bool) or not isinstance(image[name], int) or image[name] <= 0:
+            raise ExportError(f"{where}: {name} must be a positive integer, got {image[name]!r}")
+    if isinstance(image["bytes"], bool) or not isinstance(image["bytes"], int) or image["bytes"] < 0:
+        raise ExportError(f"{where}: bytes must be a non-negative integer, got {image['bytes']!r}")
+    data = {
         "key": key,
         "image": {
             "sha256": key, "width": image["width"], "height": image["height"], "mime": image["mime"],
@@ -413,10 +469,10 @@ def build_sample(
         "review_status": review_status(verdicts),
         "split": split_of(key, val_fraction),
         "lineage": lineage,
-    })
-    data = record.model_dump_json()  # fields in declaration order; free-form dicts were key-sorted above
+        "schema_version": EXPORT_SCHEMA_VERSION,
+    }
     return BuiltSample(
-        key=key, record=record, json_bytes=data.encode("utf-8"), caption=best_caption(rows, verdicts),
+        key=key, data=data, json_bytes=pydantic_core.to_json(data), caption=best_caption(rows, verdicts),
         transcripts=[t["text"] for t in _usable_transcripts(rows, verdicts)],
         image_storage_key=image["storage_key"], image_ext=ext, image_mime=image["mime"], audio=audio,
     )

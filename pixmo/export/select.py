@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from pixmo.db.models import Caption, Image, PointSet, Project, ProjectImage, QAPair, Recording, Review, Transcript
@@ -34,16 +34,21 @@ def _padded(n: int) -> int:
 
 
 def _ids(session: Session, stmt) -> set[int]:  # noqa: ANN001
-    return set(session.connection().execute(stmt).scalars())
+    # fetchall(): iterating a result fetches row by row, several times slower on SQLite
+    return set(session.connection().execute(stmt).scalars().all())
 
 
-def _annotated(session: Session, as_of: dt.datetime) -> set[int]:
-    ids: set[int] = set()
-    ids |= _ids(session, select(Caption.image_id).where(Caption.status == "ok", Caption.created_at < as_of).distinct())
-    ids |= _ids(session, select(Recording.image_id).where(Recording.created_at < as_of).distinct())
-    ids |= _ids(session, select(PointSet.image_id).where(PointSet.created_at < as_of).distinct())
-    ids |= _ids(session, select(QAPair.image_id).where(QAPair.status != "failed", QAPair.created_at < as_of).distinct())
-    return ids
+def _annotated(as_of: dt.datetime):  # noqa: ANN202
+    """A condition on `Image`: it has a caption, recording, point set or QA pair made before ``as_of``.
+
+    EXISTS probes of each table's image_id index, rather than a DISTINCT scan of every table.
+    """
+    return or_(
+        exists().where(Caption.image_id == Image.id, Caption.status == "ok", Caption.created_at < as_of),
+        exists().where(Recording.image_id == Image.id, Recording.created_at < as_of),
+        exists().where(PointSet.image_id == Image.id, PointSet.created_at < as_of),
+        exists().where(QAPair.image_id == Image.id, QAPair.status != "failed", QAPair.created_at < as_of),
+    )
 
 
 def _statuses(session: Session, as_of: dt.datetime) -> dict[int, str]:
@@ -111,10 +116,10 @@ def select_images(
             .where(Project.name.in_(filters.projects))
         )
         stmt = stmt.where(Image.id.in_(members))
-    images = {image_id: (sha, nbytes) for image_id, sha, nbytes in session.connection().execute(stmt)}
-    keep = set(images)
     if filters.annotated_only:
-        keep &= _annotated(session, as_of)
+        stmt = stmt.where(_annotated(as_of))
+    images = {image_id: (sha, nbytes) for image_id, sha, nbytes in session.connection().execute(stmt).all()}
+    keep = set(images)
     if filters.review_status:
         statuses = _statuses(session, as_of)
         keep = {i for i in keep if statuses.get(i, "pending") in filters.review_status}
@@ -130,8 +135,11 @@ def select_images(
         ):
             audio[image_id].append(nbytes)
     out = []
+    fixed = 2 * _padded(0) + TEXT_ALLOWANCE
     for image_id in keep:
         sha, nbytes = images[image_id]
-        est = _padded(nbytes) + 2 * _padded(0) + TEXT_ALLOWANCE + sum(_padded(n) for n in audio.get(image_id, ()))
+        est = _padded(nbytes) + fixed
+        if image_id in audio:
+            est += sum(_padded(n) for n in audio[image_id])
         out.append(Candidate(image_id, sha, est))
     return sorted(out, key=lambda c: c.key)

@@ -269,16 +269,17 @@ def _write_shard(
             for suffix in sorted(members):  # the member order of webdataset's TarWriter
                 tar.add(f"{s.key}.{suffix}", members[suffix])
             result.image_bytes += len(image)
-            rec = s.record
-            statuses[rec.review_status] = statuses.get(rec.review_status, 0) + 1
-            asr.update(rec.lineage.asr_models)
-            llm.update(rec.lineage.llm_models)
-            prompts.update(rec.lineage.prompt_versions)
+            rec = s.data
+            statuses[rec["review_status"]] = statuses.get(rec["review_status"], 0) + 1
+            lineage = rec["lineage"]
+            asr.update(lineage["asr_models"])
+            llm.update(lineage["llm_models"])
+            prompts.update(lineage["prompt_versions"])
             if on_sample is not None:
                 on_sample(1)
         tar.close()
     result.bytes, result.sha256 = out.size, out.hash.hexdigest()
-    result.rows = count_rows(s.record for s in samples)
+    result.rows = count_rows(s.data for s in samples)
     result.review_status = dict(sorted(statuses.items()))
     result.asr_models, result.llm_models, result.prompt_versions = sorted(asr), sorted(llm), sorted(prompts)
     return result
