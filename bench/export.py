@@ -9,6 +9,8 @@ then times, in the same run:
             image, write tar shards in a process pool, manifest)
   tar -cf:  GNU tar of the very same image, JSON and text files (extracted from the shards) into
             one archive
+  sha256:   hashing every shard once in a pool of the same size: the part of the export that the
+            manifest's checksums alone cost (tar -cf hashes nothing)
   loader:   pixmo.data.pixmo_loader over the shards (decode images to tensors + Molmo targets),
             also with decode="bytes" (the webdataset pipeline alone)
   tarfile:  a plain `tarfile` loop reading every member of the same shards
@@ -157,6 +159,21 @@ def tarfile_read(shards: list[Path]) -> int:
     return members
 
 
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_shards(shards: list[Path], workers: int) -> int:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers) as pool:
+        return len(list(pool.map(_sha256_file, shards)))
+
+
 def loader_count(out: Path, decode: str, workers: int) -> int:
     from pixmo.data import pixmo_loader
 
@@ -207,6 +224,7 @@ def main() -> int:
         tar_bytes = (work / "baseline.tar").stat().st_size
         n_files = sum(1 for _ in files.iterdir())
 
+        t_hash = min(timed(lambda: hash_shards(shards, args.workers))[1] for _ in range(args.repeat))
         members = tarfile_read(shards)  # warm the page cache
         t_tarfile = min(timed(lambda: tarfile_read(shards))[1] for _ in range(args.repeat))
         n = result.samples
@@ -232,6 +250,8 @@ def main() -> int:
               f"{mb / t_export:,.1f} | **{t_tar / t_export:.2f}** of tar |")
         print(f"| `tar -cf` of the same {n_files} files ({tar_bytes / 1e6:.0f} MB) | {t_tar:.2f} | {n / t_tar:,.0f} | "
               f"{tar_bytes / 1e6 / t_tar:,.1f} | 1.00 |")
+        print(f"| sha256 of every shard byte ({args.workers} processes; the manifest's checksums alone) | {t_hash:.2f} | "
+              f"{n / t_hash:,.0f} | {mb / t_hash:,.1f} | {t_tar / t_hash:.2f} of tar |")
         print(f"| plain `tarfile` read of the train shards | {t_tarfile_train:.2f} | {n_train / t_tarfile_train:,.0f} | | 1.00 |")
         for (decode, workers), t in loads.items():
             label = "images -> uint8 tensors + Molmo targets" if decode == "tensor" else "bytes, no image decode"
