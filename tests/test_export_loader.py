@@ -37,6 +37,23 @@ def test_two_workers_yield_every_sample_exactly_once(exported):
     assert again == seen
 
 
+def test_workers_hand_over_the_same_samples_as_one_process(exported):
+    """With workers, samples travel in groups (pixmo.data.TRANSPORT_GROUP); what comes out is unchanged."""
+    import torch
+
+    from pixmo.data import pixmo_loader
+
+    out, keys = exported
+    alone = {s["__key__"]: s for s in pixmo_loader(out, num_workers=0, shuffle=0)}
+    workers = {s["__key__"]: s for s in pixmo_loader(out, num_workers=2, shuffle=0)}
+    assert set(alone) == set(workers) == keys
+    for key, sample in alone.items():
+        other = workers[key]
+        assert isinstance(other["image"], torch.Tensor) and torch.equal(other["image"], sample["image"])
+        assert other["targets"] == sample["targets"] and other["json"] == sample["json"]
+        assert other["caption"] == sample["caption"]
+
+
 def test_nodes_split_the_shards(exported, monkeypatch):
     from pixmo.data import pixmo_dataset
 
