@@ -377,7 +377,7 @@ def test_exports_list_and_manifest(seeded):
     assert e["snapshot_id"] == "snap-0001" and e["n_shards"] == 2 and e["total_bytes"] == 123456 + 45678
     assert e["filters"]["project"] == "demo-captions" and e["counts"]["images"] == 4
     assert curation.read_manifest(e["output_url"])["snapshot_id"] == "snap-0001"
-    assert curation.read_manifest("s3://bucket/snap") is None
+    assert curation.read_manifest("http://example.invalid/snap") is None  # not a place an export can be
     assert curation.read_manifest(str(seeded.root / "missing")) is None
 
 

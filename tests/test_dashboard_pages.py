@@ -20,6 +20,7 @@ from pixmo.db.models import Assignment, Export, ProjectImage, Recording, Review,
 from pixmo.db.session import Database
 from pixmo.storage import LocalStore
 from tests.dashboard_helpers import PASSWORD, seed_curation
+from tests.s3server import make_s3_store, s3_server  # noqa: F401
 
 TIMEOUT = 60
 
@@ -314,6 +315,25 @@ def test_exports_page_lists_snapshots(app_db):
     assert list(shards["name"]) == [sh["name"] for sh in export.shards]
     assert any(j.value and "demo-captions" in str(j.value) for j in at.json)
     assert "Manifest file" in texts(at)
+
+
+def test_exports_page_fetches_an_s3_manifest_on_request(app_db, s3_server, monkeypatch):
+    db, _ = app_db
+    monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)
+    from pixmo.config import get_settings
+
+    get_settings.cache_clear()
+    bucket = make_s3_store(s3_server, prefix="exports/remote")
+    bucket.put_bytes(b'{"snapshot_id": "remote-snapshot-7", "format": "pixmo-webdataset"}', "manifest.json")
+    with db.session() as s:
+        s.execute(update(Export).values(output_url=f"s3://{bucket.bucket}/exports/remote"))
+    at = logged_in(page="views/exports.py")
+    assert "Manifest file" not in texts(at)  # not fetched over the network on every page load
+    button(at, "Fetch the manifest file").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert "Manifest file" in texts(at)
+    assert any("remote-snapshot-7" in str(j.value) for j in at.json)
 
 
 def test_people_written_text_is_shown_as_text():

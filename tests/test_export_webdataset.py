@@ -248,6 +248,10 @@ def test_export_to_s3_verifies_and_loads(demo, s3_server, monkeypatch):
     report = verify_export(url)
     assert report.ok, [str(p) for p in report.problems]
     assert report.samples == result.samples == 12
+    from pixmo import curation
+
+    assert curation.read_manifest(url)["snapshot_id"] == result.snapshot_id  # what the dashboard shows
+    assert curation.read_manifest(f"s3://{bucket.bucket}/no-such-export") is None
 
     from pixmo.data import pixmo_loader
 

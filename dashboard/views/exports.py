@@ -44,7 +44,15 @@ for e in exports:
         st.markdown("**Shards**")
         if e["shards"]:
             st.dataframe(pd.DataFrame(e["shards"]), hide_index=True)
-        manifest = curation.read_manifest(e["output_url"])
+        remote = "://" in e["output_url"] and not e["output_url"].startswith("file://")
+        manifest = None
+        if not remote:
+            manifest = curation.read_manifest(e["output_url"])
+        elif st.button("Fetch the manifest file", key=f"manifest_{e['id']}"):
+            with st.spinner(f"Reading {e['output_url']}/manifest.json …"):
+                manifest = curation.read_manifest(e["output_url"])
+            if manifest is None:
+                st.warning(f"No readable manifest at {e['output_url']} (check the S3 endpoint and credentials).")
         if manifest is not None:
             st.markdown("**Manifest file**")
             st.json(manifest, expanded=False)

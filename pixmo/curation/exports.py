@@ -43,16 +43,21 @@ def list_exports(session: Session, before_id: int | None = None, limit: int = 50
 
 
 def read_manifest(output_url: str) -> dict[str, Any] | None:
-    """The snapshot's manifest file when ``output_url`` is a local folder (or ``file://``) holding
-    one; None otherwise (remote snapshots show the manifest fields stored in the database)."""
+    """The manifest file of a snapshot at ``output_url`` (a folder, ``file://``, a ``.json`` path or
+    ``s3://bucket/prefix``); None when there is none or it cannot be read (the database keeps its
+    fields anyway). S3 is asked over the network, so callers fetch remote manifests on request."""
+    from pixmo.errors import PixmoError
+    from pixmo.export.target import open_target
+
     parsed = urlparse(output_url)
-    if parsed.scheme not in ("", "file"):
+    local = Path(parsed.path if parsed.scheme == "file" else output_url) if parsed.scheme in ("", "file") else None
+    try:
+        if local is not None and local.suffix == ".json":
+            return json.loads(local.read_text())
+        target = open_target(output_url)
+        for name in MANIFEST_NAMES:
+            if target.exists(name):
+                return json.loads(target.get_bytes(name))
+    except (PixmoError, OSError, ValueError):
         return None
-    root = Path(parsed.path if parsed.scheme == "file" else output_url)
-    candidates = [root] if root.suffix == ".json" else [root / name for name in MANIFEST_NAMES]
-    for path in candidates:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
     return None
