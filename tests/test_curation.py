@@ -250,6 +250,19 @@ def test_browse_filters(seeded):
     assert ids(status="gold", project_id=facts["points_project"]) == set(facts["gold_images"])
     assert ids(status="gold", project_id=facts["caption_project"]) == set()
     assert ids(status="flagged") == {owners[("point_set", facts["flagged_point_set"])][1]}
+    # review statuses count only reviews of the chosen project's items
+    flagged_image = owners[("point_set", facts["flagged_point_set"])][1]
+    assert owners[("point_set", facts["flagged_point_set"])][0] == facts["points_project"]
+    assert ids(status="flagged", project_id=facts["points_project"]) == {flagged_image}
+    assert ids(status="flagged", project_id=facts["caption_project"]) == set()
+    for project in (facts["points_project"], facts["caption_project"]):
+        reviewed_here = {owners[(r.target_type, r.target_id)][1] for r in _rows(db, Review)
+                         if owners[(r.target_type, r.target_id)][0] == project}
+        assert ids(status="reviewed", project_id=project) == reviewed_here
+        assert ids(status="unreviewed", project_id=project) == ids(project_id=project) - reviewed_here
+        rejected_here = {owners[t][1] for t, v in current.items() if v == "rejected" and owners[t][0] == project}
+        assert ids(status="rejected", project_id=project) == rejected_here
+    assert ids(status="reviewed", project_id=facts["points_project"]) != ids(status="reviewed", project_id=facts["caption_project"])
     assert ids(status="rejected") == rejected
     assert ids(annotator_id=_user_id(db, "ann3")) == by_ann3
     assert ids(text=phrase) == with_phrase and with_phrase

@@ -113,13 +113,31 @@ def _status_clause(status: str, project_id: int | None) -> ColumnElement[bool]:
         return exists(select(literal(1)).where(QAPair.image_id == img, QAPair.status == "accepted",
                                                *_in_project(QAPair.project_id, project_id)))
     if status in ("reviewed", "unreviewed"):
-        clause = exists(select(literal(1)).where(Review.image_id == img))
+        clause = exists(select(literal(1)).where(Review.image_id == img, *_review_in_project(project_id)))
         return clause if status == "reviewed" else not_(clause)
     if status == "gold":
         pi = aliased(ProjectImage)  # the outer query may join project_images itself
         return exists(select(literal(1)).where(pi.image_id == img, pi.is_gold.is_(True), *_in_project(pi.project_id, project_id)))
     # approved / rejected / flagged: an item of the image whose current verdict is that
-    return exists(select(literal(1)).where(Review.image_id == img, Review.verdict == status, is_current_review(Review)))
+    return exists(select(literal(1)).where(Review.image_id == img, Review.verdict == status, is_current_review(Review),
+                                           *_review_in_project(project_id)))
+
+
+def _review_in_project(project_id: int | None) -> list[ColumnElement[bool]]:
+    """Reviews of items of this project (a review row names its target, not the target's project)."""
+    if project_id is None:
+        return []
+
+    def target(target_type: str, model) -> ColumnElement[bool]:  # noqa: ANN001
+        return and_(Review.target_type == target_type,
+                    exists(select(literal(1)).where(model.id == Review.target_id, model.project_id == project_id)))
+
+    transcript = and_(Review.target_type == "transcript", exists(
+        select(literal(1)).select_from(Transcript).join(Recording, Recording.id == Transcript.recording_id)
+        .where(Transcript.id == Review.target_id, Recording.project_id == project_id)
+    ))
+    return [or_(target("recording", Recording), transcript, target("caption", Caption), target("point_set", PointSet),
+                target("qa_pair", QAPair), target("assignment", Assignment))]
 
 
 def _flag_clause(session: Session, flag: str, project_id: int | None) -> ColumnElement[bool]:
