@@ -18,8 +18,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
-from pixmo.db.models import Job, utcnow
 from pixmo.db.session import Database
+from pixmo.jobs import finish_job, start_job
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -109,11 +109,7 @@ class Stage(Generic[Item, Result]):
     # -- the loop ------------------------------------------------------------------------
     def run(self, *, progress: bool = True, pipeline_depth: int = 2) -> dict[str, Any]:
         """Process every item; returns the stats dict (also stored on the job row)."""
-        with self.db.session() as session:
-            job = Job(kind=self.kind, params=_jsonable(self.params))
-            session.add(job)
-            session.flush()
-            self.job_id = job.id
+        self.job_id = start_job(self.db, self.kind, _jsonable(self.params))
         bar = _Progress(self.kind, self.total(), enabled=progress)
         try:
             # process batches ahead of the writer so I/O, decoding and DB writes overlap
@@ -141,12 +137,7 @@ class Stage(Generic[Item, Result]):
         bar.advance(self.progress_advance(results))
 
     def _finish(self, status: str, error: str | None = None) -> None:
-        with self.db.session() as session:
-            job = session.get(Job, self.job_id)
-            job.status = status
-            job.error = error
-            job.stats = self.stats.as_dict()
-            job.finished_at = utcnow()
+        finish_job(self.db, self.job_id, status, self.stats.as_dict(), error)
 
 
 class _Progress:

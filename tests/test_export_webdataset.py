@@ -180,6 +180,10 @@ def test_killed_export_leaves_nothing_complete_looking_and_a_rerun_completes(dem
 
     result = export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=1))
     assert verify_export(out).ok
+    with db.session() as s:  # the killed run's job row no longer says running
+        jobs = s.execute(select(Job.id, Job.status, Job.error).where(Job.kind == "export").order_by(Job.id)).all()
+    assert [j.status for j in jobs] == ["failed", "succeeded"] and jobs[0].error.startswith("interrupted")
+    assert jobs[1].id == result.job_id
     assert not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]
     assert (out / "train-000000.tar").read_bytes() == before
     assert result.samples == 12

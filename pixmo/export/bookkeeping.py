@@ -1,4 +1,4 @@
-"""The rows an export leaves in the database: its ``jobs`` row and its ``exports`` snapshot row."""
+"""The rows an export leaves in the database: its ``jobs`` row (`pixmo.jobs`) and its ``exports`` snapshot row."""
 
 from __future__ import annotations
 
@@ -6,27 +6,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from pixmo.db.models import Export, Job, utcnow
+from pixmo.db.models import Export
 from pixmo.db.session import Database
+from pixmo.jobs import finish_job, start_job
 
-
-def start_job(db: Database, kind: str, params: dict[str, Any]) -> int:
-    """Insert a running ``jobs`` row; returns its id."""
-    with db.session() as session:
-        job = Job(kind=kind, params=params)
-        session.add(job)
-        session.flush()
-        return job.id
-
-
-def finish_job(db: Database, job_id: int, status: str, stats: dict[str, Any] | None = None, error: str | None = None) -> None:
-    """Mark the job succeeded or failed, with its stats or error."""
-    with db.session() as session:
-        job = session.get(Job, job_id)
-        job.status = status
-        job.error = error
-        job.stats = stats or {}
-        job.finished_at = utcnow()
+__all__ = ["finish_job", "record_export", "start_job"]
 
 
 def record_export(
