@@ -33,11 +33,6 @@ def _padded(n: int) -> int:
     return TAR_BLOCK + (n + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
 
 
-def _ids(session: Session, stmt) -> set[int]:  # noqa: ANN001
-    # fetchall(): iterating a result fetches row by row, several times slower on SQLite
-    return set(session.connection().execute(stmt).scalars().all())
-
-
 def _annotated(as_of: dt.datetime):  # noqa: ANN202
     """A condition on `Image`: it has a caption, recording, point set or QA pair made before ``as_of``.
 
@@ -118,6 +113,7 @@ def select_images(
         stmt = stmt.where(Image.id.in_(members))
     if filters.annotated_only:
         stmt = stmt.where(_annotated(as_of))
+    # .all() fetches at once; iterating a result fetches row by row, several times slower on SQLite
     images = {image_id: (sha, nbytes) for image_id, sha, nbytes in session.connection().execute(stmt).all()}
     keep = set(images)
     if filters.review_status:
