@@ -1,9 +1,11 @@
 """The ``jobs`` rows of pipeline runs and exports: started, finished, or found interrupted.
 
-A run records the host and process that runs it. A run killed outright (SIGKILL, out of memory,
-power loss) never marks its row; the next job started on the same host, or `reap_stale_jobs`,
-marks such rows ``failed`` ("interrupted") once their process is gone, so no row says
-``running`` forever. Rows of other hosts are left alone: their processes cannot be seen from here.
+A run records the host (its hostname) and process that runs it. A run killed outright (SIGKILL,
+out of memory, power loss) never marks its row; the next job started on the same host, or
+`reap_stale_jobs`, marks such rows ``failed`` ("interrupted") once their process is gone. Rows of
+other hosts are left alone, since their processes cannot be seen from here: a run killed in a
+container that is never started again keeps saying ``running``. Containers that share one
+hostname must share the process namespace too (the usual case is one hostname per container).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import socket
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from pixmo.db.models import Job, utcnow
 from pixmo.db.session import Database
@@ -40,17 +42,23 @@ def reap_stale_jobs(db: Database) -> list[int]:
     """Mark ``failed`` the running jobs of this host whose process is gone; returns their ids."""
     host = this_host()
     reaped = []
-    with db.session() as session:
-        running = session.scalars(
-            select(Job).where(Job.status == "running", Job.host == host, Job.pid.is_not(None))
+    # SQLite's write lock up front (a read-then-write); the status condition keeps a job that
+    # finished meanwhile from being overwritten on PostgreSQL
+    with db.session(write_lock=True) as session:
+        running = session.execute(
+            select(Job.id, Job.pid).where(Job.status == "running", Job.host == host, Job.pid.is_not(None))
         ).all()
-        for job in running:
-            if job.pid == os.getpid() or process_alive(job.pid):
+        for job_id, pid in running:
+            if pid == os.getpid() or process_alive(pid):
                 continue
-            job.status = "failed"
-            job.error = f"interrupted: process {job.pid} on {host} ended without finishing the job"
-            job.finished_at = utcnow()
-            reaped.append(job.id)
+            done = session.execute(
+                update(Job).where(Job.id == job_id, Job.status == "running").values(
+                    status="failed", finished_at=utcnow(),
+                    error=f"interrupted: process {pid} on {host} ended without finishing the job",
+                )
+            )
+            if done.rowcount:
+                reaped.append(job_id)
     return reaped
 
 

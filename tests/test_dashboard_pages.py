@@ -334,6 +334,8 @@ def test_exports_page_fetches_an_s3_manifest_on_request(app_db, s3_server, monke
     assert not at.exception, at.exception
     assert "Manifest file" in texts(at)
     assert any("remote-snapshot-7" in str(j.value) for j in at.json)
+    at.run()  # another rerun (any widget) keeps what was fetched
+    assert "Manifest file" in texts(at) and not [b for b in at.button if b.label == "Fetch the manifest file"]
 
 
 def test_people_written_text_is_shown_as_text():

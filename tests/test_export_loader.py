@@ -113,3 +113,19 @@ def test_batches_stack_same_sized_images(exported):
     assert tuple(batches[0]["image"].shape) == (5, 3, 32, 32)
     assert isinstance(batches[0]["targets"][0], list)
     assert json.dumps(batches[0]["json"][0])  # the record stays plain JSON data
+
+
+def _to_numpy(image):
+    return image.permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_transform_returning_numpy_still_gives_tensors(exported, workers):
+    import torch
+
+    from pixmo.data import pixmo_loader
+
+    out, keys = exported
+    samples = list(pixmo_loader(out, num_workers=workers, shuffle=0, transform=_to_numpy))
+    assert {s["__key__"] for s in samples} == keys
+    assert all(isinstance(s["image"], torch.Tensor) and s["image"].ndim == 3 and s["image"].shape[2] == 3 for s in samples)

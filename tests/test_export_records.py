@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 
 import pytest
 from sqlalchemy import select
@@ -143,12 +144,19 @@ def test_built_record_is_exactly_the_validated_model(demo, with_audio):
     odd = dataclasses.replace(
         r,
         recordings=[{**x, "duration_s": 60} for x in r.recordings],
-        transcripts=[{**x, "duration_s": 60, "metrics": {"z": 1, "a": {"y": 2, "b": 3}}} for x in r.transcripts],
-        point_sets=[{**p, "points": [[0, 1]], "not_present": 0} for p in r.point_sets[:1]],
+        transcripts=[{**x, "duration_s": 60, "metrics": {"z": 1, "a": {"y": 2, "b": float("inf")}}} for x in r.transcripts],
+        point_sets=[{**p, "points": [[0, 1], ["0.25", 0.5]], "not_present": 0} for p in r.point_sets[:1]],
+        captions=[{**c, "faithfulness": {"score": float("nan")}} for c in r.captions],
     )
     built = build_sample(odd, usernames, val_fraction=0.25, with_audio=with_audio)
-    assert ExportSample.model_validate_json(built.json_bytes).model_dump_json().encode() == built.json_bytes
-    assert b'"duration_s":60.0' in built.json_bytes and b'"points":[[0.0,1.0]]' in built.json_bytes
+    assert ExportSample.model_validate(built.data).model_dump_json().encode() == built.json_bytes
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    json.loads(built.json_bytes, parse_constant=refuse)  # inf and NaN are written as null, as the model does
+    assert b'"duration_s":60.0' in built.json_bytes and b'"points":[[0.0,1.0],[0.25,0.5]]' in built.json_bytes
+    assert b'"b":null' in built.json_bytes and b'"faithfulness":null' in built.json_bytes
 
 
 @pytest.mark.parametrize(
@@ -159,6 +167,7 @@ def test_built_record_is_exactly_the_validated_model(demo, with_audio):
         (lambda r: {"point_sets": [{**r.point_sets[0], "points": [[0.5]], "not_present": False}]}, r"must be \[x, y\]"),
         (lambda r: {"point_sets": [{**r.point_sets[0], "points": [[0.1, 0.2]], "not_present": True}]}, "not_present"),
         (lambda r: {"recordings": [{**r.recordings[0], "duration_s": -1.0}]}, "duration_s"),
+        (lambda r: {"recordings": [{**r.recordings[0], "duration_s": float("inf")}]}, "duration_s: inf is not a finite"),
         (lambda r: {"recordings": [{**r.recordings[0], "sha256": "not-a-digest"}]}, "recording .*sha256"),
         (lambda r: {"image": {**r.image, "width": 0}}, "width must be a positive integer"),
         (lambda r: {"transcripts": [{**r.transcripts[0], "metrics": [1, 2]}]}, "metrics must be an object"),

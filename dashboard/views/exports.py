@@ -45,12 +45,13 @@ for e in exports:
         if e["shards"]:
             st.dataframe(pd.DataFrame(e["shards"]), hide_index=True)
         remote = "://" in e["output_url"] and not e["output_url"].startswith("file://")
-        manifest = None
+        fetched = f"manifest_{e['id']}"  # a remote manifest, once fetched, stays for the session
+        manifest = st.session_state.get(fetched)
         if not remote:
             manifest = curation.read_manifest(e["output_url"])
-        elif st.button("Fetch the manifest file", key=f"manifest_{e['id']}"):
+        elif manifest is None and st.button("Fetch the manifest file", key=f"fetch_{fetched}"):
             with st.spinner(f"Reading {e['output_url']}/manifest.json …"):
-                manifest = curation.read_manifest(e["output_url"])
+                manifest = st.session_state[fetched] = curation.read_manifest(e["output_url"])
             if manifest is None:
                 st.warning(f"No readable manifest at {e['output_url']} (check the S3 endpoint and credentials).")
         if manifest is not None:

@@ -211,11 +211,13 @@ def _summaries(session: Session, images: list[Image], project_id: int | None) ->
     captions = _count_by_image(session, Caption, ids, project_id)
     point_sets = _count_by_image(session, PointSet, ids, project_id)
     qa = _count_by_image(session, QAPair, ids, project_id)
-    reviews = dict(session.execute(select(Review.image_id, func.count()).where(Review.image_id.in_(ids)).group_by(Review.image_id)).all())
+    in_project = _review_in_project(project_id)
+    reviews = dict(session.execute(select(Review.image_id, func.count()).where(Review.image_id.in_(ids), *in_project)
+                                   .group_by(Review.image_id)).all())
     verdicts: dict[int, dict[str, int]] = defaultdict(dict)
     for image_id, verdict, n in session.execute(
         select(Review.image_id, Review.verdict, func.count())
-        .where(Review.image_id.in_(ids), is_current_review(Review)).group_by(Review.image_id, Review.verdict)
+        .where(Review.image_id.in_(ids), is_current_review(Review), *in_project).group_by(Review.image_id, Review.verdict)
     ):
         verdicts[image_id][verdict] = int(n)
     flags: dict[int, set[str]] = defaultdict(set)

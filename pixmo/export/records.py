@@ -354,9 +354,14 @@ def _sha(value: Any, what: str) -> str:
 def _number(value: Any, what: str, *, low: float = 0.0, high: float = math.inf, optional: bool = False) -> float | None:
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        bounds = f"[{low}, {high}]" if high != math.inf else f">= {low}"
-        raise ExportError(f"{what}: {value!r} is not a number {bounds}")
+    if isinstance(value, str):  # the model's lax mode takes numeric strings
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high or math.isinf(value):
+        bounds = f"in [{low}, {high}]" if high != math.inf else f">= {low}"
+        raise ExportError(f"{what}: {value!r} is not a finite number {bounds}")
     return float(value)
 
 
@@ -472,7 +477,9 @@ def build_sample(
         "schema_version": EXPORT_SCHEMA_VERSION,
     }
     return BuiltSample(
-        key=key, data=data, json_bytes=pydantic_core.to_json(data), caption=best_caption(rows, verdicts),
+        # inf/NaN (which a float column or JSON metrics can hold) as null, as the model writes them
+        key=key, data=data, json_bytes=pydantic_core.to_json(data, inf_nan_mode="null"),
+        caption=best_caption(rows, verdicts),
         transcripts=[t["text"] for t in _usable_transcripts(rows, verdicts)],
         image_storage_key=image["storage_key"], image_ext=ext, image_mime=image["mime"], audio=audio,
     )
