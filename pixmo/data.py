@@ -32,7 +32,6 @@ PROMPTS = {
     "pointing": "Point to {label}.",
     "counting": "How many {label} are there?",
 }
-IMAGE_EXTS = ("jpg", "png", "webp")
 TRANSPORT_GROUP = 16  # samples per hand-over from a DataLoader worker when iterating one at a time
 
 

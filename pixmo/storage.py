@@ -364,7 +364,7 @@ class LocalStore(BlobStore):
             # mkstemp creates 0600; blobs should be readable like any other data file.
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             return PutResult(key, sha, size)
         except OSError as exc:
             raise StorageError(f"cannot store blob {key or '(content-addressed)'}: {exc}") from exc
@@ -440,8 +440,8 @@ class LocalStore(BlobStore):
         return f"local directory {self.root}"
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable on POSIX; directories cannot be opened on Windows.
+def fsync_dir(path: Path) -> None:
+    """Make a rename into ``path`` durable (POSIX; directories cannot be opened on Windows)."""
     if os.name != "posix":
         return
     fd = os.open(path, os.O_RDONLY)

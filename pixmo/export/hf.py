@@ -24,7 +24,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pixmo.db.session import Database
@@ -60,11 +60,10 @@ class HFExportResult:
     job_id: int
     export_id: int
     elapsed_s: float
-    skipped: dict[str, int] = field(default_factory=dict)
 
     def stats(self) -> dict[str, Any]:
         return {
-            "total": self.rows, "statuses": {"written": self.rows, **self.skipped}, "reasons": {}, "examples": {},
+            "total": self.rows, "statuses": {"written": self.rows}, "reasons": {}, "examples": {},
             "files": len(self.files), "elapsed_s": round(self.elapsed_s, 3),
             "items_per_s": round(self.rows / self.elapsed_s, 2) if self.elapsed_s > 0 else None,
         }
@@ -76,7 +75,7 @@ def _pixmo100(points: Any) -> list[tuple[float, float]]:
 
 
 def _latest_verdicts(sample: BuiltSample) -> dict[tuple[str, int], str]:
-    return {(r.target_type, r.target_id): r.verdict for r in sample.record.reviews}  # already in time order
+    return {(r["target_type"], r["target_id"]): r["verdict"] for r in sample.data["reviews"]}  # already in time order
 
 
 def split_point_explanation(answer: str) -> dict[str, Any]:
@@ -104,7 +103,7 @@ def split_point_explanation(answer: str) -> dict[str, Any]:
 
 def hf_rows(subset: str, sample: BuiltSample, image_url: str) -> list[dict[str, Any]]:
     """The rows of one PixMo subset that one sample gives."""
-    rec = sample.record
+    rec = sample.data
     verdicts = _latest_verdicts(sample)
 
     def ok(kind: str, row_id: int) -> bool:
@@ -116,33 +115,33 @@ def hf_rows(subset: str, sample: BuiltSample, image_url: str) -> list[dict[str, 
         return [{"image_url": image_url, "caption": sample.caption, "transcripts": list(sample.transcripts)}]
     if subset == "points":
         return [
-            {"image_url": image_url, "image_sha256": rec.key,
-             "points": [{"x": x, "y": y} for x, y in _pixmo100(ps.points)], "count": len(ps.points),
-             "label": ps.label, "collection_method": ps.method}
-            for ps in rec.point_sets if ok("point_set", ps.id)
+            {"image_url": image_url, "image_sha256": rec["key"],
+             "points": [{"x": x, "y": y} for x, y in _pixmo100(ps["points"])], "count": len(ps["points"]),
+             "label": ps["label"], "collection_method": ps["method"]}
+            for ps in rec["point_sets"] if ok("point_set", ps["id"])
         ]
     if subset == "count":
         rows = []
-        for ps in rec.point_sets:
-            if ps.method != "counting" or not ok("point_set", ps.id):
+        for ps in rec["point_sets"]:
+            if ps["method"] != "counting" or not ok("point_set", ps["id"]):
                 continue
-            px = to_pixels(ps.points, rec.image.width, rec.image.height)
-            rows.append({"image_url": image_url, "image_sha256": rec.key, "count": len(px),
-                         "points": {"x": [p.x for p in px], "y": [p.y for p in px]}, "label": ps.label})
+            px = to_pixels(ps["points"], rec["image"]["width"], rec["image"]["height"])
+            rows.append({"image_url": image_url, "image_sha256": rec["key"], "count": len(px),
+                         "points": {"x": [p.x for p in px], "y": [p.y for p in px]}, "label": ps["label"]})
         return rows
     source = {"ama": "ask", "capqa": "capqa", "point_explanations": "point_explain"}[subset]
     rows = []
-    for qa in rec.qa:
-        if qa.source != source or qa.status != "accepted" or not ok("qa_pair", qa.id):
+    for qa in rec["qa"]:
+        if qa["source"] != source or qa["status"] != "accepted" or not ok("qa_pair", qa["id"]):
             continue
         if subset == "ama":
-            rows.append({"image_url": image_url, "image_sha256": rec.key, "question": qa.question, "answer": qa.answer})
+            rows.append({"image_url": image_url, "image_sha256": rec["key"], "question": qa["question"], "answer": qa["answer"]})
         elif subset == "capqa":
-            rows.append({"image_url": image_url, "question": qa.question, "answer": qa.answer,
-                         "messages": [qa.question, qa.answer]})
+            rows.append({"image_url": image_url, "question": qa["question"], "answer": qa["answer"],
+                         "messages": [qa["question"], qa["answer"]]})
         else:
-            rows.append({"image_url": image_url, "image_sha256": rec.key, "question": qa.question,
-                         "response": qa.answer, **split_point_explanation(qa.answer)})
+            rows.append({"image_url": image_url, "image_sha256": rec["key"], "question": qa["question"],
+                         "response": qa["answer"], **split_point_explanation(qa["answer"])})
     return rows
 
 
@@ -203,8 +202,8 @@ class _RollingParquet:
 def _image_urls(store: BlobStore, samples: list[BuiltSample], expires: int) -> dict[str, str]:
     urls = {}
     for s in samples:
-        if s.record.image.source_url:
-            urls[s.key] = s.record.image.source_url
+        if s.data["image"]["source_url"]:
+            urls[s.key] = s.data["image"]["source_url"]
             continue
         try:
             urls[s.key] = store.url(s.image_storage_key, expires=expires)

@@ -527,10 +527,10 @@ def build_samples(
 ROW_KINDS = ("captions", "transcripts", "recordings", "point_sets", "qa", "reviews")
 
 
-def count_rows(records: Iterable[ExportSample | dict[str, Any]]) -> dict[str, int]:
+def count_rows(records: Iterable[dict[str, Any]]) -> dict[str, int]:
     """How many captions, transcripts, recordings, point sets, QA pairs and reviews the records hold."""
     counts: dict[str, int] = dict.fromkeys(ROW_KINDS, 0)
     for r in records:
         for kind in ROW_KINDS:
-            counts[kind] += len(r[kind] if isinstance(r, dict) else getattr(r, kind))
+            counts[kind] += len(r[kind])
     return counts

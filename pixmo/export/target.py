@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pixmo.errors import StorageError
-from pixmo.storage import TMP_PREFIX, BlobStore, LocalStore, S3Store, open_store
+from pixmo.storage import TMP_PREFIX, BlobStore, LocalStore, S3Store, fsync_dir, open_store
 
 
 class ExportTarget(ABC):
@@ -112,7 +112,7 @@ class LocalTarget(ExportTarget):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -197,15 +197,6 @@ def _store_url(store: BlobStore) -> str:
         return str(store.root)
     return store.describe()
 
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def target_from_spec(spec: tuple[Any, ...]) -> ExportTarget:

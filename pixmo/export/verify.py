@@ -207,6 +207,7 @@ def _check_shard(
     name, split = entry["name"], entry["split"]
     check = _ShardCheck()
     keys: list[str] = []
+    seen: set[str] = set()
     try:
         raw = target.open(name)
     except Exception as exc:  # noqa: BLE001 - a missing/unreadable shard is a finding
@@ -236,10 +237,11 @@ def _check_shard(
                     key, suffix = info.name.split(".", 1)
                     if key != current:
                         finish()
-                        if key in keys:
+                        if key in seen:
                             check.problems.append(Problem(name, key, "sample key appears twice"))
                         current, members = key, {}
                         keys.append(key)
+                        seen.add(key)
                     if suffix in members:
                         check.problems.append(Problem(name, key, f"member {info.name} appears twice"))
                     members[suffix] = tar.extractfile(info).read()
@@ -321,8 +323,8 @@ def verify_export(
         with ThreadPoolExecutor(max(1, workers)) as pool:
             futures = {s["name"]: pool.submit(_check_shard, target, s, validate, max_side, bar.advance) for s in shards}
             checks = {name: fut.result() for name, fut in futures.items()}
-    for name in sorted(checks, key=lambda n: [s["name"] for s in shards].index(n)):
-        report.problems.extend(checks[name].problems)
+    for check in checks.values():  # in manifest order, as submitted
+        report.problems.extend(check.problems)
     report.shards = len(shards)
     report.samples = sum(c.samples for c in checks.values())
     report.bytes = sum(c.bytes for c in checks.values())

@@ -176,14 +176,15 @@ def export_webdataset(
         with Progress("export", len(candidates), progress) as bar:
             results = _write_all(plans, db, store, target, options, as_of, bar)
         manifest = build_manifest(filters, options, results)
-        target.put_bytes(MANIFEST_NAME, manifest_bytes(manifest))
+        manifest_data = manifest_bytes(manifest)
+        target.put_bytes(MANIFEST_NAME, manifest_data)
         elapsed = time.perf_counter() - started
         export_id = record_export(
             db, snapshot_id=manifest["snapshot_id"], fmt="webdataset", output_url=target.url,
             filters=manifest["filters"], counts=manifest["counts"],
             versions={**manifest["versions"], "code_version": manifest["code_version"],
                       "schema_version": manifest["schema_version"]},
-            shards=manifest["shards"], manifest_sha256=hashlib.sha256(manifest_bytes(manifest)).hexdigest(),
+            shards=manifest["shards"], manifest_sha256=hashlib.sha256(manifest_data).hexdigest(),
             job_id=job_id,
         )
         result = ExportResult(target.url, manifest, job_id, export_id, elapsed)
