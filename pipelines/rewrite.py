@@ -182,8 +182,6 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
         self.backend: LLMBackend = CachedBackend(inner, db) if params.cache else inner
         self.model_id = self.backend.model_id
         self._items: list[WorkItem] | None = None
-        self._t0 = time.perf_counter()
-        self._usage0 = replace(self.backend.usage)
 
     def _project_id(self, name: str | None) -> int | None:
         if not name:
@@ -352,10 +350,6 @@ class CapQAStage(RewriteStage):
         return [WorkItem(f"caption {cid}", image_id, project_id, {"caption": text, "n": self.params.pairs},
                          caption_id=cid)
                 for cid, text, image_id, project_id in session.execute(q).all()]
-
-    def task_options(self) -> dict[str, Any]:
-        p = self.params
-        return dict(prompt_version=p.prompt_version, max_tokens=p.max_tokens, retries=p.retries)
 
     def write(self, session: Session, results: list[tuple[WorkItem, TaskResult]]) -> None:
         rows = []

@@ -119,7 +119,6 @@ class RecordingTranscriber:
 
     def __init__(self, store: BlobStore, asr_kwargs: dict[str, Any]):
         self.store = store
-        self.asr_kwargs = asr_kwargs
         self.asr = load_asr(**asr_kwargs)
 
     def load(self, ref: RecordingRef) -> DecodedAudio | _Failed:

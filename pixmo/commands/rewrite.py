@@ -35,10 +35,9 @@ Cache = Annotated[bool, typer.Option(help="Answer identical requests from the ll
 
 
 def _fail(exc: Exception) -> None:
-    from pixmo.cli import err
+    from pixmo import cli  # imported late: pixmo.cli imports this module
 
-    err.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(2)
+    cli._fail(exc)
 
 
 def _run(task: str, json_out: bool, api_key: str | None, **params: Any) -> None:

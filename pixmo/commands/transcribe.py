@@ -32,10 +32,9 @@ DownloadRoot = Annotated[Optional[str], typer.Option(help="Where model downloads
 
 
 def _fail(exc: Exception) -> None:
-    from pixmo.cli import err
+    from pixmo import cli  # imported late: pixmo.cli imports this module
 
-    err.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(2)
+    cli._fail(exc)
 
 
 @transcribe_app.callback()
