@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from pixmo.db.models import Assignment, Project, ProjectImage, User, utcnow
+from pixmo.db.models import Assignment, Project, ProjectImage, User, as_utc, utcnow
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, PixmoError, ValidationError
 from pixmo.projects import project_config
@@ -43,13 +43,6 @@ class Lease:
 
     assignment: Assignment
     resumed: bool
-
-
-def aware(value: dt.datetime | None) -> dt.datetime | None:
-    """``value`` as an aware UTC datetime (SQLite returns naive ones; all stored times are UTC)."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def holds_slot(now: dt.datetime):  # noqa: ANN201 - a SQL expression
@@ -198,7 +191,7 @@ def _add_active(assignment: Assignment, active_seconds: float | None, now: dt.da
     if not math.isfinite(active_seconds) or active_seconds < 0:
         raise ValidationError("active_seconds must be a non-negative number")
     # the client reports it; it cannot exceed the time since the lease began
-    elapsed = (now - aware(assignment.created_at)).total_seconds()
+    elapsed = (now - as_utc(assignment.created_at)).total_seconds()
     assignment.active_seconds = round(max(assignment.active_seconds or 0.0, min(active_seconds, max(elapsed, 0.0))), 1)
 
 
@@ -212,7 +205,7 @@ def claim_for_submission(session: Session, assignment: Assignment, now: dt.datet
         raise LeaseError("this task was submitted already")
     if assignment.status == "skipped":
         raise LeaseError("this task was skipped")
-    if assignment.status == "leased" and aware(assignment.expires_at) > now:
+    if assignment.status == "leased" and as_utc(assignment.expires_at) > now:
         return
     project = session.get(Project, assignment.project_id)
     cfg = project_config(project)
@@ -260,7 +253,7 @@ def heartbeat(db: Database, assignment_id: int, user_id: int, active_seconds: fl
     now = utcnow()
     with db.session(write_lock=True) as session:
         assignment = get_assignment(session, assignment_id, user_id, lock=True)
-        if assignment.status != "leased" or aware(assignment.expires_at) <= now:
+        if assignment.status != "leased" or as_utc(assignment.expires_at) <= now:
             raise LeaseError("this task is no longer leased to you")
         _add_active(assignment, active_seconds, now)
         cfg = project_config(session.get(Project, assignment.project_id))

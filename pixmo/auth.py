@@ -66,21 +66,22 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     return user if verify_password(user.password_hash, password) else None
 
 
-def _token_hash(token: str) -> str:
+def token_hash(token: str) -> str:
+    """What is stored of a bearer or session token: its sha256, never the token."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def create_token(session: Session, user: User, name: str = "default") -> str:
     """A new bearer token for ``user``; only its hash is stored, so show it once."""
     token = "pixmo_" + secrets.token_urlsafe(32)
-    session.add(ApiToken(user_id=user.id, name=name, token_hash=_token_hash(token)))
+    session.add(ApiToken(user_id=user.id, name=name, token_hash=token_hash(token)))
     session.flush()
     return token
 
 
 def user_for_token(session: Session, token: str) -> User | None:
     """The active user a bearer token belongs to, or None."""
-    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == _token_hash(token))).first()
+    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == token_hash(token))).first()
     if row is None or not row.user.is_active:
         return None
     row.last_used_at = utcnow()

@@ -9,15 +9,14 @@ makes the limit hold across several app replicas.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from pixmo.auth import authenticate
-from pixmo.db.models import LoginAttempt, User, WebSession, utcnow
+from pixmo.auth import authenticate, token_hash
+from pixmo.db.models import LoginAttempt, User, WebSession, as_utc, utcnow
 from pixmo.errors import PixmoError
 
 SESSION_TTL = dt.timedelta(hours=12)
@@ -43,15 +42,6 @@ class LoginResult:
     expires_at: dt.datetime
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 def check_throttle(session: Session, username: str, ip: str, now: dt.datetime | None = None) -> None:
     """Raise LoginThrottled when ``username`` from ``ip`` (or ``ip`` alone) failed too often lately."""
     now = now or utcnow()
@@ -61,14 +51,14 @@ def check_throttle(session: Session, username: str, ip: str, now: dt.datetime | 
             LoginAttempt.username == username, LoginAttempt.ip == ip, LoginAttempt.ok.is_(True)
         )
     )
-    if last_ok is not None and _aware(last_ok) > since:
-        since = _aware(last_ok)
+    if last_ok is not None and as_utc(last_ok) > since:
+        since = as_utc(last_ok)
     failures = select(LoginAttempt.created_at).where(LoginAttempt.ok.is_(False), LoginAttempt.created_at > since)
     for stmt, limit in (
         (failures.where(LoginAttempt.username == username, LoginAttempt.ip == ip), MAX_FAILURES_PER_USER_IP),
         (failures.where(LoginAttempt.ip == ip), MAX_FAILURES_PER_IP),
     ):
-        times = sorted(_aware(t) for t in session.scalars(stmt.order_by(LoginAttempt.created_at.desc()).limit(limit)))
+        times = sorted(as_utc(t) for t in session.scalars(stmt.order_by(LoginAttempt.created_at.desc()).limit(limit)))
         if len(times) >= limit:
             wait = times[0] + FAILURE_WINDOW - now
             raise LoginThrottled(max(1, int(wait.total_seconds()) + 1))
@@ -98,7 +88,7 @@ def open_session(session: Session, user: User, now: dt.datetime | None = None) -
     now = now or utcnow()
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     expires = now + SESSION_TTL
-    session.add(WebSession(token_hash=_hash(token), user_id=user.id, csrf_token=csrf, expires_at=expires))
+    session.add(WebSession(token_hash=token_hash(token), user_id=user.id, csrf_token=csrf, expires_at=expires))
     # expired sessions of this user are garbage now
     session.execute(delete(WebSession).where(WebSession.user_id == user.id, WebSession.expires_at <= now))
     session.flush()
@@ -110,8 +100,8 @@ def session_user(session: Session, token: str, now: dt.datetime | None = None) -
     if not token or len(token) > 128:
         return None
     now = now or utcnow()
-    row = session.scalars(select(WebSession).where(WebSession.token_hash == _hash(token))).first()
-    if row is None or _aware(row.expires_at) <= now:
+    row = session.scalars(select(WebSession).where(WebSession.token_hash == token_hash(token))).first()
+    if row is None or as_utc(row.expires_at) <= now:
         return None
     user = session.get(User, row.user_id)
     if user is None or not user.is_active:
@@ -122,4 +112,4 @@ def session_user(session: Session, token: str, now: dt.datetime | None = None) -
 def end_session(session: Session, token: str) -> None:
     """Log out: forget the session behind ``token`` (unknown tokens are ignored)."""
     if token:
-        session.execute(delete(WebSession).where(WebSession.token_hash == _hash(token)))
+        session.execute(delete(WebSession).where(WebSession.token_hash == token_hash(token)))

@@ -10,7 +10,6 @@ from annotation_app.schemas import AssignmentOut, HeartbeatIn, NextOut, SkipIn
 from annotation_app.templating import blob_url, render
 from pixmo.assignments import get_assignment, heartbeat, next_assignment, skip_assignment
 from pixmo.db.models import Assignment, Image, Project
-from pixmo.errors import NotFoundError
 from pixmo.projects import project_config
 from pixmo.submissions import task_label
 
@@ -32,16 +31,9 @@ def _out(session, store, assignment: Assignment, resumed: bool = False) -> Assig
     )
 
 
-def _check_project(db, project_id: int) -> None:  # noqa: ANN001
-    with db.session() as session:
-        if session.get(Project, project_id) is None:
-            raise NotFoundError(f"no project with id {project_id}")
-
-
 @router.post("/api/projects/{project_id}/next", response_model=NextOut)
 def api_next(project_id: int, db: DbDep, store: StoreDep, user: AnyUser):
     """Lease the next image of the project to the caller (or return their live lease)."""
-    _check_project(db, project_id)
     lease = next_assignment(db, project_id, user.id)
     if lease is None:
         return NextOut(assignment=None, message="No work left in this project for you right now.")
@@ -51,7 +43,6 @@ def api_next(project_id: int, db: DbDep, store: StoreDep, user: AnyUser):
 
 @router.post("/projects/{project_id}/next", include_in_schema=False)
 def page_next(request: Request, project_id: int, db: DbDep, user: AnyUser):
-    _check_project(db, project_id)
     lease = next_assignment(db, project_id, user.id)
     if lease is None:
         with db.session() as session:

@@ -85,7 +85,6 @@ class BrowsePage:
 
     items: list[BrowseItem]
     next_after: int | None
-    limit: int
 
 
 def _in_project(column, project_id: int | None) -> list[ColumnElement[bool]]:  # noqa: ANN001
@@ -195,7 +194,7 @@ def browse_images(session: Session, filters: BrowseFilters | None = None, after_
     more = len(images) > limit
     images = images[:limit]
     items = _summaries(session, images, f.project_id)
-    return BrowsePage(items, images[-1].id if more else None, limit)
+    return BrowsePage(items, images[-1].id if more else None)
 
 
 def _count_by_image(session: Session, model, ids: list[int], project_id: int | None) -> dict[int, int]:  # noqa: ANN001

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from pixmo.curation.sql import dialect_of, floor_of, has_any_flag, has_flag, is_current_review, json_number, word_count
 from pixmo.db.models import Caption, ProjectImage, Recording, Review, Transcript
 from pixmo.errors import ValidationError
+from pixmo.llm.faithfulness import SCORE_KEYS, stored_score
 
 # metric -> (title, unit)
 METRICS: dict[str, tuple[str, str]] = {
@@ -26,20 +27,15 @@ METRICS: dict[str, tuple[str, str]] = {
     "no_speech_prob": ("No-speech probability", "p"),
     "faithfulness": ("Caption faithfulness", "supported share"),
 }
-FLAG_SOURCES = ("transcript", "caption")
 SAMPLE_ROWS = 50_000
-# The rewrite stage stores the share of supported statements as "score" (and the supported words
-# as "supported"); hand-made rows may carry the share as "supported". The first number wins.
-FAITHFULNESS_KEYS = ("score", "supported")
+FAITHFULNESS_KEYS = SCORE_KEYS
 
 
 def faithfulness_score(faithfulness: dict[str, Any] | None) -> float | None:
     """The share of a caption's statements its transcripts support (0..1), or None."""
-    for key in FAITHFULNESS_KEYS:
-        value = (faithfulness or {}).get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
+    return stored_score(faithfulness)
+
+
 FLAGGED_SOURCES = ("transcript", "caption", "review")
 
 

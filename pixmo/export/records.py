@@ -32,6 +32,7 @@ from sqlalchemy import Text, select, true, type_coerce
 from sqlalchemy.orm import Session
 
 from pixmo.db.models import (
+    as_utc,
     Caption,
     Image,
     PointSet,
@@ -44,6 +45,7 @@ from pixmo.db.models import (
     User,
 )
 from pixmo.export.errors import ExportError
+from pixmo.llm.faithfulness import stored_score
 from pixmo.media import EXT_BY_MIME
 from schemas.export import EXPORT_SCHEMA_VERSION, ExportSample, is_usable
 
@@ -63,15 +65,6 @@ AUDIO_EXT_BY_MIME = {
 KIND_RANK = {"cleaned": 0, "merged": 1}
 PRODUCER_RANK = {"rule": 0, "llm": 1, "human": 2}
 ID_CHUNK = 900  # stays under every backend's bound-parameter limit
-
-
-def utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive UTC datetimes, PostgreSQL aware ones: make both aware UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
 
 
 def split_of(key: str, val_fraction: float) -> str:
@@ -97,7 +90,7 @@ def audio_ext(mime: str) -> str:
 def latest_verdicts(reviews: Iterable[dict[str, Any]]) -> dict[tuple[str, int], str]:
     """(target_type, target_id) -> the newest verdict on it."""
     out: dict[tuple[str, int], str] = {}
-    for r in sorted(reviews, key=lambda r: (utc(r["created_at"]), r["id"])):
+    for r in sorted(reviews, key=lambda r: (as_utc(r["created_at"]), r["id"])):
         out[(r["target_type"], r["target_id"])] = r["verdict"]
     return out
 
@@ -141,12 +134,7 @@ def _faithfulness(value: Any) -> float | None:
         return None
     if isinstance(value, (int, float)):
         return float(value)
-    if isinstance(value, dict):
-        for name in ("score", "supported"):
-            v = value.get(name)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                return float(v)
-    return None
+    return stored_score(value)
 
 
 @dataclass
@@ -440,9 +428,9 @@ def build_sample(
     reviews = [
         {
             "target_type": r["target_type"], "target_id": r["target_id"], "verdict": r["verdict"],
-            "reason": r["reason"] or "", "reviewer": usernames.get(r["reviewer_id"]), "created_at": utc(r["created_at"]),
+            "reason": r["reason"] or "", "reviewer": usernames.get(r["reviewer_id"]), "created_at": as_utc(r["created_at"]),
         }
-        for r in sorted(rows.reviews, key=lambda r: (utc(r["created_at"]), r["id"]))
+        for r in sorted(rows.reviews, key=lambda r: (as_utc(r["created_at"]), r["id"]))
     ]
     lineage = {
         "asr_models": sorted({t["asr_model"] for t in rows.transcripts}),

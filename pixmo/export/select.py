@@ -10,10 +10,21 @@ from dataclasses import dataclass
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from pixmo.db.models import Caption, Image, PointSet, Project, ProjectImage, QAPair, Recording, Review, Transcript
+from pixmo.db.models import (
+    Caption,
+    Image,
+    PointSet,
+    Project,
+    ProjectImage,
+    QAPair,
+    Recording,
+    Review,
+    Transcript,
+    as_utc,
+)
 from pixmo.errors import ValidationError
 from pixmo.export.options import ExportFilters
-from pixmo.export.records import flag_names, latest_verdicts, review_status, utc
+from pixmo.export.records import flag_names, latest_verdicts, review_status
 
 TAR_BLOCK = 512
 # Per-sample allowance for the JSON and text members when planning shard sizes.
@@ -89,7 +100,7 @@ def _last_activity(session: Session, as_of: dt.datetime) -> dict[int, dt.datetim
         for image_id, when in session.connection().execute(stmt):
             if image_id is None or when is None:
                 continue
-            when = utc(when)
+            when = as_utc(when)
             if image_id not in last or when > last[image_id]:
                 last[image_id] = when
     return last

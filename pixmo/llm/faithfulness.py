@@ -156,3 +156,19 @@ def check_faithfulness(caption: str, transcripts: list[str] | str, *, threshold:
     score = len(supported) / len(written) if written else 1.0  # nothing said, nothing added
     coverage = (len(said) - len(dropped)) / len(said) if said else 1.0
     return Faithfulness(round(score, 4), round(coverage, 4), supported, added, dropped, threshold, min_coverage)
+
+
+# The rewrite stage stores the share of supported statements as "score" (and the supported words
+# as "supported"); hand-made rows may carry the share as "supported". The first number wins.
+SCORE_KEYS = ("score", "supported")
+
+
+def stored_score(faithfulness: object) -> float | None:
+    """The supported share (0..1) from a caption's stored ``faithfulness`` dict, or None."""
+    if not isinstance(faithfulness, dict):
+        return None
+    for key in SCORE_KEYS:
+        value = faithfulness.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
