@@ -64,10 +64,13 @@ def check_throttle(session: Session, username: str, ip: str, now: dt.datetime | 
             raise LoginThrottled(max(1, int(wait.total_seconds()) + 1))
 
 
-def login(session: Session, username: str, password: str, ip: str, now: dt.datetime | None = None) -> LoginResult | None:
-    """Check the password and open a session; None on a wrong name or password.
+def check_credentials(
+    session: Session, username: str, password: str, ip: str | None, now: dt.datetime | None = None
+) -> User | None:
+    """The user with that name and password, or None; every try is a ``login_attempts`` row.
 
-    Raises LoginThrottled (before checking the password) after too many recent failures.
+    Raises LoginThrottled (before checking the password) after too many recent failures. The one
+    password check of the app and the dashboard.
     """
     now = now or utcnow()
     username = username.strip()[:64]
@@ -80,7 +83,17 @@ def login(session: Session, username: str, password: str, ip: str, now: dt.datet
         return None
     # attempts older than a day matter to no limit any more
     session.execute(delete(LoginAttempt).where(LoginAttempt.created_at < now - ATTEMPTS_KEPT))
-    return open_session(session, user, now)
+    return user
+
+
+def login(session: Session, username: str, password: str, ip: str, now: dt.datetime | None = None) -> LoginResult | None:
+    """Check the password and open a session; None on a wrong name or password.
+
+    Raises LoginThrottled (before checking the password) after too many recent failures.
+    """
+    now = now or utcnow()
+    user = check_credentials(session, username, password, ip, now)
+    return None if user is None else open_session(session, user, now)
 
 
 def open_session(session: Session, user: User, now: dt.datetime | None = None) -> LoginResult:

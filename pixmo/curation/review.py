@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from pixmo.auth import authenticate, user_for_token
-from pixmo.db.models import LoginAttempt, Review, User
+from pixmo.auth import user_for_token
+from pixmo.db.models import Review, User
 from pixmo.db.session import Database
 from pixmo.errors import PixmoError
-from pixmo.logins import LoginThrottled, check_throttle
+from pixmo.logins import LoginThrottled, check_credentials
 from pixmo.reviews import add_review
 
 REVIEWER_ROLES = ("reviewer", "admin")
@@ -48,18 +48,20 @@ def login(db: Database, username: str, password: str, ip: str | None = None) -> 
     (the annotation app's limits, shared through the database), so the dashboard is no side door
     for guessing passwords. Takes the Database: the attempt is committed even when refused.
     """
-    username = username.strip()[:64]
-    ip = (ip or "dashboard")[:64]
+    refusal: NotAllowedError | None = None
     # read-then-write: take SQLite's write lock up front, as the app does
     with db.session(write_lock=True) as session:
         try:
-            check_throttle(session, username, ip)
+            user = check_credentials(session, username, password, ip or "dashboard")
         except LoginThrottled as exc:
             raise NotAllowedError(str(exc)) from exc
-        user = authenticate(session, username, password)
-        session.add(LoginAttempt(username=username, ip=ip, ok=user is not None))
-    with db.session() as session:
-        return _as_reviewer(session.get(User, user.id) if user else None, "wrong username or password")
+        try:
+            reviewer = _as_reviewer(user, "wrong username or password")
+        except NotAllowedError as exc:
+            refusal = exc  # raised once the attempt is committed
+    if refusal is not None:
+        raise refusal
+    return reviewer
 
 
 def login_with_token(db: Database, token: str) -> Reviewer:
