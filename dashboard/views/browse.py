@@ -6,11 +6,23 @@ import json
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import BROWSE_IMAGE_KEY, current_reviewer, database, database_url, options, plain, store
+from dashboard.common import BROWSE_IMAGE_KEY, CACHE_TTL_S, current_reviewer, database, database_url, options, plain, store
 from pixmo import curation
 from pixmo.curation.browse import ANY_FLAG
 from pixmo.curation.quality import faithfulness_score
 from pixmo.errors import PixmoError
+
+
+# Blobs are content-addressed, so a picture or a recording is the same for as long as its key
+# (and, for the picture, the point sets drawn on it) are: no fetch and redraw on every rerun.
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
+def picture(storage_key: str, point_sets: list[dict]) -> tuple[bytes, dict[str, str]]:
+    return curation.draw_point_sets(store().get_bytes(storage_key), point_sets)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=64, show_spinner=False)
+def blob(storage_key: str) -> bytes:
+    return store().get_bytes(storage_key)
 
 CURSORS_KEY = "browse_cursors"  # after_id of each page shown so far: [None, id1, id2, ...]
 FILTER_SIG_KEY = "browse_filter_sig"
@@ -120,7 +132,7 @@ st.caption(f"{image['width']}×{image['height']} {image['mime']} · {image['byte
 picture_col, info_col = st.columns([3, 2])
 with picture_col:
     try:
-        png, colors = curation.draw_point_sets(store().get_bytes(image["storage_key"]), detail["point_sets"])
+        png, colors = picture(image["storage_key"], detail["point_sets"])
         st.image(png, caption="point sets drawn, one colour per label")
         if colors:
             st.markdown(" ".join(
@@ -158,7 +170,7 @@ for rec in detail["recordings"]:
     st.markdown(f"**Recording #{rec['id']}** by {plain(rec['annotator'])} · {rec['duration_s']:.1f} s · {rec['mime']}"
                 + (f" · **{verdict}**" if verdict else ""))
     try:
-        st.audio(store().get_bytes(rec["storage_key"]), format=rec["mime"])
+        st.audio(blob(rec["storage_key"]), format=rec["mime"])
     except PixmoError as exc:
         st.warning(f"audio unavailable: {exc}")
     for t in rec["transcripts"]:

@@ -6,7 +6,9 @@ import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import ImageDraw
+
+from pixmo.data import decode_image
 
 # Tableau 10: distinct, readable on photos and flat backgrounds alike.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -22,8 +24,7 @@ def draw_point_sets(image_bytes: bytes, point_sets: Iterable[Mapping[str, Any]],
     colour, and the label → colour legend. Points are normalised [x, y] in [0, 1]."""
     sets = [ps for ps in point_sets if ps.get("points")]
     colors = label_colors(ps["label"] for ps in sets)
-    with Image.open(io.BytesIO(image_bytes)) as opened:
-        im = ImageOps.exif_transpose(opened).convert("RGB")
+    im = decode_image(image_bytes, "pil")  # as browsers show it (EXIF orientation), RGB
     im.thumbnail((max_side, max_side))
     draw = ImageDraw.Draw(im)
     radius = max(6, round(min(im.size) * 0.025))
