@@ -31,9 +31,9 @@ def _tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def _ours(members: list[tuple[str, bytes]]) -> bytes:
+def _ours(members: list[tuple[str, bytes]], buffer_size: int = 1 << 20) -> bytes:
     buf = io.BytesIO()
-    writer = TarMemberWriter(buf)
+    writer = TarMemberWriter(buf, buffer_size=buffer_size)
     for name, data in members:
         writer.add(name, data)
     writer.close()
@@ -51,7 +51,7 @@ def test_random_archives_match_tarfile_and_read_back():
     for _ in range(20):
         members = [(rng.choice(NAMES[:1]).replace("a", rng.choice("0123456789abcdef")) + f".{i}",
                     rng.randbytes(rng.choice([0, 1, 511, 512, 513, 5000]))) for i in range(rng.randint(1, 8))]
-        ours = _ours(members)
+        ours = _ours(members, buffer_size=rng.choice([1, 600, 4096, 1 << 20]))  # flushed at any point
         assert ours == _tarfile_bytes(members)
         with tarfile.open(fileobj=io.BytesIO(ours)) as tar:
             assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == members

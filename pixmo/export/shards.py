@@ -38,6 +38,7 @@ TAR_BLOCK = tarfile.BLOCKSIZE  # 512
 TAR_RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads the archive to a multiple of this
 _MAX_NAME = 100
 _MAX_SIZE = 8**11 - 1  # largest size an octal ustar field holds
+_ZEROS = bytes(TAR_BLOCK)
 
 
 def _ustar_template(owner: str, mode: int, mtime: int) -> tuple[bytes, bytes, int]:
@@ -67,11 +68,19 @@ class TarMemberWriter:
     `tarfile.TarInfo.tobuf`, so the output is always what ``tarfile.open(mode="w|")`` writes.
     """
 
-    def __init__(self, out, *, owner: str = MEMBER_OWNER, mode: int = MEMBER_MODE, mtime: int = MEMBER_MTIME) -> None:  # noqa: ANN001
+    def __init__(
+        self, out, *, owner: str = MEMBER_OWNER, mode: int = MEMBER_MODE, mtime: int = MEMBER_MTIME,  # noqa: ANN001
+        buffer_size: int = 1 << 20,
+    ) -> None:
         self.out = out
         self.offset = 0
         self.owner, self.mode, self.mtime = owner, mode, mtime
         self._middle, self._tail, self._sum = _ustar_template(owner, mode, mtime)
+        # members are gathered and written (and hashed by the caller's stream) about a MiB at a
+        # time: a write per member costs more than the copy of a small member into a buffer
+        self.buffer_size = buffer_size
+        self._parts: list[bytes] = []
+        self._pending = 0
 
     def header(self, name: str, size: int) -> bytes:
         raw = name.encode("ascii", "replace") if name.isascii() else b""
@@ -80,29 +89,43 @@ class TarMemberWriter:
             info.size, info.mode, info.mtime = size, self.mode, self.mtime
             info.uname = info.gname = self.owner
             return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        name_field = raw.ljust(_MAX_NAME, b"\0")
         size_field = b"%011o\0" % size
-        chksum = self._sum + sum(name_field) + sum(size_field)
+        # NUL padding adds nothing to the checksum
+        chksum = self._sum + sum(raw) + sum(size_field)
         # the checksum field counts as 8 spaces, then holds 6 octal digits, NUL and a space
-        return name_field + self._middle + size_field + self._tail[:12] + b"%06o\0 " % chksum + self._tail[20:]
+        return (raw.ljust(_MAX_NAME, b"\0") + self._middle + size_field + self._tail[:12] + b"%06o\0 " % chksum
+                + self._tail[20:])
 
     def add(self, name: str, data: bytes) -> None:
         """Append one member: header, data, NUL padding to the next 512-byte block."""
         size = len(data)
         pad = -size % TAR_BLOCK
-        parts = [self.header(name, size), data]
+        header = self.header(name, size)  # one block, more for a name that needs a PAX record
+        parts = self._parts
+        parts.append(header)
+        parts.append(data)
         if pad:
-            parts.append(b"\0" * pad)
-        chunk = b"".join(parts)
-        self.out.write(chunk)
-        self.offset += len(chunk)
+            parts.append(_ZEROS[:pad])
+        n = len(header) + size + pad
+        self.offset += n
+        self._pending += n
+        if self._pending >= self.buffer_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is gathered so far to the stream."""
+        if self._parts:
+            self.out.write(b"".join(self._parts))
+            self._parts.clear()
+            self._pending = 0
 
     def close(self) -> None:
         """Two zero blocks, then zeros up to a whole 10 KiB record (as `tarfile` ends an archive)."""
-        end = b"\0" * (2 * TAR_BLOCK)
-        end += b"\0" * (-(self.offset + len(end)) % TAR_RECORD)
-        self.out.write(end)
-        self.offset += len(end)
+        end = 2 * TAR_BLOCK
+        end += -(self.offset + end) % TAR_RECORD
+        self._parts.append(bytes(end))
+        self.offset += end
+        self.flush()
 
 
 def shard_name(split: str, index: int) -> str:
