@@ -384,13 +384,19 @@ class LocalStore(BlobStore):
             return self._write(stream, key, ext)
 
     def open(self, key: str) -> BinaryIO:
-        path = self.path_for(key)
+        # Opened by its lexical path (validate_key keeps it under the root), then checked by what
+        # was really opened: cheaper than resolving the path first, and no window for a swapped link.
+        path = os.path.join(self.root, validate_key(key))
         try:
-            return open(path, "rb")  # noqa: SIM115 - caller closes
+            f = open(path, "rb")  # noqa: SIM115 - caller closes
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise BlobNotFoundError(key) from exc
         except OSError as exc:
             raise StorageError(f"cannot read blob {key}: {exc}") from exc
+        if not _opened_path(f, path).startswith(os.path.join(self.root, "")):
+            f.close()
+            raise InvalidKeyError(f"blob key {key!r} resolves outside the store root")
+        return f
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
@@ -438,6 +444,14 @@ class LocalStore(BlobStore):
 
     def describe(self) -> str:
         return f"local directory {self.root}"
+
+
+def _opened_path(f: BinaryIO, path: str) -> str:
+    """The real path of the file open as ``f`` (opened by ``path``)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{f.fileno()}")  # Linux: the file itself, one system call
+    except OSError:
+        return os.path.realpath(path)
 
 
 def fsync_dir(path: Path) -> None:

@@ -484,3 +484,17 @@ def test_open_store_bad_urls(tmp_path, url):
 def test_open_store_s3_bad_prefix(tmp_path):
     with pytest.raises(StorageError, match="prefix"):
         open_store("s3://bucket/../up", settings(tmp_path))
+
+
+def test_local_links_followed_only_inside_the_root(tmp_path):
+    store = LocalStore(tmp_path / "root", SECRET, PUBLIC_URL)
+    store.put_bytes(b"inside", "a/real.txt")
+    (tmp_path / "outside.txt").write_bytes(b"secret")
+    (store.root / "a" / "alias.txt").symlink_to(store.root / "a" / "real.txt")
+    (store.root / "a" / "escape.txt").symlink_to(tmp_path / "outside.txt")
+    assert store.get_bytes("a/alias.txt") == b"inside"
+    for read in (store.get_bytes, store.open):
+        with pytest.raises(InvalidKeyError, match="outside"):
+            read("a/escape.txt")
+    with pytest.raises(BlobNotFoundError):
+        store.get_bytes("a/missing.txt")

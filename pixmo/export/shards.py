@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from pixmo.export.records import build_samples, count_rows, gc_paused, member_ex
 from pixmo.export.select import Candidate
 from pixmo.export.target import ExportTarget
 from pixmo.media import EXT_BY_MIME
-from pixmo.storage import BlobStore, LocalStore, validate_key
+from pixmo.storage import BlobStore
 
 SPLITS = ("train", "validation")
 # Fixed tar member metadata: the same database gives byte-identical shards.
@@ -222,14 +221,6 @@ class _HashingWriter:
 
 def _blob(store: BlobStore, key: str, what: str) -> bytes:
     try:
-        if isinstance(store, LocalStore):
-            # fast path: validate_key rules out absolute and '..' keys, and resolving every
-            # path (LocalStore.path_for) costs more than reading a small image
-            try:
-                with open(os.path.join(store.root, validate_key(key)), "rb") as f:
-                    return f.read()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-                raise BlobNotFoundError(key) from exc
         return store.get_bytes(key)
     except BlobNotFoundError as exc:
         raise ExportError(f"{what}: blob {key} is missing from the store") from exc
