@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+
 import pytest
 from sqlalchemy import select
 
@@ -11,6 +14,7 @@ from pixmo.export import export_hf
 from pixmo.export.hf import HF_SUBSETS, split_point_explanation
 from schemas.pixmo_hf import ROW_MODELS, arrow_schema
 from tests.export_helpers import demo, demo_template  # noqa: F401
+from tests.s3server import make_s3_store, s3_server  # noqa: F401
 
 pd = pytest.importorskip("pandas")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -49,6 +53,8 @@ def test_every_subset_has_exactly_the_pixmo_columns_and_types(demo, tmp_path, su
         frame = pd.read_parquet(path)
         assert list(frame.columns) == list(ROW_MODELS[subset].model_fields)
         assert len(frame) == f["rows"] <= 10
+        data = path.read_bytes()  # the recorded checksum and size are those of the file as written
+        assert (f["sha256"], f["bytes"]) == (hashlib.sha256(data).hexdigest(), len(data))
         total += len(frame)
     assert total == result.rows
 
@@ -137,3 +143,18 @@ def test_a_failed_export_keeps_the_previous_files(demo, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="database went away"):
         export_hf(db, store, out, "cap", rows_per_file=2)
     assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_export_to_s3_records_the_checksums_of_the_uploaded_files(demo, s3_server, monkeypatch):
+    db, store = demo
+    monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)
+    from pixmo.config import get_settings
+
+    get_settings.cache_clear()
+    bucket = make_s3_store(s3_server, prefix="hf")
+    result = export_hf(db, store, f"s3://{bucket.bucket}/hf", "points", rows_per_file=10)
+    assert sorted(bucket.iter_keys()) == sorted(f["name"] for f in result.files)
+    for f in result.files:
+        data = bucket.get_bytes(f["name"])
+        assert (f["sha256"], f["bytes"]) == (hashlib.sha256(data).hexdigest(), len(data))
+        assert len(pq.read_table(io.BytesIO(data))) == f["rows"]

@@ -35,7 +35,7 @@ from pixmo.export.options import ExportFilters
 from pixmo.export.progress import Progress
 from pixmo.export.records import BuiltSample, build_samples, load_usernames
 from pixmo.export.select import select_images
-from pixmo.export.target import ExportTarget, open_target
+from pixmo.export.target import ExportTarget, HashingWriter, open_target
 from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
 from pixmo.storage import BlobStore
 from schemas.export import is_usable
@@ -156,6 +156,7 @@ class _RollingParquet:
         self.files: list[dict[str, Any]] = []
         self._stack: contextlib.ExitStack | None = None
         self._writer = None
+        self._out: HashingWriter | None = None
         self._rows = 0
         self._name = ""
 
@@ -164,8 +165,8 @@ class _RollingParquet:
 
         self._name = f"{self.subset}/train-{len(self.files):05d}.parquet"
         self._stack = contextlib.ExitStack()
-        f = self._stack.enter_context(self.target.writer(self._name))
-        self._writer = pq.ParquetWriter(f, self.schema)
+        self._out = HashingWriter(self._stack.enter_context(self.target.writer(self._name)))
+        self._writer = pq.ParquetWriter(self._out, self.schema)
         self._rows = 0
 
     def _close(self, ok: bool = True) -> None:
@@ -175,7 +176,8 @@ class _RollingParquet:
         stack, self._stack = self._stack, None
         if ok:
             stack.close()
-            self.files.append({"name": self._name, "rows": self._rows})
+            self.files.append({"name": self._name, "rows": self._rows, "sha256": self._out.hash.hexdigest(),
+                               "bytes": self._out.size})
         else:
             stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
@@ -210,16 +212,6 @@ def _image_urls(store: BlobStore, samples: list[BuiltSample], expires: int) -> d
         except StorageError as exc:
             raise ExportError(f"image {s.key} has no source URL and its blob URL cannot be made: {exc}") from exc
     return urls
-
-
-def _file_digests(target: ExportTarget, files: list[dict[str, Any]]) -> None:
-    for f in files:
-        h, size = hashlib.sha256(), 0
-        with target.open(f["name"]) as stream:
-            while chunk := stream.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-        f.update(sha256=h.hexdigest(), bytes=size)
 
 
 def export_hf(
@@ -265,7 +257,6 @@ def export_hf(
         for name in target.names():
             if name.startswith(f"{subset}/train-") and name.endswith(".parquet") and name not in keep:
                 target.delete(name)
-        _file_digests(target, writer.files)
         content = {"subset": subset, "filters": filters.as_dict(), "files": writer.files}
         snapshot = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         elapsed = time.perf_counter() - started

@@ -24,7 +24,7 @@ from pixmo.export.images import image_member
 from pixmo.export.options import WebDatasetOptions
 from pixmo.export.records import build_samples, count_rows, gc_paused, member_ext, split_of
 from pixmo.export.select import Candidate
-from pixmo.export.target import ExportTarget
+from pixmo.export.target import ExportTarget, HashingWriter
 from pixmo.media import EXT_BY_MIME
 from pixmo.storage import BlobStore
 
@@ -202,23 +202,6 @@ def plan_shards(candidates: Sequence[Candidate], *, maxcount: int, maxsize: int,
     return plans
 
 
-class _HashingWriter:
-    """Write-through file wrapper that hashes and counts what the tar writer emits."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.hash.update(data)
-        self.size += len(data)
-        return self.raw.write(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-
 def _blob(store: BlobStore, key: str, what: str) -> bytes:
     try:
         return store.get_bytes(key)
@@ -265,7 +248,7 @@ def _write_shard(
     statuses: dict[str, int] = {}
     asr, llm, prompts = set(), set(), set()
     with target.writer(plan.name) as raw:
-        out = _HashingWriter(raw)
+        out = HashingWriter(raw)
         tar = TarMemberWriter(out)
         for s in samples:
             data = _blob(store, s.image_storage_key, f"image {s.key}")

@@ -9,6 +9,7 @@ reserved prefix and end in ``.part``, so nothing half-written ever looks complet
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import uuid
@@ -64,6 +65,27 @@ class ExportTarget(ABC):
 
     def exists(self, name: str) -> bool:
         return name in self.names()
+
+
+class HashingWriter:
+    """Write-through wrapper of a file being written: its sha256 and size come out of the same pass."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    @property
+    def closed(self) -> bool:  # pyarrow's writers ask
+        return self.raw.closed
 
 
 class LocalTarget(ExportTarget):
