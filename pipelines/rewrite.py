@@ -24,13 +24,14 @@ from sqlalchemy.orm import Session
 from pixmo.db.models import Caption, Project, QAPair, Recording, Transcript
 from pixmo.db.queries import insert_ignore
 from pixmo.db.session import Database
-from pixmo.errors import ConfigError, ValidationError
+from pixmo.errors import ValidationError
 from pixmo.llm import LLMBackend, get_backend
 from pixmo.llm.backend import Completion, Messages, Usage
 from pixmo.llm.cache import CachedBackend
 from pixmo.llm.prompts import load_prompt
 from pixmo.llm.tasks import TaskResult, run_task
 from pipelines.base import Stage, StageStats
+from pipelines.ray_pool import RayPool, import_ray
 
 STAGE_TASKS = ("clean", "merge", "capqa")
 EXECUTORS = ("local", "ray")
@@ -105,42 +106,25 @@ class RayBackend(LLMBackend):
     def __init__(self, spec: dict[str, Any], *, actors: int | None = None, cpus_per_actor: float = 1.0,
                  address: str | None = None):
         super().__init__()
-        try:
-            import ray
-            from ray.util import ActorPool
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ConfigError("the ray executor needs `pip install 'pixmo-toolkit[ray]'`") from exc
+        import_ray()  # a missing ray fails before the backend is probed
         probe = get_backend(**spec)  # cheap: no weights are loaded for the id
         self.model_id = probe.model_id
         probe.close()
         if spec.get("name") == "openai":
             spec = {**spec, "model": self.model_id}  # actors need not ask the server again
-        self._started = False
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            self._started = True
-        n = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_actor))
-        remote = ray.remote(num_cpus=cpus_per_actor)(BackendActor)
-        self._actors = [remote.remote(spec) for _ in range(n)]
-        self._pool = ActorPool(self._actors)
+        self._pool = RayPool(BackendActor, spec, address=address, actors=actors, cpus_per_actor=cpus_per_actor)
 
     def complete_batch(self, conversations: list[Messages], **options: Any) -> list[Completion]:
         if not conversations:
             return []
-        size = math.ceil(len(conversations) / len(self._actors))
+        size = math.ceil(len(conversations) / len(self._pool))
         chunks = [conversations[i : i + size] for i in range(0, len(conversations), size)]
         done = [c for part in self._pool.map(lambda a, chunk: a.complete.remote(chunk, options), chunks) for c in part]
         self._count(done)
         return done
 
     def close(self) -> None:
-        import ray
-
-        for actor in self._actors:
-            ray.kill(actor)
-        self._actors = []
-        if self._started:
-            ray.shutdown()
+        self._pool.close()
 
 
 def build_backend(params: RewriteParams, api_key: str | None = None) -> LLMBackend:

@@ -33,6 +33,7 @@ from pixmo.db.session import Database
 from pixmo.errors import BlobNotFoundError, ConfigError, StorageError, ValidationError
 from pixmo.storage import BlobStore
 from pipelines.base import Stage, StageStats, stats_table
+from pipelines.ray_pool import RayPool
 from schemas.transcript import TranscriptRecord
 
 EXECUTORS = ("local", "ray")
@@ -196,9 +197,7 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
             self._delete_failed()
         self._refs = self._pending()
         self._worker: RecordingTranscriber | None = None
-        self._pool = None
-        self._actors: list = []
-        self._ray_started = False
+        self._pool: RayPool | None = None
         self.batch_size = params.batch_size
         self._bar: _AudioProgress | None = None
 
@@ -291,41 +290,23 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
             self._stop_executor()
 
     def _start_executor(self) -> None:
-        if self.params.executor == "local":
+        p = self.params
+        if p.executor == "local":
             self._worker = RecordingTranscriber(self.store, self._asr_kwargs())
             return
-        try:
-            import ray
-            from ray.util import ActorPool
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ConfigError("the ray executor needs `pip install 'pixmo-toolkit[ray]'`") from exc
-        p = self.params
-        if not ray.is_initialized():
-            ray.init(address=p.ray_address, include_dashboard=False, log_to_driver=False)
-            self._ray_started = True
         gpus = p.gpus_per_actor if p.gpus_per_actor is not None else (1.0 if p.device == "cuda" else 0.0)
-        n = p.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // max(p.cpus_per_actor, 0.01)))
-        if gpus:
-            n = min(n, max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)))
         kwargs = self._asr_kwargs()
         if p.device == "cpu" and not p.cpu_threads:  # each actor decodes on its own CPUs
             kwargs["cpu_threads"] = max(1, int(p.cpus_per_actor))
         kwargs["num_workers"] = p.num_workers or 1
-        actor_cls = ray.remote(num_cpus=p.cpus_per_actor, num_gpus=gpus)(RecordingTranscriber)
-        store = ray.put(self.store)  # S3 stores pickle by recipe (S3Store.__reduce__)
-        self._actors = [actor_cls.remote(store, kwargs) for _ in range(n)]
-        self._pool = ActorPool(self._actors)
-        self.batch_size = p.batch_size * n  # one shard of batch_size recordings per actor
+        # the store goes to the actors by pickle: S3 stores pickle by recipe (S3Store.__reduce__)
+        self._pool = RayPool(RecordingTranscriber, self.store, kwargs, address=p.ray_address, actors=p.actors,
+                             cpus_per_actor=p.cpus_per_actor, gpus_per_actor=gpus)
+        self.batch_size = p.batch_size * len(self._pool)  # one shard of batch_size recordings per actor
 
     def _stop_executor(self) -> None:
-        if self._actors:
-            import ray
-
-            for actor in self._actors:
-                ray.kill(actor)
-            self._actors = []
-            if self._ray_started:
-                ray.shutdown()
+        if self._pool is not None:
+            self._pool.close()
         self._pool = None
         self._worker = None
 

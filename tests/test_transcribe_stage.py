@@ -148,3 +148,15 @@ def test_ray_executor_gives_the_same_transcripts_as_local(sqlite_db, store, spee
     local_rows = {rid: (t.status, t.text, t.flags, t.error) for rid, t in _transcripts(sqlite_db).items()}
     assert local["statuses"] == on_ray["statuses"] and local["flags"] == on_ray["flags"]
     assert local_rows == ray_rows
+
+
+def test_ray_actor_count_follows_cpus_and_caps_by_gpus():
+    from pipelines.ray_pool import actor_count
+
+    assert actor_count({"CPU": 8}) == 8
+    assert actor_count({"CPU": 8}, cpus_per_actor=3) == 2
+    assert actor_count({"CPU": 1}, cpus_per_actor=4) == 1  # at least one
+    assert actor_count({"CPU": 8}, actors=3) == 3
+    assert actor_count({"CPU": 8, "GPU": 2}, actors=6, gpus_per_actor=1.0) == 2
+    assert actor_count({"CPU": 8, "GPU": 2}, gpus_per_actor=0.5) == 4
+    assert actor_count({"CPU": 8}, gpus_per_actor=1.0) == 1  # no GPU seen: one, Ray queues it
