@@ -111,7 +111,7 @@ def test_exported_count_reads_counts_or_filters():
 
 
 def test_collection_over_time_totals(seeded):
-    db = seeded.db
+    db, facts = seeded.db, seeded.facts
     with db.session() as s:
         rows = curation.collection_over_time(s)
         totals = Counter()
@@ -124,6 +124,11 @@ def test_collection_over_time_totals(seeded):
         days = {r.created_at.astimezone(dt.timezone.utc).date().isoformat() if r.created_at.tzinfo else r.created_at.date().isoformat()
                 for r in s.scalars(select(Recording))}
         assert {r["day"] for r in rows if r["series"] == "recordings"} == days
+        owners = _target_owner(db)
+        for project in (facts["points_project"], facts["caption_project"]):
+            reviews_here = sum(r["count"] for r in curation.collection_over_time(s, project_id=project)
+                               if r["series"] == "reviews")
+            assert reviews_here == sum(1 for r in _rows(db, Review) if owners[(r.target_type, r.target_id)][0] == project)
         assert curation.collection_over_time(s, since="2999-01-01") == []
         assert curation.collection_over_time(s, since="2000-01-01") == rows
         with pytest.raises(ValidationError):
@@ -375,6 +380,13 @@ def test_flag_counts_and_flagged_items(seeded):
         assert [r["id"] for r in caps] == [facts["flagged_caption"]]
         reviews, _ = curation.flagged_items(s, "review")
         assert [r["target"] for r in reviews] == [f"point_set #{facts['flagged_point_set']}"]
+        # a project's flagged reviews are reviews of its items, not of other projects' items on its images
+        flagged_image = reviews[0]["image_id"]
+        assert s.scalar(select(func.count()).select_from(ProjectImage).where(
+            ProjectImage.image_id == flagged_image, ProjectImage.project_id == facts["caption_project"])) == 1
+        here, _ = curation.flagged_items(s, "review", project_id=facts["points_project"])
+        assert [r["id"] for r in here] == [r["id"] for r in reviews]
+        assert curation.flagged_items(s, "review", project_id=facts["caption_project"]) == ([], None)
         with pytest.raises(ValidationError):
             curation.flagged_items(s, "audio")
 

@@ -11,12 +11,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, case, distinct, func, select, union_all
+from sqlalchemy import case, distinct, func, select, union_all
 from sqlalchemy.orm import Session
 
 from pixmo.curation.gold import DEFAULT_TOLERANCE, gold_results
-from pixmo.curation.sql import day_of, is_current_review
-from pixmo.db.models import Assignment, PointSet, QAPair, Recording, Review, Transcript, User
+from pixmo.curation.sql import day_of, in_project, reviewed_items
+from pixmo.db.models import REVIEW_TARGETS, Assignment, PointSet, QAPair, Recording, Review, Transcript, User
 
 # Columns checked for outliers: a robust (median / MAD) z-score beyond OUTLIER_Z marks the cell.
 OUTLIER_COLUMNS = ("items_per_hour", "active_s_per_item", "speech_s_per_recording", "wpm_mean", "rejection_rate", "gold_accuracy")
@@ -91,26 +91,12 @@ class AnnotatorStats:
         }
 
 
-def _scoped(stmt: Select, column, project_id: int | None) -> Select:  # noqa: ANN001
-    return stmt if project_id is None else stmt.where(column == project_id)
-
-
 def _verdicts(session: Session, project_id: int | None) -> dict[int, dict[str, int]]:
     """Current verdicts per annotator, over every kind of item an annotator makes."""
-    R = Review
-
-    def on(target: str, id_column) -> Any:  # noqa: ANN001
-        return and_(R.target_type == target, R.target_id == id_column, is_current_review(R))
-
-    parts = [
-        _scoped(select(Recording.user_id.label("user_id"), R.verdict.label("verdict")).join(R, on("recording", Recording.id)),
-                Recording.project_id, project_id),
-        _scoped(select(Recording.user_id, R.verdict).join(Transcript, Transcript.recording_id == Recording.id)
-                .join(R, on("transcript", Transcript.id)), Recording.project_id, project_id),
-        _scoped(select(PointSet.user_id, R.verdict).join(R, on("point_set", PointSet.id)), PointSet.project_id, project_id),
-        _scoped(select(QAPair.user_id, R.verdict).join(R, on("qa_pair", QAPair.id)), QAPair.project_id, project_id),
-        _scoped(select(Assignment.user_id, R.verdict).join(R, on("assignment", Assignment.id)), Assignment.project_id, project_id),
-    ]
+    parts = reviewed_items(
+        lambda item: (item.user_id.label("user_id"), Review.verdict.label("verdict")), project_id, current_only=True,
+        targets=[t for t in REVIEW_TARGETS if t != "caption"],  # captions are machine-made: no annotator
+    )
     both = union_all(*parts).subquery()
     out: dict[int, dict[str, int]] = {}
     for user_id, verdict, n in session.execute(
@@ -166,13 +152,13 @@ def annotator_stats(
         func.sum(case((submitted, A.active_seconds), else_=0.0)),
         func.count(distinct(case((submitted, day_of(session, A.submitted_at)), else_=None))),
     ).group_by(A.user_id)
-    for user_id, n_sub, n_skip, n_exp, active, days in session.execute(_scoped(stmt, A.project_id, project_id)):
+    for user_id, n_sub, n_skip, n_exp, active, days in session.execute(stmt.where(*in_project(A.project_id, project_id))):
         r = row(user_id)
         r.submitted, r.skipped, r.expired = int(n_sub or 0), int(n_skip or 0), int(n_exp or 0)
         r.active_s, r.active_days = float(active or 0.0), int(days or 0)
 
     stmt = select(Recording.user_id, func.count(), func.sum(Recording.duration_s)).group_by(Recording.user_id)
-    for user_id, n, seconds in session.execute(_scoped(stmt, Recording.project_id, project_id)):
+    for user_id, n, seconds in session.execute(stmt.where(*in_project(Recording.project_id, project_id))):
         if user_id is not None:
             row(user_id).recordings, row(user_id).audio_s = int(n), float(seconds or 0.0)
 
@@ -192,17 +178,17 @@ def annotator_stats(
         .join(per_recording, per_recording.c.recording_id == Recording.id)
         .group_by(Recording.user_id)
     )
-    for user_id, speech, wpm in session.execute(_scoped(stmt, Recording.project_id, project_id)):
+    for user_id, speech, wpm in session.execute(stmt.where(*in_project(Recording.project_id, project_id))):
         if user_id is not None:
             row(user_id).speech_s = float(speech or 0.0)
             row(user_id).wpm_mean = round(float(wpm), 1) if wpm is not None else None
 
     stmt = select(PointSet.user_id, func.count()).group_by(PointSet.user_id)
-    for user_id, n in session.execute(_scoped(stmt, PointSet.project_id, project_id)):
+    for user_id, n in session.execute(stmt.where(*in_project(PointSet.project_id, project_id))):
         if user_id is not None:
             row(user_id).point_sets = int(n)
     stmt = select(QAPair.user_id, func.count()).group_by(QAPair.user_id)
-    for user_id, n in session.execute(_scoped(stmt, QAPair.project_id, project_id)):
+    for user_id, n in session.execute(stmt.where(*in_project(QAPair.project_id, project_id))):
         if user_id is not None:
             row(user_id).qa_pairs = int(n)
 

@@ -14,7 +14,17 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, func, literal, not_, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from pixmo.curation.sql import check_flag, has_any_flag, has_flag, is_current_review, like_pattern
+from pixmo.curation.sql import (
+    check_flag,
+    check_limit,
+    has_any_flag,
+    has_flag,
+    in_project,
+    is_current_review,
+    keyset_page,
+    like_pattern,
+    review_in_project,
+)
 from pixmo.db.models import (
     Assignment,
     Caption,
@@ -37,7 +47,6 @@ STATUSES = (
 # transcript flags of pixmo.asr.quality, then caption flags of pixmo.llm.faithfulness
 KNOWN_FLAGS = ("no_speech", "too_short", "low_confidence", "repetition", "wpm_outlier", "unfaithful", "incomplete")
 ANY_FLAG = "any"
-MAX_PAGE = 500
 
 
 @dataclass
@@ -87,56 +96,35 @@ class BrowsePage:
     next_after: int | None
 
 
-def _in_project(column, project_id: int | None) -> list[ColumnElement[bool]]:  # noqa: ANN001
-    return [] if project_id is None else [column == project_id]
-
-
 def _status_clause(status: str, project_id: int | None) -> ColumnElement[bool]:
     img = Image.id
     if status in ("unassigned", "assigned"):
-        clause = exists(select(literal(1)).where(Assignment.image_id == img, *_in_project(Assignment.project_id, project_id)))
+        clause = exists(select(literal(1)).where(Assignment.image_id == img, *in_project(Assignment.project_id, project_id)))
         return clause if status == "assigned" else not_(clause)
     if status == "recorded":
-        return exists(select(literal(1)).where(Recording.image_id == img, *_in_project(Recording.project_id, project_id)))
+        return exists(select(literal(1)).where(Recording.image_id == img, *in_project(Recording.project_id, project_id)))
     if status == "transcribed":
         return exists(
             select(literal(1)).select_from(Recording).join(Transcript, Transcript.recording_id == Recording.id)
-            .where(Recording.image_id == img, Transcript.status == "ok", *_in_project(Recording.project_id, project_id))
+            .where(Recording.image_id == img, Transcript.status == "ok", *in_project(Recording.project_id, project_id))
         )
     if status == "captioned":
         return exists(select(literal(1)).where(Caption.image_id == img, Caption.status == "ok",
-                                               *_in_project(Caption.project_id, project_id)))
+                                               *in_project(Caption.project_id, project_id)))
     if status == "pointed":
-        return exists(select(literal(1)).where(PointSet.image_id == img, *_in_project(PointSet.project_id, project_id)))
+        return exists(select(literal(1)).where(PointSet.image_id == img, *in_project(PointSet.project_id, project_id)))
     if status == "answered":
         return exists(select(literal(1)).where(QAPair.image_id == img, QAPair.status == "accepted",
-                                               *_in_project(QAPair.project_id, project_id)))
+                                               *in_project(QAPair.project_id, project_id)))
     if status in ("reviewed", "unreviewed"):
-        clause = exists(select(literal(1)).where(Review.image_id == img, *_review_in_project(project_id)))
+        clause = exists(select(literal(1)).where(Review.image_id == img, *review_in_project(project_id)))
         return clause if status == "reviewed" else not_(clause)
     if status == "gold":
         pi = aliased(ProjectImage)  # the outer query may join project_images itself
-        return exists(select(literal(1)).where(pi.image_id == img, pi.is_gold.is_(True), *_in_project(pi.project_id, project_id)))
+        return exists(select(literal(1)).where(pi.image_id == img, pi.is_gold.is_(True), *in_project(pi.project_id, project_id)))
     # approved / rejected / flagged: an item of the image whose current verdict is that
     return exists(select(literal(1)).where(Review.image_id == img, Review.verdict == status, is_current_review(Review),
-                                           *_review_in_project(project_id)))
-
-
-def _review_in_project(project_id: int | None) -> list[ColumnElement[bool]]:
-    """Reviews of items of this project (a review row names its target, not the target's project)."""
-    if project_id is None:
-        return []
-
-    def target(target_type: str, model) -> ColumnElement[bool]:  # noqa: ANN001
-        return and_(Review.target_type == target_type,
-                    exists(select(literal(1)).where(model.id == Review.target_id, model.project_id == project_id)))
-
-    transcript = and_(Review.target_type == "transcript", exists(
-        select(literal(1)).select_from(Transcript).join(Recording, Recording.id == Transcript.recording_id)
-        .where(Transcript.id == Review.target_id, Recording.project_id == project_id)
-    ))
-    return [or_(target("recording", Recording), transcript, target("caption", Caption), target("point_set", PointSet),
-                target("qa_pair", QAPair), target("assignment", Assignment))]
+                                           *review_in_project(project_id)))
 
 
 def _flag_clause(session: Session, flag: str, project_id: int | None) -> ColumnElement[bool]:
@@ -148,17 +136,17 @@ def _flag_clause(session: Session, flag: str, project_id: int | None) -> ColumnE
 
     transcript = exists(
         select(literal(1)).select_from(Recording).join(Transcript, Transcript.recording_id == Recording.id)
-        .where(Recording.image_id == Image.id, flagged(Transcript.flags), *_in_project(Recording.project_id, project_id))
+        .where(Recording.image_id == Image.id, flagged(Transcript.flags), *in_project(Recording.project_id, project_id))
     )
     caption = exists(select(literal(1)).where(Caption.image_id == Image.id, flagged(Caption.flags),
-                                              *_in_project(Caption.project_id, project_id)))
+                                              *in_project(Caption.project_id, project_id)))
     return or_(transcript, caption)
 
 
 def _annotator_clause(user_id: int, project_id: int | None) -> ColumnElement[bool]:
     return or_(*(
         exists(select(literal(1)).where(model.image_id == Image.id, model.user_id == user_id,
-                                        *_in_project(model.project_id, project_id)))
+                                        *in_project(model.project_id, project_id)))
         for model in (Assignment, Recording, PointSet, QAPair)
     ))
 
@@ -167,8 +155,7 @@ def browse_images(session: Session, filters: BrowseFilters | None = None, after_
                   limit: int = 50) -> BrowsePage:
     """One page of images matching ``filters``, after the image id ``after_id`` (keyset)."""
     f = (filters or BrowseFilters()).validate()
-    if not 1 <= limit <= MAX_PAGE:
-        raise ValidationError(f"limit must be between 1 and {MAX_PAGE}")
+    check_limit(limit)
     if f.project_id is not None:
         # Walk the (project_id, image_id) unique index, already in image order.
         key = ProjectImage.image_id
@@ -176,8 +163,6 @@ def browse_images(session: Session, filters: BrowseFilters | None = None, after_
     else:
         key = Image.id
         stmt = select(Image)
-    if after_id is not None:
-        stmt = stmt.where(key < after_id if f.newest_first else key > after_id)
     if f.status:
         stmt = stmt.where(_status_clause(f.status, f.project_id))
     if f.flag:
@@ -187,18 +172,15 @@ def browse_images(session: Session, filters: BrowseFilters | None = None, after_
     if f.text and f.text.strip():
         stmt = stmt.where(exists(select(literal(1)).where(
             Caption.image_id == Image.id, Caption.text.ilike(like_pattern(f.text.strip()), escape="\\"),
-            *_in_project(Caption.project_id, f.project_id),
+            *in_project(Caption.project_id, f.project_id),
         )))
-    stmt = stmt.order_by(key.desc() if f.newest_first else key).limit(limit + 1)
-    images = list(session.scalars(stmt))
-    more = len(images) > limit
-    images = images[:limit]
+    images, more = keyset_page(session, stmt, key, after_id, limit, descending=f.newest_first, scalars=True)
     items = _summaries(session, images, f.project_id)
     return BrowsePage(items, images[-1].id if more else None)
 
 
 def _count_by_image(session: Session, model, ids: list[int], project_id: int | None) -> dict[int, int]:  # noqa: ANN001
-    stmt = select(model.image_id, func.count()).where(model.image_id.in_(ids), *_in_project(model.project_id, project_id))
+    stmt = select(model.image_id, func.count()).where(model.image_id.in_(ids), *in_project(model.project_id, project_id))
     return dict(session.execute(stmt.group_by(model.image_id)).all())
 
 
@@ -210,25 +192,25 @@ def _summaries(session: Session, images: list[Image], project_id: int | None) ->
     captions = _count_by_image(session, Caption, ids, project_id)
     point_sets = _count_by_image(session, PointSet, ids, project_id)
     qa = _count_by_image(session, QAPair, ids, project_id)
-    in_project = _review_in_project(project_id)
-    reviews = dict(session.execute(select(Review.image_id, func.count()).where(Review.image_id.in_(ids), *in_project)
+    of_project = review_in_project(project_id)
+    reviews = dict(session.execute(select(Review.image_id, func.count()).where(Review.image_id.in_(ids), *of_project)
                                    .group_by(Review.image_id)).all())
     verdicts: dict[int, dict[str, int]] = defaultdict(dict)
     for image_id, verdict, n in session.execute(
         select(Review.image_id, Review.verdict, func.count())
-        .where(Review.image_id.in_(ids), is_current_review(Review), *in_project).group_by(Review.image_id, Review.verdict)
+        .where(Review.image_id.in_(ids), is_current_review(Review), *of_project).group_by(Review.image_id, Review.verdict)
     ):
         verdicts[image_id][verdict] = int(n)
     flags: dict[int, set[str]] = defaultdict(set)
     for image_id, row_flags in session.execute(
         select(Recording.image_id, Transcript.flags).join(Transcript, Transcript.recording_id == Recording.id)
-        .where(Recording.image_id.in_(ids), *_in_project(Recording.project_id, project_id))
+        .where(Recording.image_id.in_(ids), *in_project(Recording.project_id, project_id))
     ):
         flags[image_id].update(row_flags or [])
     first_caption: dict[int, str] = {}
     for image_id, cflags, text in session.execute(
         select(Caption.image_id, Caption.flags, Caption.text)
-        .where(Caption.image_id.in_(ids), *_in_project(Caption.project_id, project_id)).order_by(Caption.id)
+        .where(Caption.image_id.in_(ids), *in_project(Caption.project_id, project_id)).order_by(Caption.id)
     ):
         flags[image_id].update(cflags or [])
         first_caption.setdefault(image_id, text)

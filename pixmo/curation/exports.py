@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pixmo.curation.sql import keyset_page
 from pixmo.db.models import Export
 
 MANIFEST_NAMES = ("manifest.json",)
@@ -25,13 +26,9 @@ def _shard_bytes(shard: Any) -> int:
 
 def list_exports(session: Session, before_id: int | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], int | None]:
     """Snapshots newest first (keyset on id); returns (rows, next ``before_id`` or None)."""
-    stmt = select(Export).order_by(Export.id.desc()).limit(limit + 1)
-    if before_id is not None:
-        stmt = stmt.where(Export.id < before_id)
-    exports = list(session.scalars(stmt))
-    more = len(exports) > limit
+    exports, more = keyset_page(session, select(Export), Export.id, before_id, limit, descending=True, scalars=True)
     rows = []
-    for e in exports[:limit]:
+    for e in exports:
         shards = list(e.shards or [])
         rows.append({
             "id": e.id, "snapshot_id": e.snapshot_id, "format": e.format, "output_url": e.output_url,

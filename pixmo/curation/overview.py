@@ -10,10 +10,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Date, Select, and_, distinct, exists, func, literal, select, union_all
+from sqlalchemy import Date, Select, distinct, exists, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from pixmo.curation.sql import day_of
+from pixmo.curation.sql import day_of, review_in_project, reviewed_items
 from pixmo.errors import ValidationError
 from pixmo.db.models import (
     Assignment,
@@ -92,25 +92,7 @@ def _distinct_images(session: Session, model, project_id: int | None, *where) ->
 
 def _reviewed(session: Session, project_id: int | None) -> dict[int, int]:
     """Distinct images per project with a review of any of their items in that project."""
-    R = Review
-
-    def on(target: str, id_column) -> Any:  # noqa: ANN001
-        return and_(R.target_type == target, R.target_id == id_column)
-
-    parts = [
-        select(Recording.project_id.label("project_id"), Recording.image_id.label("image_id")).join(
-            R, on("recording", Recording.id)
-        ),
-        select(Recording.project_id, Recording.image_id)
-        .join(Transcript, Transcript.recording_id == Recording.id)
-        .join(R, on("transcript", Transcript.id)),
-        select(Caption.project_id, Caption.image_id).join(R, on("caption", Caption.id)),
-        select(PointSet.project_id, PointSet.image_id).join(R, on("point_set", PointSet.id)),
-        select(QAPair.project_id, QAPair.image_id).join(R, on("qa_pair", QAPair.id)),
-        select(Assignment.project_id, Assignment.image_id).join(R, on("assignment", Assignment.id)),
-    ]
-    if project_id is not None:
-        parts = [p.where(p.selected_columns[0] == project_id) for p in parts]
+    parts = reviewed_items(lambda item: (item.project_id.label("project_id"), item.image_id.label("image_id")), project_id)
     both = union_all(*parts).subquery()
     stmt = select(both.c.project_id, func.count(distinct(both.c.image_id))).group_by(both.c.project_id)
     return _by_project(session, stmt)
@@ -222,11 +204,7 @@ def collection_over_time(session: Session, project_id: int | None = None, since:
         collect(series, stmt, day)
 
     day = day_of(session, Review.created_at)
-    stmt = select(day, func.count()).select_from(Review)
-    if project_id is not None:
-        stmt = stmt.where(
-            exists(select(literal(1)).where(ProjectImage.image_id == Review.image_id, ProjectImage.project_id == project_id))
-        )
+    stmt = select(day, func.count()).select_from(Review).where(*review_in_project(project_id))
     collect("reviews", stmt, day)
     order = {s: i for i, s in enumerate(SERIES)}
     rows.sort(key=lambda r: (r["day"], order[r["series"]]))

@@ -9,11 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, case, cast, exists, func, literal, select, text, true
+from sqlalchemy import Float, case, cast, func, literal, select, text, true
 from sqlalchemy.orm import Session
 
-from pixmo.curation.sql import dialect_of, floor_of, has_any_flag, has_flag, is_current_review, json_number, word_count
-from pixmo.db.models import Caption, ProjectImage, Recording, Review, Transcript
+from pixmo.curation.sql import (
+    check_limit, dialect_of, floor_of, has_any_flag, has_flag, is_current_review, json_number, keyset_page, review_in_project,
+    word_count,
+)
+from pixmo.db.models import Caption, Recording, Review, Transcript
 from pixmo.errors import ValidationError
 from pixmo.llm.faithfulness import SCORE_KEYS, stored_score
 
@@ -177,8 +180,7 @@ def flagged_items(
     whose current review verdict is "flagged". Returns (rows, next ``after_id`` or None)."""
     if source not in FLAGGED_SOURCES:
         raise ValidationError(f"source must be one of {', '.join(FLAGGED_SOURCES)}, not {source!r}")
-    if not 1 <= limit <= 500:
-        raise ValidationError("limit must be between 1 and 500")
+    check_limit(limit)
     if source == "transcript":
         stmt = (
             select(Transcript.id, Recording.image_id, Recording.project_id, Transcript.flags, Transcript.text,
@@ -192,21 +194,15 @@ def flagged_items(
     else:
         stmt = select(Review.id, Review.image_id, Review.target_type, Review.target_id, Review.reason,
                       Review.created_at).where(Review.verdict == "flagged", is_current_review(Review))
+        stmt = stmt.where(*review_in_project(project_id))  # reviews of the project's items
         key, flags_col, project_col = Review.id, None, None
-        if project_id is not None:
-            stmt = stmt.where(exists(select(literal(1)).where(
-                ProjectImage.image_id == Review.image_id, ProjectImage.project_id == project_id)))
     if flags_col is not None:
         stmt = stmt.where(has_any_flag(session, flags_col))  # the partial index of flagged rows
         if flag:
             stmt = stmt.where(has_flag(session, flags_col, flag))
         if project_id is not None:
             stmt = stmt.where(project_col == project_id)
-    if after_id is not None:
-        stmt = stmt.where(key < after_id)
-    result = list(session.execute(stmt.order_by(key.desc()).limit(limit + 1)))
-    more = len(result) > limit
-    result = result[:limit]
+    result, more = keyset_page(session, stmt, key, after_id, limit, descending=True)
     rows: list[dict[str, Any]] = []
     for r in result:
         if source == "review":

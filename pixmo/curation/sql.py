@@ -1,21 +1,34 @@
-"""Dialect-aware SQL pieces the curation queries share (SQLite and PostgreSQL).
+"""SQL pieces the curation queries share, dialect-aware where needed (SQLite and PostgreSQL).
 
-Everything here builds expressions; nothing loads rows. JSON lists of flags and JSON metrics are
-read inside the database so aggregates stay in SQL.
+Everything here builds expressions, except ``keyset_page``, which runs one page. JSON lists of
+flags and JSON metrics are read inside the database so aggregates stay in SQL.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Integer, and_, case, cast, exists, func, literal, literal_column, select, type_coerce
+from sqlalchemy import (
+    ColumnElement, Float, Integer, Select, and_, case, cast, exists, func, join, literal, literal_column, or_, select,
+    type_coerce,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
-from pixmo.db.models import Review
+from pixmo.db.models import REVIEW_TARGETS, Assignment, Caption, PointSet, QAPair, Recording, Review, Transcript
 from pixmo.errors import ValidationError
 
 _FLAG_RE = re.compile(r"^[a-z0-9_:.-]{1,64}$")
+MAX_PAGE = 500
+
+# The table of each review target type; a transcript has no project, image or annotator of its
+# own: those of its recording count.
+_TARGET_MODELS = {
+    "recording": Recording, "transcript": Transcript, "caption": Caption,
+    "point_set": PointSet, "qa_pair": QAPair, "assignment": Assignment,
+}
 
 
 def dialect_of(session: Session) -> str:
@@ -98,3 +111,73 @@ def json_number(session: Session, column, *keys: str) -> ColumnElement[float]:  
             path = f'$."{key}"'
             whens.append((func.json_type(column, path).in_(("integer", "real")), cast(func.json_extract(column, path), Float)))
     return case(*whens, else_=None)
+
+
+def in_project(column, project_id: int | None) -> list[ColumnElement[bool]]:  # noqa: ANN001
+    """``[column == project_id]``, or no condition when ``project_id`` is None (for ``.where(*...)``)."""
+    return [] if project_id is None else [column == project_id]
+
+
+def _target(target_type: str):  # noqa: ANN202
+    """(FROM clause, item table, owner table with the item's project_id, image_id and user_id)."""
+    model = _TARGET_MODELS[target_type]
+    if model is Transcript:
+        return join(Transcript, Recording, Recording.id == Transcript.recording_id), Transcript, Recording
+    return model, model, model
+
+
+def review_in_project(project_id: int | None) -> list[ColumnElement[bool]]:
+    """Conditions keeping reviews of items of project ``project_id`` (none when it is None): a review
+    names its target, not the target's project, so each target type is probed by primary key."""
+    if project_id is None:
+        return []
+    probes = []
+    for target_type in REVIEW_TARGETS:
+        source, item, owner = _target(target_type)
+        owned = select(literal(1)).select_from(source).where(item.id == Review.target_id, owner.project_id == project_id)
+        probes.append(and_(Review.target_type == target_type, exists(owned)))
+    return [or_(*probes)]
+
+
+def reviewed_items(
+    columns: Callable[[Any], Iterable[Any]], project_id: int | None = None, current_only: bool = False,
+    targets: Iterable[str] = REVIEW_TARGETS,
+) -> list[Select]:
+    """One SELECT per target type of its items joined to their reviews (only current verdicts with
+    ``current_only``), items of ``project_id`` when given; combine them with ``union_all``.
+
+    ``columns(owner)`` gives the selected columns, ``owner`` being the table with the item's
+    project_id, image_id and user_id (the recording, for a transcript).
+    """
+    parts = []
+    for target_type in targets:
+        source, item, owner = _target(target_type)
+        on = and_(Review.target_type == target_type, Review.target_id == item.id)
+        if current_only:
+            on = and_(on, is_current_review(Review))
+        stmt = select(*columns(owner)).select_from(source).join(Review, on)
+        parts.append(stmt.where(*in_project(owner.project_id, project_id)))
+    return parts
+
+
+def check_limit(limit: int) -> int:
+    """``limit`` when it is a page size from 1 to ``MAX_PAGE``, else ValidationError."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationError(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+def keyset_page(
+    session: Session, stmt: Select, key, after: Any, limit: int, descending: bool = False, scalars: bool = False,  # noqa: ANN001
+) -> tuple[list[Any], bool]:
+    """Up to ``limit`` rows of ``stmt`` past the cursor ``after`` in ``key`` order (``descending``: largest
+    key first), and whether more follow; the next cursor is the last row's key. ``scalars``: the first
+    column of each row, as ``Session.scalars`` gives.
+
+    ``WHERE key > :after ORDER BY key LIMIT n + 1`` walks an index, so page 1000 costs what page 1 costs.
+    """
+    if after is not None:
+        stmt = stmt.where(key < after if descending else key > after)
+    stmt = stmt.order_by(key.desc() if descending else key).limit(limit + 1)
+    rows = list(session.scalars(stmt) if scalars else session.execute(stmt))
+    return rows[:limit], len(rows) > limit

@@ -15,7 +15,6 @@ import hashlib
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from pixmo.db.session import Database
 from pixmo.errors import BlobNotFoundError
