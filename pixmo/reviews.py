@@ -14,7 +14,7 @@ from sqlalchemy import exists, null, select, update
 from sqlalchemy.orm import Session
 
 from pixmo.db.models import (
-    REVIEW_TARGETS, VERDICTS, Assignment, Caption, Image, PointSet, Project, QAPair, Recording, Review, Transcript, User,
+    REVIEW_TARGET_MODELS, REVIEW_TARGETS, VERDICTS, Assignment, Caption, Image, PointSet, Project, QAPair, Recording, Review, Transcript, User,
 )
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, ValidationError
@@ -103,7 +103,7 @@ def target_owner(session: Session, target_type: str, target_id: int) -> tuple[in
     elif target_type == "caption":
         stmt = select(Caption.image_id, null()).where(Caption.id == target_id)
     else:
-        model = {**TARGETS, "assignment": Assignment}[target_type]
+        model = REVIEW_TARGET_MODELS[target_type]
         stmt = select(model.image_id, model.user_id).where(model.id == target_id)
     row = session.execute(stmt).first()
     if row is None:

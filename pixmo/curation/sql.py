@@ -17,18 +17,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
-from pixmo.db.models import REVIEW_TARGETS, Assignment, Caption, PointSet, QAPair, Recording, Review, Transcript
+from pixmo.db.models import REVIEW_TARGET_MODELS, REVIEW_TARGETS, Recording, Review, Transcript
 from pixmo.errors import ValidationError
 
 _FLAG_RE = re.compile(r"^[a-z0-9_:.-]{1,64}$")
 MAX_PAGE = 500
-
-# The table of each review target type; a transcript has no project, image or annotator of its
-# own: those of its recording count.
-_TARGET_MODELS = {
-    "recording": Recording, "transcript": Transcript, "caption": Caption,
-    "point_set": PointSet, "qa_pair": QAPair, "assignment": Assignment,
-}
 
 
 def dialect_of(session: Session) -> str:
@@ -119,8 +112,9 @@ def in_project(column, project_id: int | None) -> list[ColumnElement[bool]]:  # 
 
 
 def _target(target_type: str):  # noqa: ANN202
-    """(FROM clause, item table, owner table with the item's project_id, image_id and user_id)."""
-    model = _TARGET_MODELS[target_type]
+    """(FROM clause, item table, owner table with the item's project_id, image_id and user_id): a
+    transcript has no project, image or annotator of its own, those of its recording count."""
+    model = REVIEW_TARGET_MODELS[target_type]
     if model is Transcript:
         return join(Transcript, Recording, Recording.id == Transcript.recording_id), Transcript, Recording
     return model, model, model

@@ -298,6 +298,13 @@ class Review(TimestampMixin, Base):
     reason: Mapped[str] = mapped_column(Text, default="")
 
 
+REVIEW_TARGET_MODELS: dict[str, type[Base]] = {
+    "recording": Recording, "transcript": Transcript, "caption": Caption,
+    "point_set": PointSet, "qa_pair": QAPair, "assignment": Assignment,
+}
+"""The table of each review target type (``Review.target_type``)."""
+
+
 class Job(Base):
     """One pipeline run: its parameters and its stats."""
 
