@@ -11,6 +11,9 @@ then times, in the same run:
             one archive
   sha256:   hashing every shard once in a pool of the same size: the part of the export that the
             manifest's checksums alone cost (tar -cf hashes nothing)
+  rows:     the same database rows the export reads (same tables, columns and filters, 900 ids per
+            query), fetched with bare sqlite3 in a pool of the same size and nothing built from them:
+            the floor the database alone puts under any exporter written in Python
   loader:   pixmo.data.pixmo_loader over the shards (decode images to tensors + Molmo targets),
             also with decode="bytes" (the webdataset pipeline alone)
   tarfile:  a plain `tarfile` loop reading every member of the same shards
@@ -174,6 +177,55 @@ def hash_shards(shards: list[Path], workers: int) -> int:
         return len(list(pool.map(_sha256_file, shards)))
 
 
+def _bare_queries(as_of: str) -> list[str]:
+    """The export's row queries (records._load_chunk) as plain SQL with a ``{ids}`` slot."""
+    from pixmo.export.records import _COLUMNS
+
+    def cols(table: str, alias: str = "") -> str:
+        return ", ".join(f"{alias}{c}" for c in _COLUMNS[table])
+
+    before = f"created_at < '{as_of}'"
+    queries = [f"SELECT {cols('images')} FROM images WHERE id IN ({{ids}})",
+               "SELECT pi.image_id, p.name FROM project_images pi JOIN projects p ON p.id = pi.project_id "
+               f"WHERE pi.image_id IN ({{ids}}) AND pi.{before}"]
+    extra = {"captions": " AND status = 'ok'", "qa_pairs": " AND status != 'failed'"}
+    for table in ("captions", "recordings", "point_sets", "qa_pairs", "reviews"):
+        queries.append(f"SELECT {cols(table)} FROM {table} WHERE image_id IN ({{ids}}) AND {before}"
+                       f"{extra.get(table, '')} ORDER BY id")
+    queries.append(f"SELECT {cols('transcripts', 't.')}, r.image_id, r.duration_s FROM transcripts t "
+                   f"JOIN recordings r ON r.id = t.recording_id WHERE r.image_id IN ({{ids}}) AND t.status = 'ok' "
+                   f"AND t.{before} ORDER BY t.id")
+    return queries
+
+
+def _bare_rows(job: tuple[str, list[list[int]], str]) -> int:
+    import sqlite3
+
+    path, chunks, as_of = job
+    con = sqlite3.connect(path)
+    rows = 0
+    for chunk in chunks:
+        slots = ",".join("?" * len(chunk))
+        for q in _bare_queries(as_of):
+            rows += len(con.execute(q.format(ids=slots), chunk).fetchall())
+    con.close()
+    return rows
+
+
+def bare_rows(path: Path, workers: int) -> int:
+    """Every row the export reads, by bare sqlite3 in ``workers`` processes, 900 ids per query."""
+    import sqlite3
+    from concurrent.futures import ProcessPoolExecutor
+
+    con = sqlite3.connect(path)
+    ids = [i for (i,) in con.execute("SELECT id FROM images ORDER BY sha256")]  # shard order: ids at random
+    con.close()
+    chunks = [ids[i : i + 900] for i in range(0, len(ids), 900)]
+    as_of = "9999-12-31"
+    with ProcessPoolExecutor(workers) as pool:
+        return sum(pool.map(_bare_rows, [(str(path), chunks[w::workers], as_of) for w in range(workers)]))
+
+
 def loader_count(out: Path, decode: str, workers: int) -> int:
     from pixmo.data import pixmo_loader
 
@@ -225,6 +277,8 @@ def main() -> int:
         n_files = sum(1 for _ in files.iterdir())
 
         t_hash = min(timed(lambda: hash_shards(shards, args.workers))[1] for _ in range(args.repeat))
+        n_rows, t_rows = min((timed(lambda: bare_rows(work / "bench.db", args.workers)) for _ in range(args.repeat)),
+                             key=lambda x: x[1])
         members = tarfile_read(shards)  # warm the page cache
         t_tarfile = min(timed(lambda: tarfile_read(shards))[1] for _ in range(args.repeat))
         n = result.samples
@@ -252,6 +306,8 @@ def main() -> int:
               f"{tar_bytes / 1e6 / t_tar:,.1f} | 1.00 |")
         print(f"| sha256 of every shard byte ({args.workers} processes; the manifest's checksums alone) | {t_hash:.2f} | "
               f"{n / t_hash:,.0f} | {mb / t_hash:,.1f} | {t_tar / t_hash:.2f} of tar |")
+        print(f"| bare sqlite3 read of the {n_rows:,} rows the export reads ({args.workers} processes; no record built) | "
+              f"{t_rows:.2f} | {n / t_rows:,.0f} | | {t_tar / t_rows:.2f} of tar |")
         print(f"| plain `tarfile` read of the train shards | {t_tarfile_train:.2f} | {n_train / t_tarfile_train:,.0f} | | 1.00 |")
         for (decode, workers), t in loads.items():
             label = "images -> uint8 tensors + Molmo targets" if decode == "tensor" else "bytes, no image decode"
