@@ -27,6 +27,7 @@ import hashlib
 import os
 import platform
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -178,7 +179,10 @@ def hash_shards(shards: list[Path], workers: int) -> int:
 
 
 def _bare_queries(as_of: str) -> list[str]:
-    """The export's row queries (records._load_chunk) as plain SQL with a ``{ids}`` slot."""
+    """The export's row queries (records._load_chunk) as plain SQL with a ``{ids}`` slot.
+
+    Written out by hand: keep in step with `_load_chunk` (tests/test_bench_export.py checks that
+    both read the same number of rows)."""
     from pixmo.export.records import _COLUMNS
 
     def cols(table: str, alias: str = "") -> str:
@@ -196,6 +200,16 @@ def _bare_queries(as_of: str) -> list[str]:
                    f"JOIN recordings r ON r.id = t.recording_id WHERE r.image_id IN ({{ids}}) AND t.status = 'ok' "
                    f"AND t.{before} ORDER BY t.id")
     return queries
+
+
+def scan_queries(as_of: str) -> list[str]:
+    """`_bare_queries` as whole-table scans: no lookup by image, no ORDER BY."""
+    out = []
+    for q in _bare_queries(as_of):
+        q = q.replace(" WHERE id IN ({ids})", "").replace(" ORDER BY t.id", "").replace(" ORDER BY id", "")
+        q = re.sub(r"(\w+\.)?image_id IN \(\{ids\}\) AND ", "", q)
+        out.append(re.sub(r"((\w+\.)?created_at <)", r"+\1", q))  # '+': a scan, not the created_at index
+    return out
 
 
 def _bare_rows(job: tuple[str, list[list[int]], str]) -> int:

@@ -32,6 +32,10 @@ from pixmo.export.target import open_target  # noqa: E402
 from pixmo.storage import LocalStore  # noqa: E402
 
 
+# the row lists of records.ImageRows (besides the image row itself)
+ROW_LISTS = ("projects", "captions", "recordings", "transcripts", "point_sets", "qa", "reviews")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", type=Path, help="a folder kept by bench/export.py --keep")
@@ -56,6 +60,7 @@ def main() -> int:
     queries = bench._bare_queries(as_of.strftime("%Y-%m-%d %H:%M:%S.%f"))
     times: dict[str, list[float]] = {"bare sqlite3: the same rows": [], "records.load_rows": [],
                                      "records.build_sample": [], "shards.write_shard (samples prebuilt)": []}
+    counts = {"bare": 0, "load_rows": 0}
     built = {}
     shards.build_samples = lambda session, ids, **kw: built[ids]  # write_shard writes what was built here
     out = tempfile.TemporaryDirectory(prefix="pixmo-breakdown-")
@@ -64,28 +69,41 @@ def main() -> int:
         for plan in plans:
             ids = list(plan.image_ids)
             start = time.perf_counter()
+            n = 0
             for i in range(0, len(ids), 900):
                 chunk = ids[i : i + 900]
                 for q in queries:
-                    con.execute(q.format(ids=",".join("?" * len(chunk))), chunk).fetchall()
+                    n += len(con.execute(q.format(ids=",".join("?" * len(chunk))), chunk).fetchall())
             times["bare sqlite3: the same rows"].append(time.perf_counter() - start)
+            counts["bare"] = n
             with db.session() as session, records.gc_paused():
                 start = time.perf_counter()
                 rows = records.load_rows(session, plan.image_ids, as_of)
                 loaded = time.perf_counter()
                 samples = [records.build_sample(r, usernames, val_fraction=0.05, with_audio=False) for r in rows.values()]
                 times["records.load_rows"].append(loaded - start)
+                counts["load_rows"] = sum(1 + sum(len(getattr(r, kind)) for kind in ROW_LISTS) for r in rows.values())
                 times["records.build_sample"].append(time.perf_counter() - loaded)
             built[plan.image_ids] = sorted(samples, key=lambda s: s.key)
             start = time.perf_counter()
             shards.write_shard(plan, db=db, store=store, target=target, options=options, as_of=as_of, usernames=usernames)
             times["shards.write_shard (samples prebuilt)"].append(time.perf_counter() - start)
     out.cleanup()
+    scans = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        for q in bench.scan_queries(as_of.strftime("%Y-%m-%d %H:%M:%S.%f")):
+            con.execute(q).fetchall()
+        scans.append(time.perf_counter() - start)
     print(f"per sample, one process, {len(plans)} shards of {size:,} x {args.repeat}\n")
     print("| part | min µs | median µs |\n| --- | ---: | ---: |")
     for name, values in times.items():
         values.sort()
         print(f"| {name} | {values[0] / size * 1e6:.0f} | {values[len(values) // 2] / size * 1e6:.0f} |")
+    scans.sort()
+    print(f"\nrows of the last shard: bare sqlite3 {counts['bare']:,}, records.load_rows {counts['load_rows']:,}")
+    print(f"whole-table scans of every exported row, no lookup by image: {scans[0]:.3f} s (min), "
+          f"{scans[0] / len(candidates) * 1e6:.0f} µs per sample")
     return 0
 
 

@@ -42,11 +42,17 @@ class RayPool:
         self._started = not ray.is_initialized()
         if self._started:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        n = actor_count(ray.cluster_resources(), actors, cpus_per_actor, gpus_per_actor)
-        shared = [ray.put(arg) for arg in args]  # stored once, not sent once per actor
-        remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(cls)
-        self.actors = [remote.remote(*shared) for _ in range(n)]
-        self.pool = ActorPool(self.actors)
+        self.actors: list[Any] = []
+        try:
+            n = actor_count(ray.cluster_resources(), actors, cpus_per_actor, gpus_per_actor)
+            shared = [ray.put(arg) for arg in args]  # stored once, not sent once per actor
+            remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(cls)
+            for _ in range(n):
+                self.actors.append(remote.remote(*shared))
+            self.pool = ActorPool(self.actors)
+        except BaseException:
+            self.close()  # nobody else can: the pool was never handed out
+            raise
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -56,15 +62,19 @@ class RayPool:
         return self.pool.map(fn, values)
 
     def close(self) -> None:
-        """Kill the actors, and shut Ray down if this pool started it."""
-        if not self.actors:
-            return
+        """Kill the actors, and shut Ray down if this pool started it (once)."""
         ray = import_ray()
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
-        if self._started:
-            ray.shutdown()
+        actors, self.actors = self.actors, []
+        try:
+            for actor in actors:
+                try:
+                    ray.kill(actor)
+                except Exception:  # noqa: BLE001 - an actor that died already; kill the rest
+                    pass
+        finally:
+            if self._started:
+                self._started = False
+                ray.shutdown()
 
 
 __all__ = ["RayPool", "actor_count", "import_ray"]

@@ -19,7 +19,8 @@ from pixmo.db.models import (
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, ValidationError
 
-TARGETS = {"recording": Recording, "point_set": PointSet, "qa_pair": QAPair}
+# what the app's review queue offers: the annotators' own items
+TARGETS = {t: REVIEW_TARGET_MODELS[t] for t in ("recording", "point_set", "qa_pair")}
 MAX_REASON_CHARS = 1000
 
 

@@ -13,6 +13,7 @@ import io
 import mimetypes
 import os
 import re
+import stat
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -386,17 +387,27 @@ class LocalStore(BlobStore):
     def open(self, key: str) -> BinaryIO:
         # Opened by its lexical path (validate_key keeps it under the root), then checked by what
         # was really opened: cheaper than resolving the path first, and no window for a swapped link.
+        # O_NONBLOCK: a link to a FIFO must not hang the reader before the checks refuse it.
         path = os.path.join(self.root, validate_key(key))
         try:
-            f = open(path, "rb")  # noqa: SIM115 - caller closes
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise BlobNotFoundError(key) from exc
         except OSError as exc:
             raise StorageError(f"cannot read blob {key}: {exc}") from exc
-        if not _opened_path(f, path).startswith(os.path.join(self.root, "")):
-            f.close()
-            raise InvalidKeyError(f"blob key {key!r} resolves outside the store root")
-        return f
+        try:
+            if not _opened_path(fd, path).startswith(os.path.join(self.root, "")):
+                raise InvalidKeyError(f"blob key {key!r} resolves outside the store root")
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise BlobNotFoundError(key)
+            if not stat.S_ISREG(mode):
+                raise StorageError(f"blob {key} is not a regular file")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
@@ -446,10 +457,10 @@ class LocalStore(BlobStore):
         return f"local directory {self.root}"
 
 
-def _opened_path(f: BinaryIO, path: str) -> str:
-    """The real path of the file open as ``f`` (opened by ``path``)."""
+def _opened_path(fd: int, path: str) -> str:
+    """The real path of the file open as ``fd`` (opened by ``path``)."""
     try:
-        return os.readlink(f"/proc/self/fd/{f.fileno()}")  # Linux: the file itself, one system call
+        return os.readlink(f"/proc/self/fd/{fd}")  # Linux: the file itself, one system call
     except OSError:
         return os.path.realpath(path)
 

@@ -28,3 +28,6 @@ def test_export_bench_and_breakdown_run(tmp_path):
     assert [p[0] for p in parts] == ["bare sqlite3: the same rows", "records.load_rows", "records.build_sample",
                                      "shards.write_shard (samples prebuilt)"]
     assert all(int(p[1]) > 0 for p in parts)
+    bare, loaded = re.search(r"bare sqlite3 ([\d,]+), records.load_rows ([\d,]+)", table).groups()
+    assert bare == loaded  # the bench's hand-written queries read what the exporter reads
+    assert re.search(r"whole-table scans .*: \d+\.\d+ s", table)

@@ -498,3 +498,36 @@ def test_local_links_followed_only_inside_the_root(tmp_path):
             read("a/escape.txt")
     with pytest.raises(BlobNotFoundError):
         store.get_bytes("a/missing.txt")
+
+
+def _within(seconds, fn, *args):
+    """fn(*args) in a thread: its exception, or a failure if it blocks longer than ``seconds``."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn.__name__}{args} blocked"
+    return outcome
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_local_read_of_a_fifo_or_folder_fails_at_once(tmp_path):
+    store = LocalStore(tmp_path / "root", SECRET, PUBLIC_URL)
+    store.put_bytes(b"x", "a/real.txt")
+    os.mkfifo(tmp_path / "outside.fifo")
+    os.mkfifo(store.root / "a" / "inside.fifo")
+    (store.root / "a" / "escape").symlink_to(tmp_path / "outside.fifo")
+    assert isinstance(_within(5, store.get_bytes, "a/escape").get("error"), InvalidKeyError)
+    error = _within(5, store.get_bytes, "a/inside.fifo").get("error")
+    assert type(error) is StorageError and "not a regular file" in str(error)
+    assert isinstance(_within(5, store.get_bytes, "a").get("error"), BlobNotFoundError)
+    assert _within(5, store.get_bytes, "a/real.txt") == {"value": b"x"}

@@ -170,6 +170,7 @@ def keyset_page(
 
     ``WHERE key > :after ORDER BY key LIMIT n + 1`` walks an index, so page 1000 costs what page 1 costs.
     """
+    check_limit(limit)
     if after is not None:
         stmt = stmt.where(key < after if descending else key > after)
     stmt = stmt.order_by(key.desc() if descending else key).limit(limit + 1)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pixmo.db.session import Database
-from pixmo.errors import BlobNotFoundError
+from pixmo.errors import BlobNotFoundError, StorageError
 from pixmo.export.errors import ExportError
 from pixmo.export.images import image_member
 from pixmo.export.options import WebDatasetOptions
@@ -206,6 +206,8 @@ def _blob(store: BlobStore, key: str, what: str) -> bytes:
         return store.get_bytes(key)
     except BlobNotFoundError as exc:
         raise ExportError(f"{what}: blob {key} is missing from the store") from exc
+    except StorageError as exc:
+        raise ExportError(f"{what}: blob {key} cannot be read: {exc}") from exc
 
 
 def write_shard(
