@@ -488,6 +488,9 @@ def _is_not_found(exc: Exception) -> bool:
     return _error_code(exc) in {"404", "NoSuchKey", "NotFound"}
 
 
+CONNECT_TIMEOUT_S = 10
+
+
 class S3Store(BlobStore):
     """Blobs as objects in an S3 (or S3-compatible) bucket, under an optional prefix."""
 
@@ -518,7 +521,10 @@ class S3Store(BlobStore):
         import boto3
         from botocore.config import Config
 
-        options: dict = {"signature_version": "s3v4", "retries": {"max_attempts": 5, "mode": "standard"}}
+        # connect_timeout: botocore waits 60 s per attempt for an endpoint that never answers; a
+        # reachable store connects in milliseconds, so ten seconds still allows a slow network
+        options: dict = {"signature_version": "s3v4", "retries": {"max_attempts": 5, "mode": "standard"},
+                         "connect_timeout": CONNECT_TIMEOUT_S}
         if self.endpoint_url:
             # Custom endpoints (MinIO, moto) rarely have wildcard DNS for virtual hosts,
             # and some reject the newer default request checksums.

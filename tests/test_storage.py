@@ -531,3 +531,11 @@ def test_local_read_of_a_fifo_or_folder_fails_at_once(tmp_path):
     assert type(error) is StorageError and "not a regular file" in str(error)
     assert isinstance(_within(5, store.get_bytes, "a").get("error"), BlobNotFoundError)
     assert _within(5, store.get_bytes, "a/real.txt") == {"value": b"x"}
+
+
+def test_s3_client_gives_up_connecting_in_seconds(s3_server):
+    from pixmo.storage import CONNECT_TIMEOUT_S
+
+    store = S3Store("pixmo-any", "", endpoint_url=s3_server)
+    config = store.client.meta.config
+    assert config.connect_timeout == CONNECT_TIMEOUT_S <= 10  # botocore's default is 60 s per attempt
