@@ -114,6 +114,37 @@ def test_flipped_byte_fails_verify_naming_the_shard(demo, tmp_path):
     assert shard in cli.output
 
 
+def test_a_record_against_the_schema_fails_verify_naming_the_sample_and_field(demo, tmp_path):
+    import io
+
+    db, store = demo
+    out = tmp_path / "out"
+    result = export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=1))
+    shard = result.manifest["shards"][0]["name"]
+    members = []
+    with tarfile.open(out / shard) as tar:
+        for info in tar:
+            members.append((info, tar.extractfile(info).read()))
+    key = members[0][0].name.split(".")[0]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in members:
+            if info.name == f"{key}.json":
+                record = json.loads(data)
+                record["image"]["width"] = -3  # the schema wants a positive width
+                record["surprise"] = True  # and no unknown fields
+                data = json.dumps(record).encode()
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (out / shard).write_bytes(buf.getvalue())
+
+    report = verify_export(out)
+    schema_problems = [p.message for p in report.problems if p.key == key and "match the schema" in p.message]
+    assert any("image/width: -3" in m for m in schema_problems), [str(p) for p in report.problems]
+    assert any("'surprise' was unexpected" in m for m in schema_problems), [str(p) for p in report.problems]
+    assert all(p.shard == shard for p in report.problems)
+
+
 def test_verify_reports_missing_and_unlisted_shards_and_missing_manifest(demo, tmp_path):
     db, store = demo
     out = tmp_path / "out"
