@@ -92,7 +92,7 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
     # EXIF orientations 5-8 rotate by 90°: browsers show (and annotators point on) the rotated
     # image, so its displayed size is the one points are normalised against. (After verify():
     # reading EXIF moves the file pointer, and verify() must come straight after open.)
-    if _exif_orientation(im if fmt != "PNG" else PILImage.open(io.BytesIO(data))) in (5, 6, 7, 8):
+    if _exif_orientation(im, data) in (5, 6, 7, 8):
         width, height = height, width
     return ImageInfo(width=width, height=height, mime=MIME_BY_FORMAT[fmt])
 
@@ -108,8 +108,13 @@ def _looks_like_image(data: bytes) -> bool:
     return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
-def _exif_orientation(im: PILImage.Image) -> int:
+def _exif_orientation(im: PILImage.Image, data: bytes) -> int:
     try:
+        if im.format == "PNG":
+            # getexif() decodes a whole PNG to look for EXIF after the pixels: only when there is some
+            if "exif" not in im.info and b"eXIf" not in data:
+                return 1
+            im = PILImage.open(io.BytesIO(data))  # verify() has used up the first one
         return int(im.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to reject the image
         return 1

@@ -110,6 +110,32 @@ def test_probe_reports_the_displayed_size_of_rotated_jpegs():
     assert (info.width, info.height) == (48, 64)
 
 
+def test_probe_reads_png_orientation_before_or_after_the_pixels():
+    import io
+    import struct
+
+    from PIL import Image
+
+    im = Image.new("RGB", (64, 48), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, "PNG", exif=exif.tobytes())
+    early = buf.getvalue()
+    assert early.find(b"eXIf") < early.find(b"IDAT")
+    start = early.find(b"eXIf") - 4
+    chunk = early[start : start + 12 + struct.unpack(">I", early[start : start + 4])[0]]
+    rest = early.replace(chunk, b"")
+    end = rest.find(b"IEND") - 4
+    late = rest[:end] + chunk + rest[end:]  # an eXIf chunk after the image data is allowed too
+    for data in (early, late):
+        info = probe_image(data)
+        assert (info.width, info.height) == (48, 64)
+    plain = io.BytesIO()
+    im.save(plain, "PNG")
+    assert (probe_image(plain.getvalue()).width, probe_image(plain.getvalue()).height) == (64, 48)
+
+
 def test_loader_decodes_rotated_jpegs_as_displayed():
     import io
 
