@@ -212,32 +212,44 @@ def scan_queries(as_of: str) -> list[str]:
     return out
 
 
-def _bare_rows(job: tuple[str, list[list[int]], str]) -> int:
-    import sqlite3
+def fetch_bare(con, ids: list[int], queries: list[str]) -> int:  # noqa: ANN001 - a sqlite3 connection
+    """Run the bare row queries for ``ids``, ``ID_CHUNK`` ids at a time; returns the rows fetched."""
+    from pixmo.export.records import ID_CHUNK
 
-    path, chunks, as_of = job
-    con = sqlite3.connect(path)
     rows = 0
-    for chunk in chunks:
+    for i in range(0, len(ids), ID_CHUNK):
+        chunk = ids[i : i + ID_CHUNK]
         slots = ",".join("?" * len(chunk))
-        for q in _bare_queries(as_of):
+        for q in queries:
             rows += len(con.execute(q.format(ids=slots), chunk).fetchall())
-    con.close()
     return rows
 
 
+def _bare_rows(job: tuple[str, list[int], str]) -> int:
+    import sqlite3
+
+    path, ids, as_of = job
+    con = sqlite3.connect(path)
+    try:
+        return fetch_bare(con, ids, _bare_queries(as_of))
+    finally:
+        con.close()
+
+
 def bare_rows(path: Path, workers: int) -> int:
-    """Every row the export reads, by bare sqlite3 in ``workers`` processes, 900 ids per query."""
+    """Every row the export reads, by bare sqlite3 in ``workers`` processes, ``ID_CHUNK`` ids per query."""
     import sqlite3
     from concurrent.futures import ProcessPoolExecutor
+
+    from pixmo.export.records import ID_CHUNK
 
     con = sqlite3.connect(path)
     ids = [i for (i,) in con.execute("SELECT id FROM images ORDER BY sha256")]  # shard order: ids at random
     con.close()
-    chunks = [ids[i : i + 900] for i in range(0, len(ids), 900)]
-    as_of = "9999-12-31"
+    chunks = [ids[i : i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
+    jobs = [(str(path), [i for chunk in chunks[w::workers] for i in chunk], "9999-12-31") for w in range(workers)]
     with ProcessPoolExecutor(workers) as pool:
-        return sum(pool.map(_bare_rows, [(str(path), chunks[w::workers], as_of) for w in range(workers)]))
+        return sum(pool.map(_bare_rows, jobs))
 
 
 def loader_count(out: Path, decode: str, workers: int) -> int:

@@ -69,13 +69,8 @@ def main() -> int:
         for plan in plans:
             ids = list(plan.image_ids)
             start = time.perf_counter()
-            n = 0
-            for i in range(0, len(ids), 900):
-                chunk = ids[i : i + 900]
-                for q in queries:
-                    n += len(con.execute(q.format(ids=",".join("?" * len(chunk))), chunk).fetchall())
+            counts["bare"] = bench.fetch_bare(con, ids, queries)
             times["bare sqlite3: the same rows"].append(time.perf_counter() - start)
-            counts["bare"] = n
             with db.session() as session, records.gc_paused():
                 start = time.perf_counter()
                 rows = records.load_rows(session, plan.image_ids, as_of)

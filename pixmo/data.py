@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from pixmo.formats.points import render_count, render_none, render_points
-from schemas.export import is_usable
+from pixmo.verdicts import is_usable, record_verdicts
 
 PROMPTS = {
     "caption": "Describe this image in detail.",
@@ -85,10 +85,6 @@ def _worker_init(_worker_id: int) -> None:
 # ----------------------------------------------------------------------------- samples
 
 
-def _verdicts(record: dict[str, Any]) -> dict[tuple[str, int], str]:
-    return {(r["target_type"], r["target_id"]): r["verdict"] for r in record.get("reviews", [])}
-
-
 def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, str]]:
     """Training targets of one sample as ``{"task", "prompt", "text"}`` dicts, Molmo style.
 
@@ -96,7 +92,7 @@ def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, s
     ``There are none.`` when not present) or, for counting sets, a counting answer; each accepted
     QA pair. Rows rejected or flagged by a reviewer are left out.
     """
-    verdicts = _verdicts(record)
+    verdicts = record_verdicts(record.get("reviews", []))
 
     def ok(kind: str, row_id: int) -> bool:
         return is_usable(verdicts, kind, row_id)

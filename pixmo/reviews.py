@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from pixmo.db.models import (
     REVIEW_TARGET_MODELS, REVIEW_TARGETS, VERDICTS, Assignment, Caption, Image, PointSet, Project, QAPair, Recording, Review, Transcript, User,
 )
+from pixmo.db.queries import review_target
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, ValidationError
 
@@ -98,15 +99,9 @@ def target_owner(session: Session, target_type: str, target_id: int) -> tuple[in
     """(image id, annotator id) of a reviewable item; NotFoundError when it does not exist."""
     if target_type not in REVIEW_TARGETS:
         raise ValidationError(f"target_type must be one of {', '.join(REVIEW_TARGETS)}, not {target_type!r}")
-    if target_type == "transcript":
-        stmt = (select(Recording.image_id, Recording.user_id)
-                .join(Transcript, Transcript.recording_id == Recording.id).where(Transcript.id == target_id))
-    elif target_type == "caption":
-        stmt = select(Caption.image_id, null()).where(Caption.id == target_id)
-    else:
-        model = REVIEW_TARGET_MODELS[target_type]
-        stmt = select(model.image_id, model.user_id).where(model.id == target_id)
-    row = session.execute(stmt).first()
+    source, item, owner = review_target(target_type)
+    annotator = null() if owner is Caption else owner.user_id  # captions are machine-made
+    row = session.execute(select(owner.image_id, annotator).select_from(source).where(item.id == target_id)).first()
     if row is None:
         raise NotFoundError(f"no {target_type} {target_id}")
     return row[0], row[1]

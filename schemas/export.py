@@ -32,14 +32,6 @@ __all__ = [
 
 EXPORT_SCHEMA_VERSION = 1
 
-UNUSABLE_VERDICTS = frozenset({"rejected", "flagged"})
-"""A row whose newest verdict is one of these is left out of captions, parquet rows and targets."""
-
-
-def is_usable(verdicts: dict[tuple[str, int], str], target_type: str, target_id: int) -> bool:
-    """Whether a row may be trained on, given ``(target_type, target_id) -> newest verdict``."""
-    return verdicts.get((target_type, target_id)) not in UNUSABLE_VERDICTS
-
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 """Lower-case hex sha256 digest."""
 

@@ -44,7 +44,7 @@ for e in exports:
         st.markdown("**Shards**")
         if e["shards"]:
             st.dataframe(pd.DataFrame(e["shards"]), hide_index=True)
-        remote = "://" in e["output_url"] and not e["output_url"].startswith("file://")
+        remote = curation.is_remote(e["output_url"])
         fetched = f"manifest_{e['id']}"  # a remote manifest, once fetched, stays for the session
         manifest = st.session_state.get(fetched)
         if not remote:

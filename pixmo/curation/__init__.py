@@ -5,7 +5,7 @@ the Streamlit pages in ``dashboard/`` only call these functions."""
 from pixmo.curation.annotators import AnnotatorStats, annotator_stats
 from pixmo.curation.browse import BrowseFilters, BrowseItem, BrowsePage, browse_images, filter_options, image_detail, review_targets
 from pixmo.curation.draw import draw_point_sets, label_colors
-from pixmo.curation.exports import list_exports, read_manifest
+from pixmo.curation.exports import is_remote, list_exports, read_manifest
 from pixmo.curation.gold import DEFAULT_TOLERANCE, gold_points, points_match, score_point_set
 from pixmo.curation.overview import FUNNEL_STAGES, FunnelStage, ProjectFunnel, collection_over_time, funnel
 from pixmo.curation.quality import METRICS, Histogram, faithfulness_score, flag_counts, flagged_items, histogram
@@ -36,6 +36,7 @@ __all__ = [
     "gold_points",
     "histogram",
     "image_detail",
+    "is_remote",
     "label_colors",
     "list_exports",
     "login",

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session, aliased
 
 from pixmo.curation.sql import (
     check_flag,
-    check_limit,
     has_any_flag,
     has_flag,
     in_project,
@@ -155,7 +154,6 @@ def browse_images(session: Session, filters: BrowseFilters | None = None, after_
                   limit: int = 50) -> BrowsePage:
     """One page of images matching ``filters``, after the image id ``after_id`` (keyset)."""
     f = (filters or BrowseFilters()).validate()
-    check_limit(limit)
     if f.project_id is not None:
         # Walk the (project_id, image_id) unique index, already in image order.
         key = ProjectImage.image_id

@@ -12,8 +12,7 @@ from sqlalchemy.orm import Session
 
 from pixmo.curation.sql import keyset_page
 from pixmo.db.models import Export
-
-MANIFEST_NAMES = ("manifest.json",)
+from pixmo.errors import PixmoError
 
 
 def _shard_bytes(shard: Any) -> int:
@@ -39,22 +38,24 @@ def list_exports(session: Session, before_id: int | None = None, limit: int = 50
     return rows, (rows[-1]["id"] if more else None)
 
 
+def is_remote(output_url: str) -> bool:
+    """Whether a snapshot's location is reached over the network (``s3://``): not a folder or ``file://``."""
+    return urlparse(output_url).scheme not in ("", "file")
+
+
 def read_manifest(output_url: str) -> dict[str, Any] | None:
     """The manifest file of a snapshot at ``output_url`` (a folder, ``file://``, a ``.json`` path or
     ``s3://bucket/prefix``); None when there is none or it cannot be read (the database keeps its
     fields anyway). S3 is asked over the network, so callers fetch remote manifests on request."""
-    from pixmo.errors import PixmoError
+    from pixmo.export.manifest import MANIFEST_NAME
     from pixmo.export.target import open_target
 
     parsed = urlparse(output_url)
-    local = Path(parsed.path if parsed.scheme == "file" else output_url) if parsed.scheme in ("", "file") else None
     try:
-        if local is not None and local.suffix == ".json":
-            return json.loads(local.read_text())
-        target = open_target(output_url)
-        for name in MANIFEST_NAMES:
-            if target.exists(name):
-                return json.loads(target.get_bytes(name))
+        if not is_remote(output_url):
+            local = Path(parsed.path if parsed.scheme == "file" else output_url)
+            if local.suffix == ".json":
+                return json.loads(local.read_text())
+        return json.loads(open_target(output_url).get_bytes(MANIFEST_NAME))
     except (PixmoError, OSError, ValueError):
         return None
-    return None

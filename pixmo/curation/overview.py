@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Date, Select, distinct, exists, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from pixmo.curation.sql import day_of, review_in_project, reviewed_items
+from pixmo.curation.sql import day_of, in_project, review_in_project, reviewed_items
 from pixmo.errors import ValidationError
 from pixmo.db.models import (
     Assignment,
@@ -84,9 +84,8 @@ def _by_project(session: Session, stmt: Select) -> dict[int, int]:
 
 
 def _distinct_images(session: Session, model, project_id: int | None, *where) -> dict[int, int]:  # noqa: ANN001
-    stmt = select(model.project_id, func.count(distinct(model.image_id))).where(*where).group_by(model.project_id)
-    if project_id is not None:
-        stmt = stmt.where(model.project_id == project_id)
+    stmt = (select(model.project_id, func.count(distinct(model.image_id)))
+            .where(*where, *in_project(model.project_id, project_id)).group_by(model.project_id))
     return _by_project(session, stmt)
 
 
@@ -133,18 +132,15 @@ def _exported(session: Session, projects: dict[int, str]) -> dict[int, int]:
 
 def funnel(session: Session, project_id: int | None = None) -> list[ProjectFunnel]:
     """Per project (or one), images → assigned → … → reviewed → exported, with percentages."""
-    stmt = select(Project.id, Project.name, Project.kind).order_by(Project.id)
-    if project_id is not None:
-        stmt = stmt.where(Project.id == project_id)
+    stmt = select(Project.id, Project.name, Project.kind).where(*in_project(Project.id, project_id)).order_by(Project.id)
     projects = list(session.execute(stmt))
     if not projects:
         return []
     ok_transcripts = exists(
         select(literal(1)).where(Transcript.recording_id == Recording.id, Transcript.status == "ok")
     )
-    images_stmt = select(ProjectImage.project_id, func.count()).group_by(ProjectImage.project_id)
-    if project_id is not None:
-        images_stmt = images_stmt.where(ProjectImage.project_id == project_id)
+    images_stmt = (select(ProjectImage.project_id, func.count())
+                   .where(*in_project(ProjectImage.project_id, project_id)).group_by(ProjectImage.project_id))
     counts = {
         "images": _by_project(session, images_stmt),
         "assigned": _distinct_images(session, Assignment, project_id),
@@ -199,8 +195,7 @@ def collection_over_time(session: Session, project_id: int | None = None, since:
         stmt = select(day, func.count()).where(ts.is_not(None))
         if where is not None:
             stmt = stmt.where(where)
-        if project_id is not None:
-            stmt = stmt.where(project_col == project_id)
+        stmt = stmt.where(*in_project(project_col, project_id))
         collect(series, stmt, day)
 
     day = day_of(session, Review.created_at)

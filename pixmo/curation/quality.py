@@ -13,12 +13,13 @@ from sqlalchemy import Float, case, cast, func, literal, select, text, true
 from sqlalchemy.orm import Session
 
 from pixmo.curation.sql import (
-    check_limit, dialect_of, floor_of, has_any_flag, has_flag, is_current_review, json_number, keyset_page, review_in_project,
-    word_count,
+    dialect_of, floor_of, has_any_flag, has_flag, in_project, is_current_review, json_number, keyset_page,
+    review_in_project, word_count,
 )
 from pixmo.db.models import Caption, Recording, Review, Transcript
 from pixmo.errors import ValidationError
-from pixmo.llm.faithfulness import SCORE_KEYS, stored_score
+from pixmo.llm.faithfulness import SCORE_KEYS
+from pixmo.llm.faithfulness import stored_score as faithfulness_score  # noqa: F401 - curation's name for it
 
 # metric -> (title, unit)
 METRICS: dict[str, tuple[str, str]] = {
@@ -31,12 +32,6 @@ METRICS: dict[str, tuple[str, str]] = {
     "faithfulness": ("Caption faithfulness", "supported share"),
 }
 SAMPLE_ROWS = 50_000
-FAITHFULNESS_KEYS = SCORE_KEYS
-
-
-def faithfulness_score(faithfulness: dict[str, Any] | None) -> float | None:
-    """The share of a caption's statements its transcripts support (0..1), or None."""
-    return stored_score(faithfulness)
 
 
 FLAGGED_SOURCES = ("transcript", "caption", "review")
@@ -74,18 +69,14 @@ def _metric_source(session: Session, metric: str, project_id: int | None):  # no
             stmt = stmt.join(Recording, Recording.id == Transcript.recording_id).where(Recording.project_id == project_id)
         return value, stmt, Transcript.id
     if metric == "duration_s":
-        stmt = select().select_from(Recording)
-        if project_id is not None:
-            stmt = stmt.where(Recording.project_id == project_id)
+        stmt = select().select_from(Recording).where(*in_project(Recording.project_id, project_id))
         return Recording.duration_s, stmt, Recording.id
     if metric in ("caption_words", "faithfulness"):
         if metric == "caption_words":
             value = word_count(Caption.text)
         else:
-            value = json_number(session, Caption.faithfulness, *FAITHFULNESS_KEYS)
-        stmt = select().select_from(Caption).where(Caption.status == "ok")
-        if project_id is not None:
-            stmt = stmt.where(Caption.project_id == project_id)
+            value = json_number(session, Caption.faithfulness, *SCORE_KEYS)
+        stmt = select().select_from(Caption).where(Caption.status == "ok", *in_project(Caption.project_id, project_id))
         return value, stmt, Caption.id
     raise ValidationError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
 
@@ -180,7 +171,6 @@ def flagged_items(
     whose current review verdict is "flagged". Returns (rows, next ``after_id`` or None)."""
     if source not in FLAGGED_SOURCES:
         raise ValidationError(f"source must be one of {', '.join(FLAGGED_SOURCES)}, not {source!r}")
-    check_limit(limit)
     if source == "transcript":
         stmt = (
             select(Transcript.id, Recording.image_id, Recording.project_id, Transcript.flags, Transcript.text,
@@ -200,8 +190,7 @@ def flagged_items(
         stmt = stmt.where(has_any_flag(session, flags_col))  # the partial index of flagged rows
         if flag:
             stmt = stmt.where(has_flag(session, flags_col, flag))
-        if project_id is not None:
-            stmt = stmt.where(project_col == project_id)
+        stmt = stmt.where(*in_project(project_col, project_id))
     result, more = keyset_page(session, stmt, key, after_id, limit, descending=True)
     rows: list[dict[str, Any]] = []
     for r in result:

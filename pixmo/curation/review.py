@@ -48,29 +48,20 @@ def login(db: Database, username: str, password: str, ip: str | None = None) -> 
     (the annotation app's limits, shared through the database), so the dashboard is no side door
     for guessing passwords. Takes the Database: the attempt is committed even when refused.
     """
-    refusal: NotAllowedError | None = None
     # read-then-write: take SQLite's write lock up front, as the app does
     with db.session(write_lock=True) as session:
         try:
             user = check_credentials(session, username, password, ip or "dashboard")
         except LoginThrottled as exc:
             raise NotAllowedError(str(exc)) from exc
-        try:
-            reviewer = _as_reviewer(user, "wrong username or password")
-        except NotAllowedError as exc:
-            refusal = exc  # raised once the attempt is committed
-    if refusal is not None:
-        raise refusal
-    return reviewer
+    return _as_reviewer(user, "wrong username or password")  # after the attempt is committed
 
 
 def login_with_token(db: Database, token: str) -> Reviewer:
     """The reviewer an API token belongs to; NotAllowedError when unknown or not a reviewer."""
     with db.session(write_lock=True) as session:  # records the token's last use
         user = user_for_token(session, token.strip())
-        user_id = user.id if user else None
-    with db.session() as session:
-        return _as_reviewer(session.get(User, user_id) if user_id else None, "unknown or revoked token")
+    return _as_reviewer(user, "unknown or revoked token")
 
 
 def reviewer_by_id(session: Session, user_id: int | None) -> Reviewer:

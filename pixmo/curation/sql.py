@@ -11,13 +11,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement, Float, Integer, Select, and_, case, cast, exists, func, join, literal, literal_column, or_, select,
+    ColumnElement, Float, Integer, Select, and_, case, cast, exists, func, literal, literal_column, or_, select,
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
-from pixmo.db.models import REVIEW_TARGET_MODELS, REVIEW_TARGETS, Recording, Review, Transcript
+from pixmo.db.models import REVIEW_TARGETS, Review
+from pixmo.db.queries import review_target
 from pixmo.errors import ValidationError
 
 _FLAG_RE = re.compile(r"^[a-z0-9_:.-]{1,64}$")
@@ -111,15 +112,6 @@ def in_project(column, project_id: int | None) -> list[ColumnElement[bool]]:  # 
     return [] if project_id is None else [column == project_id]
 
 
-def _target(target_type: str):  # noqa: ANN202
-    """(FROM clause, item table, owner table with the item's project_id, image_id and user_id): a
-    transcript has no project, image or annotator of its own, those of its recording count."""
-    model = REVIEW_TARGET_MODELS[target_type]
-    if model is Transcript:
-        return join(Transcript, Recording, Recording.id == Transcript.recording_id), Transcript, Recording
-    return model, model, model
-
-
 def review_in_project(project_id: int | None) -> list[ColumnElement[bool]]:
     """Conditions keeping reviews of items of project ``project_id`` (none when it is None): a review
     names its target, not the target's project, so each target type is probed by primary key."""
@@ -127,7 +119,7 @@ def review_in_project(project_id: int | None) -> list[ColumnElement[bool]]:
         return []
     probes = []
     for target_type in REVIEW_TARGETS:
-        source, item, owner = _target(target_type)
+        source, item, owner = review_target(target_type)
         owned = select(literal(1)).select_from(source).where(item.id == Review.target_id, owner.project_id == project_id)
         probes.append(and_(Review.target_type == target_type, exists(owned)))
     return [or_(*probes)]
@@ -145,7 +137,7 @@ def reviewed_items(
     """
     parts = []
     for target_type in targets:
-        source, item, owner = _target(target_type)
+        source, item, owner = review_target(target_type)
         on = and_(Review.target_type == target_type, Review.target_id == item.id)
         if current_only:
             on = and_(on, is_current_review(Review))

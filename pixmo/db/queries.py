@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import join, select
 from sqlalchemy.orm import Session
 
-from pixmo.db.models import Base
+from pixmo.db.models import REVIEW_TARGET_MODELS, Base, Recording, Transcript
 
 
 def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict[str, Any]], conflict: Iterable[str]) -> int:
@@ -36,3 +36,12 @@ def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict[str, 
 def get_by(session: Session, model: type[Base], **where: Any):  # noqa: ANN201
     """The one row of ``model`` matching ``where``, or None."""
     return session.scalars(select(model).filter_by(**where)).one_or_none()
+
+
+def review_target(target_type: str):  # noqa: ANN201 - (FROM clause, table, table)
+    """(FROM clause, item table, owner table with the item's project_id, image_id and user_id) of a
+    review target type: a transcript has no project, image or annotator of its own, its recording's count."""
+    model = REVIEW_TARGET_MODELS[target_type]
+    if model is Transcript:
+        return join(Transcript, Recording, Recording.id == Transcript.recording_id), Transcript, Recording
+    return model, model, model

@@ -1,4 +1,4 @@
-"""The rows an export leaves in the database: its ``jobs`` row (`pixmo.jobs`) and its ``exports`` snapshot row."""
+"""The ``exports`` snapshot row an export leaves in the database (its ``jobs`` row: `pixmo.jobs`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from sqlalchemy import select
 
 from pixmo.db.models import Export
 from pixmo.db.session import Database
-from pixmo.jobs import finish_job, start_job
-
-__all__ = ["finish_job", "record_export", "start_job"]
 
 
 def record_export(

@@ -18,7 +18,6 @@ seconds; S3 allows at most 7 days).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import json
 import re
@@ -27,9 +26,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pixmo.db.models import utcnow
 from pixmo.db.session import Database
 from pixmo.errors import StorageError, ValidationError
-from pixmo.export.bookkeeping import finish_job, record_export, start_job
+from pixmo.export.bookkeeping import record_export
 from pixmo.export.errors import ExportError
 from pixmo.export.options import ExportFilters
 from pixmo.export.progress import Progress
@@ -37,8 +37,9 @@ from pixmo.export.records import BuiltSample, build_samples, load_usernames
 from pixmo.export.select import select_images
 from pixmo.export.target import ExportTarget, HashingWriter, open_target
 from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
+from pixmo.jobs import finish_job, start_job
 from pixmo.storage import BlobStore
-from schemas.export import is_usable
+from pixmo.verdicts import is_usable, record_verdicts
 from schemas.pixmo_hf import ROW_MODELS, rows_to_table
 
 HF_SUBSETS = tuple(ROW_MODELS)
@@ -74,10 +75,6 @@ def _pixmo100(points: Any) -> list[tuple[float, float]]:
     return [(round(p.x, 6), round(p.y, 6)) for p in to_pixmo100(points)]
 
 
-def _latest_verdicts(sample: BuiltSample) -> dict[tuple[str, int], str]:
-    return {(r["target_type"], r["target_id"]): r["verdict"] for r in sample.data["reviews"]}  # already in time order
-
-
 def split_point_explanation(answer: str) -> dict[str, Any]:
     """An answer citing Molmo point elements -> parsed_response with placeholders, alt_text,
     inline_text and points (0-100) per element; parsed_response is None when an element is malformed."""
@@ -104,7 +101,7 @@ def split_point_explanation(answer: str) -> dict[str, Any]:
 def hf_rows(subset: str, sample: BuiltSample, image_url: str) -> list[dict[str, Any]]:
     """The rows of one PixMo subset that one sample gives."""
     rec = sample.data
-    verdicts = _latest_verdicts(sample)
+    verdicts = record_verdicts(rec["reviews"])  # reviews are in time order
 
     def ok(kind: str, row_id: int) -> bool:
         return is_usable(verdicts, kind, row_id)
@@ -237,7 +234,7 @@ def export_hf(
                                                    "rows_per_file": rows_per_file})
     writer = _RollingParquet(target, subset, rows_per_file)
     try:
-        as_of = filters.until or dt.datetime.now(dt.timezone.utc)
+        as_of = filters.until or utcnow()
         with db.session() as session:
             candidates = select_images(session, filters, as_of=as_of)
             usernames = load_usernames(session)

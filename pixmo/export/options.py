@@ -8,6 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pixmo.db.models import as_utc
 from pixmo.errors import ValidationError
 
 REVIEW_STATUSES = ("approved", "rejected", "pending", "flagged")
@@ -43,9 +44,7 @@ def parse_time(value: str | dt.datetime | dt.date | None) -> dt.datetime | None:
             parsed = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
         except ValueError:
             raise ValidationError(f"not an ISO date or datetime: {value!r} (e.g. 2024-06-01 or 2024-06-01T12:00)") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc)
+    return as_utc(parsed)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -47,7 +47,8 @@ from pixmo.db.models import (
 from pixmo.export.errors import ExportError
 from pixmo.llm.faithfulness import stored_score
 from pixmo.media import EXT_BY_MIME
-from schemas.export import EXPORT_SCHEMA_VERSION, ExportSample, is_usable
+from pixmo.verdicts import is_usable
+from schemas.export import EXPORT_SCHEMA_VERSION, ExportSample
 
 # image formats written as they are; any other format is converted to PNG for the image member
 MEMBER_EXTS = ("jpg", "png", "webp")

@@ -16,14 +16,15 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pixmo.errors import StorageError
 from pixmo.storage import TMP_PREFIX, BlobStore, LocalStore, S3Store, fsync_dir, open_store
 
 
 class ExportTarget(ABC):
-    """A flat namespace of files (shards, parquet, manifest) with atomic writes."""
+    """A flat namespace of files (shards, parquet, manifest) with atomic writes; picklable, so worker
+    processes get their own (S3 stores pickle by recipe)."""
 
     url: str
 
@@ -51,9 +52,6 @@ class ExportTarget(ABC):
     def location(self, name: str) -> str:
         """A path or URL that webdataset and other readers can open."""
 
-    @abstractmethod
-    def spec(self) -> tuple[Any, ...]:
-        """A picklable recipe to rebuild this target in a worker process (see `target_from_spec`)."""
 
     def put_bytes(self, name: str, data: bytes) -> None:
         with self.writer(name) as f:
@@ -153,9 +151,6 @@ class LocalTarget(ExportTarget):
     def location(self, name: str) -> str:
         return str(self._path(name))
 
-    def spec(self) -> tuple[Any, ...]:
-        return ("local", str(self.root))
-
 
 class StoreTarget(ExportTarget):
     """A blob store (S3 or a LocalStore); files are uploaded from a finished local temp file."""
@@ -198,9 +193,6 @@ class StoreTarget(ExportTarget):
             return str(self.store.path_for(name))
         return f"{self.url.rstrip('/')}/{name}"
 
-    def spec(self) -> tuple[Any, ...]:
-        return ("store", self.store, self.url, self.tmp_dir)  # S3 stores pickle by recipe
-
 
 def _content_type(name: str) -> str:
     if name.endswith(".tar"):
@@ -219,14 +211,6 @@ def _store_url(store: BlobStore) -> str:
         return str(store.root)
     return store.describe()
 
-
-
-def target_from_spec(spec: tuple[Any, ...]) -> ExportTarget:
-    """The target that `ExportTarget.spec` describes."""
-    if spec[0] == "local":
-        return LocalTarget(spec[1])
-    _, store, url, tmp_dir = spec
-    return StoreTarget(store, url, tmp_dir)
 
 
 def open_target(out: str | Path | BlobStore | ExportTarget) -> ExportTarget:

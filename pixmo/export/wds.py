@@ -20,15 +20,17 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pixmo.db.models import utcnow
 from pixmo.db.session import Database
-from pixmo.export.bookkeeping import finish_job, record_export, start_job
+from pixmo.export.bookkeeping import record_export
 from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, build_manifest, manifest_bytes
 from pixmo.export.options import ExportFilters, WebDatasetOptions
 from pixmo.export.progress import Progress
 from pixmo.export.records import load_usernames
 from pixmo.export.select import select_images
 from pixmo.export.shards import ShardPlan, ShardResult, plan_shards, write_shard
-from pixmo.export.target import ExportTarget, open_target, target_from_spec
+from pixmo.export.target import ExportTarget, open_target
+from pixmo.jobs import finish_job, start_job
 from pixmo.storage import BlobStore
 
 
@@ -76,12 +78,14 @@ class ExportResult:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(db_url: str, store: tuple, target: tuple, options: WebDatasetOptions, as_of: dt.datetime) -> None:
+def _init_worker(
+    db_url: str, store: BlobStore, target: ExportTarget, options: WebDatasetOptions, as_of: dt.datetime
+) -> None:
     # a fresh engine: connections must never be shared with the parent process
     db = Database(db_url)
     with db.session() as session:
         usernames = load_usernames(session)
-    _worker.update(db=db, store=store, target=target_from_spec(target), options=options,
+    _worker.update(db=db, store=store, target=target, options=options,
                    as_of=as_of, usernames=usernames)
 
 
@@ -127,7 +131,7 @@ def _write_all(
             for p in plans
         ]
     results: list[ShardResult] = []
-    initargs = (db.url, store, target.spec(), options, as_of)
+    initargs = (db.url, store, target, options, as_of)
     with ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_worker, initargs=initargs) as pool:
         pending = {pool.submit(_write_in_worker, p) for p in plans}
         try:
@@ -167,7 +171,7 @@ def export_webdataset(
     params = {"out": target.url, "filters": filters.as_dict(), "options": asdict(options)}
     job_id = start_job(db, "export", params)
     try:
-        as_of = filters.until or dt.datetime.now(dt.timezone.utc)
+        as_of = filters.until or utcnow()
         with db.session() as session:
             candidates = select_images(session, filters, as_of=as_of, with_audio=options.with_audio)
         plans = plan_shards(candidates, maxcount=options.maxcount, maxsize=options.maxsize,
