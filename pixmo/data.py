@@ -142,9 +142,9 @@ def decode_image(data: bytes, mode: str = "tensor"):  # noqa: ANN201
 
 def to_training_sample(raw: dict[str, Any], decode: str = "tensor", transform: Callable | None = None) -> dict[str, Any]:
     """A raw webdataset sample (bytes per member) -> image, caption, Molmo targets, record, audio."""
-    import json
+    import orjson
 
-    record = json.loads(raw["json"])
+    record = orjson.loads(raw["json"])  # the exporter writes strict JSON; orjson reads it 2-3 x faster
     ext = record["image"]["ext"]
     caption = raw["txt"].decode("utf-8") if "txt" in raw else ""
     image = decode_image(raw[ext], decode)

@@ -144,8 +144,9 @@ def test_built_record_is_exactly_the_validated_model(demo, with_audio):
     odd = dataclasses.replace(
         r,
         recordings=[{**x, "duration_s": 60} for x in r.recordings],
-        transcripts=[{**x, "duration_s": 60, "metrics": {"z": 1, "a": {"y": 2, "b": float("inf")}}} for x in r.transcripts],
-        point_sets=[{**p, "points": [[0, 1], ["0.25", 0.5]], "not_present": 0} for p in r.point_sets[:1]],
+        transcripts=[{**x, "duration_s": 60, "metrics": {"z": 1, "a": {"y": 2, "b": float("inf")}, "n": -0.0, "e": 1e-7}}
+                     for x in r.transcripts],
+        point_sets=[{**p, "points": [[0, 1], ["0.25", 0.5], [-0.0, 1e-300]], "not_present": 0} for p in r.point_sets[:1]],
         captions=[{**c, "faithfulness": {"score": float("nan")}} for c in r.captions],
     )
     built = build_sample(odd, usernames, val_fraction=0.25, with_audio=with_audio)
@@ -155,8 +156,13 @@ def test_built_record_is_exactly_the_validated_model(demo, with_audio):
         raise AssertionError(f"{constant} is not JSON")
 
     json.loads(built.json_bytes, parse_constant=refuse)  # inf and NaN are written as null, as the model does
-    assert b'"duration_s":60.0' in built.json_bytes and b'"points":[[0.0,1.0],[0.25,0.5]]' in built.json_bytes
+    assert b'"duration_s":60.0' in built.json_bytes and b'"points":[[0.0,1.0],[0.25,0.5],[-0.0,1e-300]]' in built.json_bytes
     assert b'"b":null' in built.json_bytes and b'"faithfulness":null' in built.json_bytes
+    # what orjson refuses (an integer beyond 64 bits) is written by pydantic-core, still as the model writes it
+    huge = dataclasses.replace(odd, transcripts=[{**x, "metrics": {"n": 2**70, "t": "é\u2028\x00"}} for x in odd.transcripts])
+    built = build_sample(huge, usernames, val_fraction=0.25, with_audio=with_audio)
+    assert ExportSample.model_validate(built.data).model_dump_json().encode() == built.json_bytes
+    assert b'"n":1180591620717411303424' in built.json_bytes
 
 
 @pytest.mark.parametrize(
