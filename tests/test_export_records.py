@@ -10,7 +10,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from pixmo.db.models import Image, PointSet
+from pixmo.db.models import Image, PointSet, Transcript
 from pixmo.errors import ValidationError
 from pixmo.export import export_webdataset
 from pixmo.export.errors import ExportError
@@ -163,6 +163,31 @@ def test_built_record_is_exactly_the_validated_model(demo, with_audio):
     built = build_sample(huge, usernames, val_fraction=0.25, with_audio=with_audio)
     assert ExportSample.model_validate(built.data).model_dump_json().encode() == built.json_bytes
     assert b'"n":1180591620717411303424' in built.json_bytes
+
+
+def test_stored_json_beyond_strict_json_reads_back_as_python_json_wrote_it(demo):
+    """Metrics are stored by Python's json (NaN, Infinity, big integers); the fast reader must read them the same."""
+    db, _ = demo
+    metrics = {"nan": float("nan"), "inf": float("inf"), "big": 2**70, "text": "é", "plain": 0.1}
+    with db.session() as session:
+        transcript = session.scalars(select(Transcript).where(Transcript.status == "ok")).first()
+        transcript.metrics = metrics
+        transcript_id = transcript.id
+    rows, usernames = _demo_rows(db)
+    row = next(r for r in rows.values() if any(t["id"] == transcript_id for t in r.transcripts))
+    read = next(t for t in row.transcripts if t["id"] == transcript_id)["metrics"]
+    assert read["big"] == 2**70 and read["text"] == "é" and read["plain"] == 0.1 and read["inf"] == float("inf")
+    assert read["nan"] != read["nan"]
+    built = build_sample(row, usernames, val_fraction=0.0, with_audio=False)
+    assert b'"inf":null' in built.json_bytes and b'"nan":null' in built.json_bytes and b'"big":1180591620717411303424' in built.json_bytes
+    # a text JSON can hold but UTF-8 cannot (a lone surrogate) is read back, and refused when written
+    with db.session() as session:
+        session.get(Transcript, transcript_id).metrics = {"text": "\ud800"}
+    rows, usernames = _demo_rows(db)
+    row = next(r for r in rows.values() if any(t["id"] == transcript_id for t in r.transcripts))
+    assert next(t for t in row.transcripts if t["id"] == transcript_id)["metrics"] == {"text": "\ud800"}
+    with pytest.raises(ExportError, match=f"image {row.image['sha256']}: the record cannot be written as JSON"):
+        build_sample(row, usernames, val_fraction=0.0, with_audio=False)
 
 
 @pytest.mark.parametrize(

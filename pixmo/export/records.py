@@ -493,7 +493,7 @@ def build_sample(
     }
     return BuiltSample(
         # inf/NaN (which a float column or JSON metrics can hold) as null, as the model writes them
-        key=key, data=data, json_bytes=record_json(data),
+        key=key, data=data, json_bytes=_record_json(data, where),
         caption=best_caption(rows, verdicts),
         transcripts=[t["text"] for t in _usable_transcripts(rows, verdicts)],
         image_storage_key=image["storage_key"], image_ext=ext, image_mime=image["mime"], audio=audio,
@@ -512,6 +512,13 @@ def record_json(data: dict[str, Any]) -> bytes:
         return orjson.dumps(data, option=orjson.OPT_UTC_Z)
     except orjson.JSONEncodeError:
         return pydantic_core.to_json(data, inf_nan_mode="null")
+
+
+def _record_json(data: dict[str, Any], where: str) -> bytes:
+    try:
+        return record_json(data)
+    except pydantic_core.PydanticSerializationError as exc:  # e.g. a lone surrogate in a stored text
+        raise ExportError(f"{where}: the record cannot be written as JSON: {exc}") from exc
 
 
 @contextlib.contextmanager
