@@ -32,16 +32,20 @@ PROMPTS = {
     "pointing": "Point to {label}.",
     "counting": "How many {label} are there?",
 }
+DECODE_MODES = ("tensor", "pil", "bytes")
 TRANSPORT_GROUP = 16  # samples per hand-over from a DataLoader worker when iterating one at a time
 
 
 def shard_urls(source: str | os.PathLike | Sequence[str], split: str = "train") -> list[str]:
     """Paths or URLs of the shards of ``split`` in an export (folder or ``s3://``), from its manifest.
 
-    A list is taken as shard URLs already and returned as is.
+    A list is taken as shard paths or URLs already. A split without shards is an error (webdataset
+    would fail on it with a bare ``IndexError``).
     """
     if isinstance(source, (list, tuple)):
-        return list(source)
+        if not source:
+            raise ValueError("no shards given: the list of shard paths or URLs is empty")
+        return [os.fspath(s) for s in source]
     from pixmo.export.manifest import read_manifest
     from pixmo.export.target import open_target
 
@@ -49,7 +53,10 @@ def shard_urls(source: str | os.PathLike | Sequence[str], split: str = "train") 
     manifest = read_manifest(target)
     if split not in manifest["splits"]:
         raise ValueError(f"no split {split!r} in {target.url}; it has {', '.join(manifest['splits'])}")
-    return [target.location(name) for name in manifest["splits"][split]["shards"]]
+    shards = manifest["splits"][split]["shards"]
+    if not shards:
+        raise ValueError(f"split {split!r} of {target.url} has no shards (the export selected no {split} samples)")
+    return [target.location(name) for name in shards]
 
 
 # ----------------------------------------------------------------------------- S3 shards
@@ -182,6 +189,8 @@ def pixmo_dataset(
     """
     import webdataset as wds
 
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {decode!r}")
     urls = shard_urls(source, split)
     if any(u.startswith("s3://") for u in urls):
         register_s3()

@@ -92,7 +92,7 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
     # EXIF orientations 5-8 rotate by 90°: browsers show (and annotators point on) the rotated
     # image, so its displayed size is the one points are normalised against. (After verify():
     # reading EXIF moves the file pointer, and verify() must come straight after open.)
-    if _exif_orientation(im, data) in (5, 6, 7, 8):
+    if exif_orientation(im, data) in ROTATING_ORIENTATIONS:
         width, height = height, width
     return ImageInfo(width=width, height=height, mime=MIME_BY_FORMAT[fmt])
 
@@ -108,7 +108,11 @@ def _looks_like_image(data: bytes) -> bool:
     return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
-def _exif_orientation(im: PILImage.Image, data: bytes) -> int:
+ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90°
+
+
+def exif_orientation(im: PILImage.Image, data: bytes) -> int:
+    """The EXIF orientation (1-8) of an image opened from ``data``; 1 when it has none or a broken one."""
     try:
         if im.format == "PNG":
             # getexif() decodes a whole PNG to look for EXIF after the pixels: only when there is some

@@ -129,3 +129,18 @@ def test_a_transform_returning_numpy_still_gives_tensors(exported, workers):
     samples = list(pixmo_loader(out, num_workers=workers, shuffle=0, transform=_to_numpy))
     assert {s["__key__"] for s in samples} == keys
     assert all(isinstance(s["image"], torch.Tensor) and s["image"].ndim == 3 and s["image"].shape[2] == 3 for s in samples)
+
+
+def test_sources_and_modes_that_cannot_work_are_refused_clearly(exported):
+    from pixmo.data import pixmo_dataset
+
+    out, keys = exported
+    with pytest.raises(ValueError, match="split 'validation' of .* has no shards"):
+        pixmo_dataset(out, split="validation")  # exported with val_fraction=0
+    with pytest.raises(ValueError, match="no shards given"):
+        pixmo_dataset([])
+    with pytest.raises(ValueError, match="decode must be one of tensor, pil, bytes, not 'nonsense'"):
+        pixmo_dataset(out, decode="nonsense")
+    # shard paths as Path objects, as a glob or a listing gives them
+    shards = sorted(out.glob("train-*.tar"))
+    assert {s["__key__"] for s in pixmo_dataset(shards, shuffle=0, decode="bytes")} == keys

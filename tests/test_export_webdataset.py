@@ -240,6 +240,50 @@ def test_audio_and_resized_images(demo, tmp_path):
         assert all(m.endswith(".ogg") for m in members_audio)
 
 
+@pytest.mark.parametrize("max_side", [None, 150])
+def test_exif_rotated_images_verify_and_load_as_displayed(demo, tmp_path, max_side):
+    """Orientation 6 (turn 90° to display): the record holds the displayed size, as points are clicked;
+    verify must compare against that, and a resized member (PNG too) must keep the orientation."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from pipelines.ingest import ingest_folder
+    from pixmo.data import pixmo_dataset
+
+    db, store = demo
+    folder = tmp_path / "rotated"
+    folder.mkdir()
+    raw = PILImage.new("RGB", (200, 100), "white")  # stored 200 x 100, shown 100 x 200
+    raw.paste((255, 0, 0), (0, 0, 40, 20))  # red at the stored top left: the shown top right
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    raw.save(folder / "rot.jpg", "JPEG", exif=exif.tobytes(), quality=95)
+    raw.save(folder / "rot.png", "PNG", exif=exif.tobytes())
+    assert ingest_folder(db, store, folder)["statuses"] == {"stored": 2}
+    with db.session() as session:
+        rotated = session.scalars(select(Image).where(Image.width == 100, Image.height == 200)).all()
+        assert sorted(i.mime for i in rotated) == ["image/jpeg", "image/png"]
+        keys = {i.sha256 for i in rotated}
+        for image in rotated:  # clicked on the shown red block, top right
+            session.add(PointSet(image_id=image.id, label="red block", points=[[0.9, 0.1]], method="pointing"))
+    out = tmp_path / "out"
+    export_webdataset(db, store, out, options=WebDatasetOptions(val_fraction=0, workers=1, max_side=max_side))
+    report = verify_export(out)
+    assert report.ok, [str(p) for p in report.problems]
+    seen = 0
+    for sample in pixmo_dataset(out, shuffle=0, decode="pil"):
+        if sample["__key__"] not in keys:
+            continue
+        seen += 1
+        image = sample["image"]
+        assert image.size == ((100, 200) if max_side is None else (75, 150))
+        assert image.getpixel((int(0.9 * image.width), int(0.1 * image.height)))[1:] == (0, 0)  # red, where clicked
+        with PILImage.open(io.BytesIO(_samples(out)[sample["__key__"]][sample["json"]["image"]["ext"]])) as member:
+            assert member.getexif().get(0x0112) == 6
+    assert seen == 2
+
+
 def test_filters_select_images(demo, tmp_path):
     db, store = demo
     opts = WebDatasetOptions(val_fraction=0, workers=1)

@@ -111,10 +111,14 @@ def verify_cmd(
 ) -> None:
     """Check a webdataset export against its manifest: checksums, counts, JSON Schema, images; exit 1 on any problem."""
     from pixmo import cli
+    from pixmo.errors import PixmoError
     from pixmo.export import verify_export
     from pixmo.export.report import verify_table
 
-    report = verify_export(out, workers=workers, progress=not json_out)
+    try:
+        report = verify_export(out, workers=workers, progress=not json_out)
+    except PixmoError as exc:  # cannot read the export at all (bad URL, no access): not a verdict on it
+        cli._fail(exc)
     if json_out:
         typer.echo(json.dumps({
             "out": report.out, "ok": report.ok, "snapshot_id": report.snapshot_id, "validator": report.validator,

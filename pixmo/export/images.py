@@ -14,17 +14,17 @@ def image_member(data: bytes, original_ext: str, member_ext: str, max_side: int 
     The original bytes are returned untouched when the format is kept (jpg, png, webp) and the
     image fits in ``max_side``. Otherwise the image is decoded, shrunk so that its longer side is
     ``max_side`` (aspect ratio kept, Lanczos) and encoded as ``member_ext`` (JPEG/WebP quality 90,
-    EXIF kept so the orientation survives). Re-encoding is deterministic for a given Pillow.
+    EXIF kept in every format so the orientation survives). Re-encoding is deterministic for a given Pillow.
     """
     if original_ext == member_ext and max_side is None:
         return data
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
+    with Image.open(io.BytesIO(data)) as src:
+        im = src
         width, height = im.size
         if original_ext == member_ext and max(width, height) <= max_side:
             return data
-        exif = im.info.get("exif")
         fmt = PIL_FORMAT[member_ext]
         if max_side is not None and max(width, height) > max_side:
             scale = max_side / max(width, height)
@@ -38,7 +38,10 @@ def image_member(data: bytes, original_ext: str, member_ext: str, max_side: int 
             im = im.convert("RGBA")
         buf = io.BytesIO()
         options = dict(SAVE_OPTIONS[fmt])
-        if exif and fmt in ("JPEG", "WEBP"):
+        # read once the pixels are loaded: a PNG may keep its EXIF (the orientation the points were
+        # clicked in) after the image data, where Pillow finds it only then
+        exif = src.info.get("exif")
+        if exif:
             options["exif"] = exif
         im.save(buf, fmt, **options)
         return buf.getvalue()

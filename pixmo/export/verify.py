@@ -25,7 +25,7 @@ from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, read_manifest, s
 from pixmo.export.progress import Progress
 from pixmo.export.records import ROW_KINDS, member_ext
 from pixmo.export.target import ExportTarget, open_target
-from pixmo.media import EXT_BY_MIME
+from pixmo.media import EXT_BY_MIME, ROTATING_ORIENTATIONS, exif_orientation
 from pixmo.storage import BlobStore
 
 SCHEMA_FILE = "export_sample.json"
@@ -133,6 +133,8 @@ def _check_image(data: bytes, key: str, record: dict[str, Any], max_side: int | 
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             size = im.size
+            if exif_orientation(im, data) in ROTATING_ORIENTATIONS:
+                size = (size[1], size[0])  # the record holds the size as displayed, as points are clicked
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the finding
         return [f"image does not decode: {type(exc).__name__}: {exc}"]
     problems = []
