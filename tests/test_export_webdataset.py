@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -238,6 +239,37 @@ def test_audio_and_resized_images(demo, tmp_path):
         members_audio = sorted(k for k in members if k.startswith("audio"))
         assert members_audio == sorted(r["audio_member"].split(".", 1)[1] for r in record["recordings"])
         assert all(m.endswith(".ogg") for m in members_audio)
+
+
+def test_progress_reports_each_shard_as_it_finishes_with_workers(demo, tmp_path, monkeypatch):
+    """Every shard but the first waits (in its worker) until the first one has been reported: an
+    exporter that reports only once all shards are done makes them wait out their deadline."""
+    import pixmo.export.wds as wds
+
+    db, store = demo
+    reported, gates = tmp_path / "first-reported", tmp_path / "gates"
+    gates.mkdir()
+    real = wds.write_shard
+
+    def gated(plan, **kwargs):  # runs in the forked workers, which inherit the patch
+        if plan.index > 0:
+            deadline = time.monotonic() + 15
+            while not reported.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            (gates / plan.name).write_text("reported" if reported.exists() else "deadline")
+        return real(plan, **kwargs)
+
+    monkeypatch.setattr(wds, "write_shard", gated)
+    calls = []
+
+    def progress(n):
+        calls.append(n)
+        reported.touch()
+
+    result = export_webdataset(db, store, tmp_path / "out", options=WebDatasetOptions(maxcount=3, val_fraction=0, workers=2),
+                               progress=progress)
+    assert sum(calls) == result.samples == 12 and len(calls) == 4
+    assert {p.read_text() for p in gates.iterdir()} == {"reported"} and len(list(gates.iterdir())) == 3
 
 
 @pytest.mark.parametrize("max_side", [None, 150])

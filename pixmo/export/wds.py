@@ -16,7 +16,7 @@ import multiprocessing
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -136,7 +136,8 @@ def _write_all(
         pending = {pool.submit(_write_in_worker, p) for p in plans}
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                # each shard as it finishes (the bar moves), and the first failure at once
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     result = fut.result()
                     results.append(result)
