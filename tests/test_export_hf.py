@@ -158,3 +158,17 @@ def test_export_to_s3_records_the_checksums_of_the_uploaded_files(demo, s3_serve
         data = bucket.get_bytes(f["name"])
         assert (f["sha256"], f["bytes"]) == (hashlib.sha256(data).hexdigest(), len(data))
         assert len(pq.read_table(io.BytesIO(data))) == f["rows"]
+
+
+def test_a_place_that_cannot_be_written_fails_clearly_and_the_job_says_so(demo, tmp_path):
+    from pixmo.db.models import Job
+    from pixmo.errors import StorageError
+
+    db, store = demo
+    (tmp_path / "a_file").write_text("keep me")
+    with pytest.raises(StorageError, match="cannot write cap/train-00000.parquet"):
+        export_hf(db, store, tmp_path / "a_file" / "sub", "cap")
+    with db.session() as s:
+        job = s.scalars(select(Job).order_by(Job.id.desc())).first()
+        assert job.kind == "export-hf-cap" and job.status == "failed" and "cannot write" in job.error
+    assert (tmp_path / "a_file").read_text() == "keep me"

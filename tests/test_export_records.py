@@ -109,7 +109,9 @@ def test_options_and_filters_refuse_bad_values():
     assert parse_size("1G") == 10**9 and parse_size("64MiB") == 64 * 2**20 and parse_size("3e9") == 3 * 10**9
     assert parse_time("2024-06-01") == dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
     assert parse_time("2024-06-01T12:00+02:00").hour == 10
-    for bad in [dict(maxcount=0), dict(maxsize="lots"), dict(val_fraction=1.0), dict(max_side=2), dict(workers=0)]:
+    for bad in [dict(maxcount=0), dict(maxsize="lots"), dict(maxsize="1e400"), dict(maxsize="1e999M"),
+                dict(maxsize=float("inf")), dict(maxsize=float("nan")), dict(val_fraction=1.0), dict(max_side=2),
+                dict(workers=0)]:
         with pytest.raises(ValidationError):
             WebDatasetOptions(**bad)
     with pytest.raises(ValidationError, match="unknown review status"):

@@ -115,6 +115,30 @@ def test_flipped_byte_fails_verify_naming_the_shard(demo, tmp_path):
     assert shard in cli.output
 
 
+def test_a_damaged_manifest_is_a_problem_not_a_crash(demo, tmp_path):
+    db, store = demo
+    out = tmp_path / "out"
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=1))
+    good = json.loads((out / MANIFEST_NAME).read_text())
+    edits = [
+        (lambda m: m["shards"][0].pop("sha256"), "shards[0] (train-000000.tar) has no valid 'sha256'"),
+        (lambda m: m.update(shards="x"), "'shards' is not a list"),
+        (lambda m: m["shards"][1].update(samples="4"), "shards[1] (train-000001.tar) has no valid 'samples'"),
+        (lambda m: m["shards"][0].update(name="../evil.tar"), "shards[0] has no shard name"),
+        (lambda m: m["splits"]["train"].update(shards=None), "splits['train'] has no list of shard names"),
+        (lambda m: m.pop("counts"), "'counts' is not an object"),
+    ]
+    for edit, message in edits:
+        manifest = json.loads(json.dumps(good))
+        edit(manifest)
+        (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+        report = verify_export(out)
+        assert not report.ok and [p.shard for p in report.problems] == [MANIFEST_NAME]
+        assert f"{MANIFEST_NAME} is damaged: {message}" in report.problems[0].message
+        cli = CliRunner().invoke(_cli_app(), ["verify", str(out)])
+        assert cli.exit_code == 1 and "Traceback" not in cli.output
+
+
 def test_a_record_against_the_schema_fails_verify_naming_the_sample_and_field(demo, tmp_path):
     import io
 
@@ -389,6 +413,33 @@ def test_cli_export_then_verify(tmp_path, monkeypatch):
         assert res.exit_code == 0 and json.loads(res.output)["ok"] is True
         res = runner.invoke(app, ["export", "webdataset", "out2", "--review-status", "nonsense"])
         assert res.exit_code == 2 and "unknown review status" in res.output
+        # places that cannot hold an export, and sizes that are no size: one line each, exit 2, nothing lost
+        (tmp_path / "a_file").write_text("keep me")
+        for args, message in [
+            (["export", "webdataset", "a_file"], "exists and is not a folder"),
+            (["export", "webdataset", "a_file/sub"], "cannot remove manifest.json"),
+            (["export", "hf", "a_file/sub", "--subset", "cap"], "cannot write cap/train-00000.parquet"),
+            (["export", "webdataset", ""], "no export location given"),
+            (["export", "webdataset", "out3", "--maxsize", "1e400"], "not a size"),
+            (["export", "webdataset", "out3", "--workers", "0"], "workers"),
+            (["export", "webdataset", "out3", "--exclude-flag", "LOW_CONFIDENCE"], "is not a flag name"),
+            (["verify", "gs://bucket/x"], "unsupported export location"),
+            (["verify", "a_file"], "exists and is not a folder"),
+        ]:
+            res = runner.invoke(app, args)
+            assert res.exit_code == 2 and message in " ".join(res.output.split()), (args, res.output)
+            assert "Traceback" not in res.output
+        assert (tmp_path / "a_file").read_text() == "keep me"
+        assert not (tmp_path / "out3").exists()
+        # a flag no step writes is most likely a typo: the export runs, and says so
+        res = runner.invoke(app, ["export", "webdataset", "out4", "--exclude-flag", "too_fast", "--json"])
+        assert res.exit_code == 0 and "no toolkit step writes the flag 'too_fast'" in " ".join(res.output.split())
+        res = runner.invoke(app, ["export", "webdataset", "out5", "--exclude-flag", "wpm_outlier"])
+        assert res.exit_code == 0 and "warning" not in res.output
+        res = runner.invoke(app, ["export", "webdataset", "out5", "--since", "2999-01-01"])
+        assert res.exit_code == 0 and "the filters selected no image" in " ".join(res.output.split())
+        res = runner.invoke(app, ["export", "hf", "out6", "--subset", "cap", "--since", "2999-01-01"])
+        assert res.exit_code == 0 and "the filters selected no row" in " ".join(res.output.split())
     finally:
         for database in _databases.values():
             database.dispose()
@@ -399,6 +450,21 @@ def test_cli_export_then_verify(tmp_path, monkeypatch):
 def test_export_commands_have_help(cmd):
     result = CliRunner().invoke(_cli_app(), [*cmd, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+@pytest.mark.parametrize("inside", ["", "exports/v1"])
+def test_an_export_folder_inside_the_blob_store_is_refused(demo, inside):
+    from pixmo.errors import StorageError
+    from pixmo.export import export_hf
+
+    db, store = demo
+    keys = sorted(store.iter_keys())
+    out = store.root / inside
+    with pytest.raises(StorageError, match="is inside the blob store"):
+        export_webdataset(db, store, out, options=WebDatasetOptions(workers=1))
+    with pytest.raises(StorageError, match="is inside the blob store"):
+        export_hf(db, store, out, "cap")
+    assert sorted(store.iter_keys()) == keys
 
 
 def test_an_empty_selection_gives_a_valid_empty_export(demo, tmp_path):

@@ -26,8 +26,14 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 
 
 def _filters(project, review_status, exclude_flag, since, until, all_images):  # noqa: ANN001, ANN202
+    from pixmo import cli
+    from pixmo.curation.sql import KNOWN_FLAGS
     from pixmo.export import ExportFilters
 
+    for flag in exclude_flag or ():
+        if flag not in KNOWN_FLAGS:  # most likely a typo, which would silently exclude nothing
+            cli.err.print(f"[yellow]warning:[/yellow] no toolkit step writes the flag {flag!r} (its flags: "
+                          f"{', '.join(KNOWN_FLAGS)}); only rows that carry it by hand are left out")
     return ExportFilters(
         projects=tuple(project or ()), review_status=tuple(review_status or ()),
         exclude_flags=tuple(exclude_flag or ()), since=since, until=until, annotated_only=not all_images,
@@ -58,7 +64,7 @@ def webdataset_cmd(
     from pixmo.export.report import export_table
 
     try:
-        extra = {"workers": workers} if workers else {}
+        extra = {"workers": workers} if workers is not None else {}
         options = WebDatasetOptions(maxcount=maxcount, maxsize=maxsize, max_side=max_side, with_audio=with_audio,
                                     val_fraction=val_fraction, **extra)
         result = export_webdataset(
@@ -71,6 +77,8 @@ def webdataset_cmd(
         typer.echo(json.dumps({"out": result.out, "stats": result.stats(), "manifest": result.manifest}, indent=2))
     else:
         cli.console.print(export_table(result))
+    if result.samples == 0:
+        cli.err.print(f"[yellow]warning:[/yellow] the filters selected no image: {result.out} now holds an empty export")
 
 
 @export_app.command("hf")
@@ -102,6 +110,8 @@ def hf_cmd(
         typer.echo(json.dumps({"out": result.out, "subset": subset, "files": result.files, "stats": result.stats()}, indent=2))
     else:
         cli.console.print(hf_table(result))
+    if result.rows == 0:
+        cli.err.print(f"[yellow]warning:[/yellow] the filters selected no row: {result.out} holds one empty {subset} file")
 
 
 def verify_cmd(

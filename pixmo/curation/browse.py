@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, literal, not_, or_, se
 from sqlalchemy.orm import Session, aliased
 
 from pixmo.curation.sql import (
+    KNOWN_FLAGS,
     check_flag,
     has_any_flag,
     has_flag,
@@ -44,7 +45,6 @@ STATUSES = (
     "unreviewed", "reviewed", "approved", "rejected", "flagged", "gold",
 )
 # transcript flags of pixmo.asr.quality, then caption flags of pixmo.llm.faithfulness
-KNOWN_FLAGS = ("no_speech", "too_short", "low_confidence", "repetition", "wpm_outlier", "unfaithful", "incomplete")
 ANY_FLAG = "any"
 
 

@@ -22,6 +22,8 @@ from pixmo.db.queries import review_target
 from pixmo.errors import ValidationError
 
 _FLAG_RE = re.compile(r"^[a-z0-9_:.-]{1,64}$")
+# the quality flags the toolkit's own steps write (ASR quality, LLM faithfulness); others may be stored by hand
+KNOWN_FLAGS = ("no_speech", "too_short", "low_confidence", "repetition", "wpm_outlier", "unfaithful", "incomplete")
 MAX_PAGE = 500
 
 

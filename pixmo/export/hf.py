@@ -35,7 +35,7 @@ from pixmo.export.options import ExportFilters
 from pixmo.export.progress import Progress
 from pixmo.export.records import BuiltSample, build_samples, load_usernames
 from pixmo.export.select import select_images
-from pixmo.export.target import ExportTarget, HashingWriter, open_target
+from pixmo.export.target import ExportTarget, HashingWriter, check_apart, open_target
 from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
 from pixmo.jobs import finish_job, start_job
 from pixmo.storage import BlobStore
@@ -160,17 +160,25 @@ class _RollingParquet:
     def _open(self) -> None:
         import pyarrow.parquet as pq
 
-        self._name = f"{self.subset}/train-{len(self.files):05d}.parquet"
-        self._stack = contextlib.ExitStack()
-        self._out = HashingWriter(self._stack.enter_context(self.target.writer(self._name)))
-        self._writer = pq.ParquetWriter(self._out, self.schema)
-        self._rows = 0
+        name = f"{self.subset}/train-{len(self.files):05d}.parquet"
+        stack = contextlib.ExitStack()
+        try:
+            out = HashingWriter(stack.enter_context(self.target.writer(name)))
+            writer = pq.ParquetWriter(out, self.schema)
+        except BaseException as exc:
+            stack.__exit__(type(exc), exc, exc.__traceback__)  # the temporary file goes, nothing appears
+            raise
+        self._name, self._stack, self._out, self._writer, self._rows = name, stack, out, writer, 0
 
     def _close(self, ok: bool = True) -> None:
         if self._stack is None:
             return
-        self._writer.close()
         stack, self._stack = self._stack, None
+        try:
+            self._writer.close()
+        except BaseException as exc:
+            stack.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         if ok:
             stack.close()
             self.files.append({"name": self._name, "rows": self._rows, "sha256": self._out.hash.hexdigest(),
@@ -229,6 +237,7 @@ def export_hf(
         raise ValidationError("rows_per_file must be at least 1")
     filters = filters or ExportFilters()
     target = open_target(out)
+    check_apart(target, store)
     started = time.perf_counter()
     job_id = start_job(db, f"export-hf-{subset}", {"out": target.url, "subset": subset, "filters": filters.as_dict(),
                                                    "rows_per_file": rows_per_file})

@@ -116,4 +116,40 @@ def read_manifest(target: ExportTarget) -> dict[str, Any]:
         raise ManifestError(f"{target.url}/{MANIFEST_NAME} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ManifestError(f"{target.url}/{MANIFEST_NAME} is not a {MANIFEST_FORMAT} manifest")
+    damage = _manifest_damage(manifest)
+    if damage:
+        raise ManifestError(f"{target.url}/{MANIFEST_NAME} is damaged: {damage}")
     return manifest
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _manifest_damage(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the shape of a manifest that readers rely on (shards, splits, counts), or None."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return "'shards' is not a list"
+    for i, entry in enumerate(shards):
+        if not isinstance(entry, dict):
+            return f"shards[{i}] is not an object"
+        if not isinstance(entry.get("name"), str) or not SHARD_NAME_RE.match(entry["name"]):
+            return f"shards[{i}] has no shard name (split-NNNNNN.tar)"
+        for key, ok in (("split", lambda v: isinstance(v, str)), ("sha256", lambda v: isinstance(v, str)),
+                        ("bytes", _is_int), ("samples", _is_int)):
+            if not ok(entry.get(key)):
+                return f"shards[{i}] ({entry['name']}) has no valid {key!r}"
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        return "'splits' is not an object"
+    for split, info in splits.items():
+        if not isinstance(info, dict) or not isinstance(info.get("shards"), list) or not all(
+            isinstance(n, str) and SHARD_NAME_RE.match(n) for n in info["shards"]
+        ):
+            return f"splits[{split!r}] has no list of shard names"
+    if not isinstance(manifest.get("counts"), dict):
+        return "'counts' is not an object"
+    if not isinstance(manifest.get("options", {}), dict):
+        return "'options' is not an object"
+    return None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pixmo.db.models import as_utc
+from pixmo.curation.sql import check_flag
 from pixmo.errors import ValidationError
 
 REVIEW_STATUSES = ("approved", "rejected", "pending", "flagged")
@@ -20,12 +22,15 @@ _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "
 def parse_size(value: str | int | float) -> int:
     """Bytes from ``1000000``, ``3e9``, ``500M``, ``1G``, ``64MiB`` (K/M/G are decimal, Ki/Mi/Gi binary)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        size = int(value)
+        number = value
     else:
         m = _SIZE_RE.match(str(value))
         if not m:
             raise ValidationError(f"not a size: {value!r} (use bytes, or a number with K, M, G, Ki, Mi, Gi)")
-        size = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+        number = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValidationError(f"not a size: {value!r} (not a finite number)")
+    size = int(number)
     if size <= 0:
         raise ValidationError(f"size must be positive, got {value!r}")
     return size
@@ -76,6 +81,8 @@ class ExportFilters:
         object.__setattr__(self, "exclude_flags", tuple(sorted(set(self.exclude_flags))))
         object.__setattr__(self, "since", parse_time(self.since))
         object.__setattr__(self, "until", parse_time(self.until))
+        for flag in self.exclude_flags:
+            check_flag(flag)
         bad = [s for s in self.review_status if s not in REVIEW_STATUSES]
         if bad:
             raise ValidationError(f"unknown review status {bad[0]!r}; use one of {', '.join(REVIEW_STATUSES)}")

@@ -90,8 +90,12 @@ class LocalTarget(ExportTarget):
     """A folder on this machine; files are renamed into place when complete."""
 
     def __init__(self, root: str | Path) -> None:
+        if not str(root).strip():
+            raise StorageError("no export location given (an empty path)")
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"{self.root} exists and is not a folder")
 
     def _path(self, name: str) -> Path:
         path = (self.root / name).resolve()
@@ -124,17 +128,20 @@ class LocalTarget(ExportTarget):
     @contextlib.contextmanager
     def writer(self, name: str) -> Iterator[BinaryIO]:
         target = self._path(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{TMP_PREFIX}{target.name}.{uuid.uuid4().hex[:12]}.part")
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
             fsync_dir(target.parent)
+        except OSError as exc:  # no permission, disk full, a folder where a file should go
+            raise StorageError(f"cannot write {name} in {self.root}: {exc.strerror or exc}") from exc
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def open(self, name: str) -> BinaryIO:
         try:
@@ -146,7 +153,10 @@ class LocalTarget(ExportTarget):
         return self._path(name).is_file()
 
     def delete(self, name: str) -> None:
-        self._path(name).unlink(missing_ok=True)
+        try:
+            self._path(name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot remove {name} from {self.root}: {exc.strerror or exc}") from exc
 
     def location(self, name: str) -> str:
         return str(self._path(name))
@@ -211,6 +221,14 @@ def _store_url(store: BlobStore) -> str:
         return str(store.root)
     return store.describe()
 
+
+
+def check_apart(target: ExportTarget, store: BlobStore) -> None:
+    """Refuse an export folder inside the blob store's folder: its files would become blob keys."""
+    if isinstance(target, LocalTarget) and isinstance(store, LocalStore):
+        root = Path(store.root).resolve()
+        if target.root == root or target.root.is_relative_to(root):
+            raise StorageError(f"{target.root} is inside the blob store ({root}); export to a folder outside it")
 
 
 def open_target(out: str | Path | BlobStore | ExportTarget) -> ExportTarget:

@@ -29,7 +29,7 @@ from pixmo.export.progress import Progress
 from pixmo.export.records import load_usernames
 from pixmo.export.select import select_images
 from pixmo.export.shards import ShardPlan, ShardResult, plan_shards, write_shard
-from pixmo.export.target import ExportTarget, open_target
+from pixmo.export.target import ExportTarget, check_apart, open_target
 from pixmo.jobs import finish_job, start_job
 from pixmo.storage import BlobStore
 
@@ -168,6 +168,7 @@ def export_webdataset(
     filters = filters or ExportFilters()
     options = options or WebDatasetOptions()
     target = open_target(out)
+    check_apart(target, store)
     started = time.perf_counter()
     params = {"out": target.url, "filters": filters.as_dict(), "options": asdict(options)}
     job_id = start_job(db, "export", params)
