@@ -183,8 +183,9 @@ def pixmo_dataset(
     """A ``webdataset.WebDataset`` over the shards of ``split``, yielding `to_training_sample` dicts.
 
     ``shuffle`` is the sample shuffle buffer (0: keep the key order); ``shardshuffle`` how many
-    shards to shuffle (default: all when shuffling, none otherwise); ``seed`` makes both
-    repeatable; ``decode`` is ``tensor``, ``pil`` or ``bytes``; ``transform`` is applied to the
+    shards to shuffle (default: all when shuffling, none otherwise); ``seed`` makes both (and the
+    shard draws of ``resampled``) repeatable, so every epoch repeats one order: pass ``seed + epoch``
+    for a new, still repeatable order per epoch; ``decode`` is ``tensor``, ``pil`` or ``bytes``; ``transform`` is applied to the
     decoded image; ``resampled`` samples shards with replacement for endless training.
     """
     import webdataset as wds
@@ -205,6 +206,10 @@ def pixmo_dataset(
         empty_check=False,  # a worker may get no shard when there are fewer shards than workers
         seed=seed,
     )
+    if resampled and seed is not None:
+        # webdataset seeds its resampled shard draws from the clock unless told otherwise
+        draws = dataset.pipeline[0]
+        draws.seed, draws.deterministic = seed, True
     if shuffle:
         dataset = dataset.shuffle(shuffle, seed=seed)
     return dataset.map(_Decode(decode, transform))

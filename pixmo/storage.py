@@ -666,17 +666,25 @@ class S3Store(BlobStore):
                 "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=int(expires)
             )
 
-    def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist yet."""
+    def bucket_exists(self) -> bool:
+        """Whether the bucket exists (a bucket without access is a StorageError, not False)."""
         from botocore.exceptions import ClientError
 
         with self._errors("head bucket"):
             try:
                 self.client.head_bucket(Bucket=self.bucket)
-                return
+                return True
             except ClientError as exc:
                 if _error_code(exc) not in {"404", "NoSuchBucket", "NotFound"}:
                     raise
+        return False
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist yet."""
+        from botocore.exceptions import ClientError
+
+        if self.bucket_exists():
+            return
         kwargs: dict = {"Bucket": self.bucket}
         if self.region and self.region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}

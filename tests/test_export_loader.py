@@ -144,3 +144,19 @@ def test_sources_and_modes_that_cannot_work_are_refused_clearly(exported):
     # shard paths as Path objects, as a glob or a listing gives them
     shards = sorted(out.glob("train-*.tar"))
     assert {s["__key__"] for s in pixmo_dataset(shards, shuffle=0, decode="bytes")} == keys
+
+
+def test_a_seed_makes_resampled_shard_draws_repeatable(exported):
+    import itertools
+
+    from pixmo.data import pixmo_dataset
+
+    out, keys = exported
+
+    def first(seed, n=40):
+        dataset = pixmo_dataset(out, resampled=True, seed=seed, shuffle=0, decode="bytes")
+        return [s["__key__"] for s in itertools.islice(iter(dataset), n)]
+
+    assert first(5) == first(5)
+    assert first(5) != first(6)
+    assert set(first(5, 200)) == keys  # draws with replacement still reach every shard

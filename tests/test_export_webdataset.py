@@ -179,7 +179,9 @@ def test_verify_reports_missing_and_unlisted_shards_and_missing_manifest(demo, t
     assert {"train-000001.tar", "train-000009.tar"} <= set(report.bad_shards)
     (out / MANIFEST_NAME).unlink()
     report = verify_export(out)
-    assert not report.ok and "no manifest.json" in str(report.problems[0])
+    assert not report.ok and "no manifest.json" in str(report.problems[0]) and "did not finish" in str(report.problems[0])
+    report = verify_export(out / "typo")
+    assert not report.ok and "has no manifest.json: no such folder" in str(report.problems[0])
 
 
 def _cli_app():
@@ -387,6 +389,11 @@ def test_export_to_s3_verifies_and_loads(demo, s3_server, monkeypatch):
 
     assert curation.read_manifest(url)["snapshot_id"] == result.snapshot_id  # what the dashboard shows
     assert curation.read_manifest(f"s3://{bucket.bucket}/no-such-export") is None
+    # nothing there: a missing bucket is named as such, not taken for an unfinished export
+    missing = verify_export(f"s3://{bucket.bucket}-missing/exports/v1")
+    assert not missing.ok and f"bucket '{bucket.bucket}-missing' does not exist" in missing.problems[0].message
+    unfinished = verify_export(f"s3://{bucket.bucket}/no-such-export")
+    assert not unfinished.ok and "did not finish" in unfinished.problems[0].message
 
     from pixmo.data import pixmo_loader
 

@@ -107,9 +107,8 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 def read_manifest(target: ExportTarget) -> dict[str, Any]:
     """The manifest of the export at ``target``; ManifestError when there is none or it is unreadable."""
     if not target.exists(MANIFEST_NAME):
-        raise ManifestError(
-            f"{target.url} has no {MANIFEST_NAME}: not a webdataset export, or one that did not finish (run it again)"
-        )
+        why = target.absent_because() or "not a webdataset export, or one that did not finish (run it again)"
+        raise ManifestError(f"{target.url} has no {MANIFEST_NAME}: {why}")
     try:
         manifest = json.loads(target.get_bytes(MANIFEST_NAME))
     except (ValueError, UnicodeDecodeError) as exc:

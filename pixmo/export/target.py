@@ -64,6 +64,10 @@ class ExportTarget(ABC):
     def exists(self, name: str) -> bool:
         return name in self.names()
 
+    def absent_because(self) -> str | None:
+        """Why nothing can be there at all (no such folder or bucket), else None."""
+        return None
+
 
 class HashingWriter:
     """Write-through wrapper of a file being written: its sha256 and size come out of the same pass."""
@@ -161,6 +165,9 @@ class LocalTarget(ExportTarget):
     def location(self, name: str) -> str:
         return str(self._path(name))
 
+    def absent_because(self) -> str | None:
+        return None if self.root.is_dir() else "no such folder"
+
 
 class StoreTarget(ExportTarget):
     """A blob store (S3 or a LocalStore); files are uploaded from a finished local temp file."""
@@ -194,6 +201,11 @@ class StoreTarget(ExportTarget):
 
     def delete(self, name: str) -> None:
         self.store.delete(name)
+
+    def absent_because(self) -> str | None:
+        if isinstance(self.store, S3Store) and not self.store.bucket_exists():
+            return f"bucket {self.store.bucket!r} does not exist"
+        return None
 
     def location(self, name: str) -> str:
         if isinstance(self.store, S3Store):
