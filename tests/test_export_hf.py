@@ -172,3 +172,36 @@ def test_a_place_that_cannot_be_written_fails_clearly_and_the_job_says_so(demo, 
         job = s.scalars(select(Job).order_by(Job.id.desc())).first()
         assert job.kind == "export-hf-cap" and job.status == "failed" and "cannot write" in job.error
     assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_a_full_disk_midway_is_a_storage_error_naming_the_file(demo, tmp_path):
+    import contextlib
+    import errno
+
+    from pixmo.errors import StorageError
+    from pixmo.export.target import LocalTarget
+
+    class FullAfter:
+        def __init__(self, f, room):
+            self.f, self.room = f, room
+
+        def write(self, data):
+            self.room -= len(data)
+            if self.room < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    class FullDisk(LocalTarget):
+        @contextlib.contextmanager
+        def writer(self, name):
+            with super().writer(name) as f:
+                yield FullAfter(f, 64)
+
+    db, store = demo
+    out = tmp_path / "out"
+    with pytest.raises(StorageError, match="cannot write cap/train-00000.parquet in .*No space left on device"):
+        export_hf(db, store, FullDisk(out), "cap")
+    assert not list(out.rglob("*.parquet")) and not list(out.rglob(".pixmo-tmp-*"))

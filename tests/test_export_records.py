@@ -182,6 +182,16 @@ def test_stored_json_beyond_strict_json_reads_back_as_python_json_wrote_it(demo)
     assert read["nan"] != read["nan"]
     built = build_sample(row, usernames, val_fraction=0.0, with_audio=False)
     assert b'"inf":null' in built.json_bytes and b'"nan":null' in built.json_bytes and b'"big":1180591620717411303424' in built.json_bytes
+    # each on its own too: a text that strict JSON allows must not lose what json.loads keeps
+    for alone in ({"big": 2**70}, {"small": -(2**63) - 1}, {"u64": 2**64 - 1}, {"x": 0.1}):
+        with db.session() as session:
+            session.get(Transcript, transcript_id).metrics = alone
+        rows, usernames = _demo_rows(db)
+        row = next(r for r in rows.values() if any(t["id"] == transcript_id for t in r.transcripts))
+        read = next(t for t in row.transcripts if t["id"] == transcript_id)["metrics"]
+        assert read == alone and [type(v) for v in read.values()] == [type(v) for v in alone.values()]
+        built = build_sample(row, usernames, val_fraction=0.0, with_audio=False)
+        assert json.dumps(alone, separators=(",", ":")).encode() in built.json_bytes
     # a text JSON can hold but UTF-8 cannot (a lone surrogate) is read back, and refused when written
     with db.session() as session:
         session.get(Transcript, transcript_id).metrics = {"text": "\ud800"}

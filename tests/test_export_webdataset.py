@@ -435,7 +435,7 @@ def test_cli_export_then_verify(tmp_path, monkeypatch):
         ]:
             res = runner.invoke(app, args)
             assert res.exit_code == 2 and message in " ".join(res.output.split()), (args, res.output)
-            assert "Traceback" not in res.output
+            assert "Traceback" not in res.output and "warning" not in res.output
         assert (tmp_path / "a_file").read_text() == "keep me"
         assert not (tmp_path / "out3").exists()
         # a flag no step writes is most likely a typo: the export runs, and says so
@@ -459,17 +459,49 @@ def test_export_commands_have_help(cmd):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
-@pytest.mark.parametrize("inside", ["", "exports/v1"])
-def test_an_export_folder_inside_the_blob_store_is_refused(demo, inside):
+def test_folder_failures_are_storage_errors_and_the_callers_own_errors_pass_through(demo, tmp_path):
+    import contextlib
+    import errno
+
+    from pixmo.errors import StorageError
+    from pixmo.export.target import LocalTarget
+
+    target = LocalTarget(tmp_path / "t")
+    with pytest.raises(OSError, match="not an image") as caught:  # e.g. a member that does not decode
+        with target.writer("train-000000.tar"):
+            raise OSError("not an image")
+    assert not isinstance(caught.value, StorageError)
+    assert not list((tmp_path / "t").iterdir())
+
+    class NoRoom:  # a file whose writes fail as on a full disk
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    class Full(LocalTarget):
+        @contextlib.contextmanager
+        def writer(self, name):
+            with super().writer(name):
+                yield NoRoom()
+
+    db, store = demo
+    out = tmp_path / "out"
+    with pytest.raises(StorageError, match="cannot write train-000000.tar in .*No space left on device"):
+        export_webdataset(db, store, Full(out), options=WebDatasetOptions(val_fraction=0, workers=1))
+    assert not (out / MANIFEST_NAME).exists() and not list(out.glob("*.tar")) and not list(out.glob(".pixmo-tmp-*"))
+
+
+@pytest.mark.parametrize(("where", "message"), [("", "is inside the blob store"), ("exports/v1", "is inside the blob store"),
+                                                ("..", "holds the blob store")])
+def test_an_export_folder_inside_or_around_the_blob_store_is_refused(demo, where, message):
     from pixmo.errors import StorageError
     from pixmo.export import export_hf
 
     db, store = demo
     keys = sorted(store.iter_keys())
-    out = store.root / inside
-    with pytest.raises(StorageError, match="is inside the blob store"):
+    out = store.root / where
+    with pytest.raises(StorageError, match=message):
         export_webdataset(db, store, out, options=WebDatasetOptions(workers=1))
-    with pytest.raises(StorageError, match="is inside the blob store"):
+    with pytest.raises(StorageError, match=message):
         export_hf(db, store, out, "cap")
     assert sorted(store.iter_keys()) == keys
 

@@ -30,14 +30,15 @@ def _filters(project, review_status, exclude_flag, since, until, all_images):  #
     from pixmo.curation.sql import KNOWN_FLAGS
     from pixmo.export import ExportFilters
 
-    for flag in exclude_flag or ():
-        if flag not in KNOWN_FLAGS:  # most likely a typo, which would silently exclude nothing
-            cli.err.print(f"[yellow]warning:[/yellow] no toolkit step writes the flag {flag!r} (its flags: "
-                          f"{', '.join(KNOWN_FLAGS)}); only rows that carry it by hand are left out")
-    return ExportFilters(
+    filters = ExportFilters(
         projects=tuple(project or ()), review_status=tuple(review_status or ()),
         exclude_flags=tuple(exclude_flag or ()), since=since, until=until, annotated_only=not all_images,
     )
+    for flag in filters.exclude_flags:
+        if flag not in KNOWN_FLAGS:  # most likely a typo, which would silently exclude nothing
+            cli.err.print(f"[yellow]warning:[/yellow] no toolkit step writes the flag {flag!r} (its flags: "
+                          f"{', '.join(KNOWN_FLAGS)}); only rows that carry it by hand are left out")
+    return filters
 
 
 @export_app.command("webdataset")

@@ -163,7 +163,7 @@ class _RollingParquet:
         name = f"{self.subset}/train-{len(self.files):05d}.parquet"
         stack = contextlib.ExitStack()
         try:
-            out = HashingWriter(stack.enter_context(self.target.writer(name)))
+            out = HashingWriter(stack.enter_context(self.target.writer(name)), name, self.target.url)
             writer = pq.ParquetWriter(out, self.schema)
         except BaseException as exc:
             stack.__exit__(type(exc), exc, exc.__traceback__)  # the temporary file goes, nothing appears

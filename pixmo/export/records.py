@@ -45,6 +45,7 @@ from pixmo.db.models import (
     Transcript,
     User,
 )
+from pixmo import fastjson
 from pixmo.export.errors import ExportError
 from pixmo.llm.faithfulness import stored_score
 from pixmo.media import EXT_BY_MIME
@@ -204,12 +205,7 @@ def _decode_json(text: str | None) -> Any:
         return text  # SQL NULL, or a value the driver already decoded
     value = _json_cache.get(text)
     if value is None:
-        try:
-            value = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            # what strict JSON lacks and Python's json module writes and reads (NaN, Infinity, a lone
-            # surrogate, an integer beyond 64 bits): read as SQLAlchemy's own deserialiser would
-            value = json.loads(text)
+        value = fastjson.loads(text)  # exactly what SQLAlchemy's json.loads would give
         if len(text) <= _JSON_CACHE_MAX_LEN and len(_json_cache) < _JSON_CACHE_MAX_ITEMS and value is not None:
             _json_cache[text] = value
     return value

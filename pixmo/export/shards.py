@@ -249,7 +249,7 @@ def _write_shard(
     statuses: dict[str, int] = {}
     asr, llm, prompts = set(), set(), set()
     with target.writer(plan.name) as raw:
-        out = HashingWriter(raw)
+        out = HashingWriter(raw, plan.name, target.url)
         tar = TarMemberWriter(out)
         for s in samples:
             data = _blob(store, s.image_storage_key, f"image {s.key}")

@@ -55,7 +55,8 @@ class ExportTarget(ABC):
 
     def put_bytes(self, name: str, data: bytes) -> None:
         with self.writer(name) as f:
-            f.write(data)
+            with _write_errors(name, self.url):
+                f.write(data)
 
     def get_bytes(self, name: str) -> bytes:
         with self.open(name) as f:
@@ -69,18 +70,29 @@ class ExportTarget(ABC):
         return None
 
 
-class HashingWriter:
-    """Write-through wrapper of a file being written: its sha256 and size come out of the same pass."""
+@contextlib.contextmanager
+def _write_errors(name: str, where: object) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"cannot write {name} in {where}: {exc.strerror or exc}") from exc
 
-    def __init__(self, raw: BinaryIO) -> None:
+
+class HashingWriter:
+    """Write-through wrapper of a file being written: its sha256 and size come out of the same pass.
+    A failing write (disk full) is a StorageError naming ``name``."""
+
+    def __init__(self, raw: BinaryIO, name: str = "the export", where: object = "the export target") -> None:
         self.raw = raw
+        self.name, self.where = name, where
         self.hash = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> int:
         self.hash.update(data)
         self.size += len(data)
-        return self.raw.write(data)
+        with _write_errors(self.name, self.where):
+            return self.raw.write(data)
 
     def flush(self) -> None:
         self.raw.flush()
@@ -133,16 +145,21 @@ class LocalTarget(ExportTarget):
     def writer(self, name: str) -> Iterator[BinaryIO]:
         target = self._path(name)
         tmp = target.with_name(f"{TMP_PREFIX}{target.name}.{uuid.uuid4().hex[:12]}.part")
-        try:
+        # only the folder's own failures (no permission, disk full, a file where a folder should be)
+        # become StorageErrors: an OSError from the caller's block (an image that does not decode,
+        # say) is the caller's to name; writes through HashingWriter name their file themselves
+        with _write_errors(name, self.root):
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            f = open(tmp, "wb")  # noqa: SIM115 - closed below
+        try:
+            with f:
                 yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
-        except OSError as exc:  # no permission, disk full, a folder where a file should go
-            raise StorageError(f"cannot write {name} in {self.root}: {exc.strerror or exc}") from exc
+                with _write_errors(name, self.root):
+                    f.flush()
+                    os.fsync(f.fileno())
+            with _write_errors(name, self.root):
+                os.replace(tmp, target)
+                fsync_dir(target.parent)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -185,7 +202,8 @@ class StoreTarget(ExportTarget):
 
     @contextlib.contextmanager
     def writer(self, name: str) -> Iterator[BinaryIO]:
-        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=self.tmp_dir)
+        with _write_errors(name, f"a local temporary file ({self.tmp_dir or tempfile.gettempdir()})"):
+            fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=self.tmp_dir)
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f
@@ -236,11 +254,14 @@ def _store_url(store: BlobStore) -> str:
 
 
 def check_apart(target: ExportTarget, store: BlobStore) -> None:
-    """Refuse an export folder inside the blob store's folder: its files would become blob keys."""
+    """Refuse an export folder inside the blob store's folder (its files would become blob keys) or
+    around it (cleaning up the export would touch the store's own temporary files)."""
     if isinstance(target, LocalTarget) and isinstance(store, LocalStore):
         root = Path(store.root).resolve()
         if target.root == root or target.root.is_relative_to(root):
             raise StorageError(f"{target.root} is inside the blob store ({root}); export to a folder outside it")
+        if root.is_relative_to(target.root):
+            raise StorageError(f"{target.root} holds the blob store ({root}); export to a folder outside it")
 
 
 def open_target(out: str | Path | BlobStore | ExportTarget) -> ExportTarget:
