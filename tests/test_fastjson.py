@@ -36,3 +36,10 @@ def test_what_orjson_would_read_differently_or_refuse(text):
     assert repr(fastjson.loads(text)) == repr(json.loads(text))
     with pytest.raises(ValueError):
         fastjson.loads("[1,")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1" * 18, False), ("1" * 19, True), ("x0123456789012345678y", True),
+                                                ("12345678901234567.8", False), ("\ud800" + "9" * 19, True)])
+def test_long_digit_runs_are_found(text, expected):
+    assert fastjson.has_long_digit_run(text) is expected
+    assert fastjson.has_long_digit_run(text.encode("utf-8", "surrogatepass")) is expected
