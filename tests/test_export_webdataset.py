@@ -402,6 +402,24 @@ def test_export_to_s3_verifies_and_loads(demo, s3_server, monkeypatch):
         assert sorted(seen) == sorted(s.scalars(select(Image.sha256)))
 
 
+def test_an_s3_export_overlapping_an_s3_blob_store_is_refused(demo, s3_server, monkeypatch):
+    from pixmo.config import get_settings
+    from pixmo.errors import StorageError
+    from pixmo.export.target import check_apart, open_target
+
+    db, _ = demo
+    monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)
+    get_settings.cache_clear()
+    blobs = make_s3_store(s3_server, prefix="blobs")
+    keys = sorted(blobs.iter_keys())
+    for where in ("blobs", "blobs/exports/v1", ""):
+        with pytest.raises(StorageError, match="overlaps the blob store"):
+            export_webdataset(db, blobs, f"s3://{blobs.bucket}/{where}", options=WebDatasetOptions(workers=1))
+    for elsewhere in (f"s3://{blobs.bucket}/blobs-exports", f"s3://{blobs.bucket}/exports", f"s3://{blobs.bucket}x/blobs"):
+        check_apart(open_target(elsewhere), blobs)  # no error
+    assert sorted(blobs.iter_keys()) == keys
+
+
 def test_cli_export_then_verify(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PIXMO_SECRET_KEY", SECRET)

@@ -262,6 +262,16 @@ def check_apart(target: ExportTarget, store: BlobStore) -> None:
             raise StorageError(f"{target.root} is inside the blob store ({root}); export to a folder outside it")
         if root.is_relative_to(target.root):
             raise StorageError(f"{target.root} holds the blob store ({root}); export to a folder outside it")
+    if isinstance(target, StoreTarget) and isinstance(target.store, S3Store) and isinstance(store, S3Store):
+        out, blobs = target.store, store
+        if (out.bucket, out.endpoint_url) == (blobs.bucket, blobs.endpoint_url) and _overlap(out.prefix, blobs.prefix):
+            raise StorageError(f"{target.url} overlaps the blob store ({_store_url(store) or store.bucket}); "
+                               "export to another bucket or prefix")
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether two key prefixes (no trailing '/'; '' is the whole bucket) share any key."""
+    return not a or not b or a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def open_target(out: str | Path | BlobStore | ExportTarget) -> ExportTarget:
