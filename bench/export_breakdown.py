@@ -33,7 +33,7 @@ from pixmo.storage import LocalStore  # noqa: E402
 
 
 # the row lists of records.ImageRows (besides the image row itself)
-ROW_LISTS = ("projects", "captions", "recordings", "transcripts", "point_sets", "qa", "reviews")
+ROW_LISTS = ("projects", *records.ROW_KINDS)
 
 
 def main() -> int:

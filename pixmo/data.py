@@ -186,8 +186,8 @@ def pixmo_dataset(
     shards to shuffle (default: all when shuffling, none otherwise); ``seed`` makes both (and the
     shard draws of ``resampled``) repeatable, so every epoch repeats one order (webdataset mixes its
     own epoch count into resampled draws of a dataset iterated again in one process): pass
-    ``seed + epoch`` for a new, still repeatable order per epoch; ``decode`` is ``tensor``, ``pil`` or ``bytes``; ``transform`` is applied to the
-    decoded image; ``resampled`` samples shards with replacement for endless training.
+    ``seed + epoch`` for a new, still repeatable order per epoch; ``decode`` is ``tensor``, ``pil``
+    or ``bytes``; ``transform`` is applied to the decoded image; ``resampled`` samples shards with replacement for endless training.
     """
     import webdataset as wds
 

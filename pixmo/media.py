@@ -82,16 +82,16 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
         im.verify()
         # PNG's verify() walks every chunk and checks its CRC, which catches truncation and
         # corruption; other formats need a decode (JPEG at 1/8 scale still reads every byte).
+        # verify() uses the image up, so the EXIF below is read from a freshly opened one
+        im = PILImage.open(io.BytesIO(data))
         if fmt != "PNG":
-            im = PILImage.open(io.BytesIO(data))
             if fmt == "JPEG":
                 im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             im.load()
     except Exception as exc:  # noqa: BLE001
         raise ImageRejected(_decode_failure(exc), str(exc)) from exc
     # EXIF orientations 5-8 rotate by 90°: browsers show (and annotators point on) the rotated
-    # image, so its displayed size is the one points are normalised against. (After verify():
-    # reading EXIF moves the file pointer, and verify() must come straight after open.)
+    # image, so its displayed size is the one points are normalised against.
     if exif_orientation(im, data) in ROTATING_ORIENTATIONS:
         width, height = height, width
     return ImageInfo(width=width, height=height, mime=MIME_BY_FORMAT[fmt])
@@ -112,13 +112,12 @@ ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by
 
 
 def exif_orientation(im: PILImage.Image, data: bytes) -> int:
-    """The EXIF orientation (1-8) of an image opened from ``data``; 1 when it has none or a broken one."""
+    """The EXIF orientation (1-8) of ``im``, opened from ``data`` (not used up by ``verify()``);
+    1 when it has none or a broken one."""
     try:
-        if im.format == "PNG":
-            # getexif() decodes a whole PNG to look for EXIF after the pixels: only when there is some
-            if "exif" not in im.info and b"eXIf" not in data:
-                return 1
-            im = PILImage.open(io.BytesIO(data))  # verify() has used up the first one
+        # getexif() decodes a whole PNG to look for EXIF after the pixels: only when there is some
+        if im.format == "PNG" and "exif" not in im.info and b"eXIf" not in data:
+            return 1
         return int(im.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to reject the image
         return 1

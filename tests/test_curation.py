@@ -567,3 +567,11 @@ def test_cli_dashboard_command():
     assert result.exit_code == 0 and "--port" in result.output and "--host" in result.output
     refused = runner.invoke(app, ["dashboard", "--port", "0"])
     assert refused.exit_code == 2 and "out of range" in refused.output
+
+
+def test_known_flags_are_the_flags_the_steps_write():
+    from pixmo.asr.quality import FLAGS as TRANSCRIPT_FLAGS
+    from pixmo.curation.sql import KNOWN_FLAGS
+    from pixmo.llm.faithfulness import FLAGS as CAPTION_FLAGS
+
+    assert KNOWN_FLAGS == (*TRANSCRIPT_FLAGS, *CAPTION_FLAGS)

@@ -34,16 +34,11 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print the stats as JSON."
 Cache = Annotated[bool, typer.Option(help="Answer identical requests from the llm_cache table.")]
 
 
-def _fail(exc: Exception) -> None:
-    from pixmo import cli  # imported late: pixmo.cli imports this module
-
-    cli._fail(exc)
-
 
 def _run(task: str, json_out: bool, api_key: str | None, **params: Any) -> None:
     from pipelines.base import stats_table
     from pipelines.rewrite import rewrite
-    from pixmo.cli import _db, console
+    from pixmo.cli import _db, _fail, console
 
     try:
         stats = rewrite(_db(), task, api_key=api_key, progress=not json_out, **params)
@@ -126,6 +121,7 @@ def text_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
 ) -> None:
     """Run one task on text given on the command line and print the result."""
+    from pixmo.cli import _fail
     from pixmo.llm import get_backend
     from pixmo.llm.tasks import run_text
 
@@ -160,7 +156,7 @@ def serve_cmd(
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (default: half the cores).")] = None,
 ) -> None:
     """Serve the local model as an OpenAI-compatible /v1/chat/completions endpoint."""
-    from pixmo.cli import err
+    from pixmo.cli import _fail, err
     from pixmo.llm.server import serve
 
     err.print(f"serving the local model on http://{host}:{port}/v1 (Ctrl-C stops)")

@@ -31,11 +31,6 @@ Workers = Annotated[Optional[int], typer.Option(
 DownloadRoot = Annotated[Optional[str], typer.Option(help="Where model downloads are kept.")]
 
 
-def _fail(exc: Exception) -> None:
-    from pixmo import cli  # imported late: pixmo.cli imports this module
-
-    cli._fail(exc)
-
 
 @transcribe_app.callback()
 def transcribe(
@@ -61,7 +56,7 @@ def transcribe(
     if ctx.invoked_subcommand is not None:
         return
     from pipelines.transcribe import transcribe_recordings, transcribe_stats_table
-    from pixmo.cli import _db, _store, console
+    from pixmo.cli import _db, _fail, _store, console
 
     try:
         stats = transcribe_recordings(
@@ -94,6 +89,7 @@ def transcribe_files_cmd(
 ) -> None:
     """Transcribe files without the database: one JSON line per file (text, language, duration, metrics)."""
     from pixmo.asr.files import transcribe_files
+    from pixmo.cli import _fail
 
     failed = 0
     try:

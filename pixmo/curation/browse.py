@@ -44,7 +44,6 @@ STATUSES = (
     "unassigned", "assigned", "recorded", "transcribed", "captioned", "pointed", "answered",
     "unreviewed", "reviewed", "approved", "rejected", "flagged", "gold",
 )
-# transcript flags of pixmo.asr.quality, then caption flags of pixmo.llm.faithfulness
 ANY_FLAG = "any"
 
 

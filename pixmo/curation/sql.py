@@ -22,7 +22,9 @@ from pixmo.db.queries import review_target
 from pixmo.errors import ValidationError
 
 _FLAG_RE = re.compile(r"^[a-z0-9_:.-]{1,64}$")
-# the quality flags the toolkit's own steps write (ASR quality, LLM faithfulness); others may be stored by hand
+# the quality flags the toolkit's own steps write: pixmo.asr.quality.FLAGS, then
+# pixmo.llm.faithfulness.FLAGS (written out: importing pixmo.asr here would load numpy; a test holds
+# them together); other flags may be stored by hand
 KNOWN_FLAGS = ("no_speech", "too_short", "low_confidence", "repetition", "wpm_outlier", "unfaithful", "incomplete")
 MAX_PAGE = 500
 

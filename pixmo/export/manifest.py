@@ -121,7 +121,7 @@ def read_manifest(target: ExportTarget) -> dict[str, Any]:
     return manifest
 
 
-def _is_int(value: Any) -> bool:
+def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -136,7 +136,7 @@ def _manifest_damage(manifest: dict[str, Any]) -> str | None:
         if not isinstance(entry.get("name"), str) or not SHARD_NAME_RE.match(entry["name"]):
             return f"shards[{i}] has no shard name (split-NNNNNN.tar)"
         for key, ok in (("split", lambda v: isinstance(v, str)), ("sha256", lambda v: isinstance(v, str)),
-                        ("bytes", _is_int), ("samples", _is_int)):
+                        ("bytes", _is_count), ("samples", _is_count)):
             if not ok(entry.get(key)):
                 return f"shards[{i}] ({entry['name']}) has no valid {key!r}"
     splits = manifest.get("splits")

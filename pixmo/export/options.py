@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pixmo.db.models import as_utc
-from pixmo.curation.sql import check_flag
 from pixmo.errors import ValidationError
 
 REVIEW_STATUSES = ("approved", "rejected", "pending", "flagged")
@@ -81,8 +80,11 @@ class ExportFilters:
         object.__setattr__(self, "exclude_flags", tuple(sorted(set(self.exclude_flags))))
         object.__setattr__(self, "since", parse_time(self.since))
         object.__setattr__(self, "until", parse_time(self.until))
-        for flag in self.exclude_flags:
-            check_flag(flag)
+        if self.exclude_flags:
+            from pixmo.curation.sql import check_flag  # the curation package is not needed otherwise
+
+            for flag in self.exclude_flags:
+                check_flag(flag)
         bad = [s for s in self.review_status if s not in REVIEW_STATUSES]
         if bad:
             raise ValidationError(f"unknown review status {bad[0]!r}; use one of {', '.join(REVIEW_STATUSES)}")

@@ -32,6 +32,7 @@ import pydantic_core
 from sqlalchemy import Text, select, true, type_coerce
 from sqlalchemy.orm import Session
 
+from pixmo import fastjson
 from pixmo.db.models import (
     as_utc,
     Caption,
@@ -45,11 +46,10 @@ from pixmo.db.models import (
     Transcript,
     User,
 )
-from pixmo import fastjson
 from pixmo.export.errors import ExportError
 from pixmo.llm.faithfulness import stored_score
 from pixmo.media import EXT_BY_MIME
-from pixmo.verdicts import is_usable
+from pixmo.verdicts import is_usable, record_verdicts
 from schemas.export import EXPORT_SCHEMA_VERSION, ExportSample
 
 # image formats written as they are; any other format is converted to PNG for the image member
@@ -90,12 +90,13 @@ def audio_ext(mime: str) -> str:
     return AUDIO_EXT_BY_MIME.get(base, base.split("/")[-1] or "bin")
 
 
+def _in_time_order(reviews: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(reviews, key=lambda r: (as_utc(r["created_at"]), r["id"]))
+
+
 def latest_verdicts(reviews: Iterable[dict[str, Any]]) -> dict[tuple[str, int], str]:
     """(target_type, target_id) -> the newest verdict on it."""
-    out: dict[tuple[str, int], str] = {}
-    for r in sorted(reviews, key=lambda r: (as_utc(r["created_at"]), r["id"])):
-        out[(r["target_type"], r["target_id"])] = r["verdict"]
-    return out
+    return record_verdicts(_in_time_order(reviews))
 
 
 def review_status(verdicts: dict[tuple[str, int], str]) -> str:
@@ -219,15 +220,11 @@ def _rows(session: Session, stmt) -> list[dict[str, Any]]:  # noqa: ANN001
     json_at = [i for i, k in enumerate(keys) if k in _JSON_COLUMNS] if _raw_json(session) else []
     if not json_at:
         return [dict(zip(keys, row)) for row in rows]
-    cached = _json_cache.get
     out = []
     for row in rows:
         values = list(row)
         for i in json_at:
-            text = values[i]
-            # most values are a few short texts already decoded (``[]``, ``{}``): looked up inline
-            value = cached(text) if type(text) is str else None
-            values[i] = _decode_json(text) if value is None else value
+            values[i] = _decode_json(values[i])
         out.append(dict(zip(keys, values)))
     return out
 
@@ -320,7 +317,10 @@ def best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str] | None = 
     """The text of the best usable caption of an image (see the module doc), or ``""``."""
     if verdicts is None:
         verdicts = latest_verdicts(rows.reviews)
-    good_transcripts = _usable_transcripts(rows, verdicts)
+    return _best_caption(rows, verdicts, _usable_transcripts(rows, verdicts))
+
+
+def _best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str], good_transcripts: list[dict[str, Any]]) -> str:
     good_ids = {t["id"] for t in good_transcripts}
     all_ids = {t["id"] for t in rows.transcripts}
     candidates = []
@@ -398,7 +398,9 @@ def build_sample(
     key = _sha(image["sha256"], f"image {image['id']}")
     where = f"image {key}"
     ext = member_ext(image["mime"])
-    verdicts = latest_verdicts(rows.reviews)
+    ordered_reviews = _in_time_order(rows.reviews)
+    verdicts = record_verdicts(ordered_reviews)
+    usable_transcripts = _usable_transcripts(rows, verdicts)
     recordings, audio = [], []
     for i, r in enumerate(rows.recordings):
         member = None
@@ -453,7 +455,7 @@ def build_sample(
             "target_type": r["target_type"], "target_id": r["target_id"], "verdict": r["verdict"],
             "reason": r["reason"] or "", "reviewer": usernames.get(r["reviewer_id"]), "created_at": as_utc(r["created_at"]),
         }
-        for r in sorted(rows.reviews, key=lambda r: (as_utc(r["created_at"]), r["id"]))
+        for r in ordered_reviews
     ]
     lineage = {
         "asr_models": sorted({t["asr_model"] for t in rows.transcripts}),
@@ -490,30 +492,28 @@ def build_sample(
     return BuiltSample(
         # inf/NaN (which a float column or JSON metrics can hold) as null, as the model writes them
         key=key, data=data, json_bytes=_record_json(data, where),
-        caption=best_caption(rows, verdicts),
-        transcripts=[t["text"] for t in _usable_transcripts(rows, verdicts)],
+        caption=_best_caption(rows, verdicts, usable_transcripts),
+        transcripts=[t["text"] for t in usable_transcripts],
         image_storage_key=image["storage_key"], image_ext=ext, image_mime=image["mime"], audio=audio,
     )
 
 
-def record_json(data: dict[str, Any]) -> bytes:
+def _record_json(data: dict[str, Any], where: str) -> bytes:
     """A record's JSON bytes, exactly as ``ExportSample.model_dump_json()`` writes them.
 
-    orjson writes the same bytes as pydantic-core for every value a record holds (compact, keys
-    in insertion order, shortest float repr, UTC as ``Z``, inf/NaN as null) about 3 × faster;
-    what orjson refuses (an integer beyond 64 bits in free-form metrics) goes to pydantic-core.
+    orjson writes the same bytes as pydantic-core for every value tried (compact, keys in
+    insertion order, shortest float repr, UTC as ``Z``, inf/NaN as null) about 3 × faster; what
+    orjson refuses (an integer beyond 64 bits in free-form metrics) goes to pydantic-core, and what
+    neither can write (a lone surrogate) is an ExportError naming ``where``.
     tests/test_export_records.py holds the two together.
     """
     try:
         return orjson.dumps(data, option=orjson.OPT_UTC_Z)
     except orjson.JSONEncodeError:
-        return pydantic_core.to_json(data, inf_nan_mode="null")
-
-
-def _record_json(data: dict[str, Any], where: str) -> bytes:
+        pass
     try:
-        return record_json(data)
-    except pydantic_core.PydanticSerializationError as exc:  # e.g. a lone surrogate in a stored text
+        return pydantic_core.to_json(data, inf_nan_mode="null")
+    except pydantic_core.PydanticSerializationError as exc:
         raise ExportError(f"{where}: the record cannot be written as JSON: {exc}") from exc
 
 

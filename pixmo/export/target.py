@@ -82,7 +82,7 @@ class HashingWriter:
     """Write-through wrapper of a file being written: its sha256 and size come out of the same pass.
     A failing write (disk full) is a StorageError naming ``name``."""
 
-    def __init__(self, raw: BinaryIO, name: str = "the export", where: object = "the export target") -> None:
+    def __init__(self, raw: BinaryIO, name: str, where: object) -> None:
         self.raw = raw
         self.name, self.where = name, where
         self.hash = hashlib.sha256()
@@ -257,7 +257,7 @@ def check_apart(target: ExportTarget, store: BlobStore) -> None:
     """Refuse an export folder inside the blob store's folder (its files would become blob keys) or
     around it (cleaning up the export would touch the store's own temporary files)."""
     if isinstance(target, LocalTarget) and isinstance(store, LocalStore):
-        root = Path(store.root).resolve()
+        root = store.root  # resolved by LocalStore
         if target.root == root or target.root.is_relative_to(root):
             raise StorageError(f"{target.root} is inside the blob store ({root}); export to a folder outside it")
         if root.is_relative_to(target.root):
@@ -265,7 +265,7 @@ def check_apart(target: ExportTarget, store: BlobStore) -> None:
     if isinstance(target, StoreTarget) and isinstance(target.store, S3Store) and isinstance(store, S3Store):
         out, blobs = target.store, store
         if (out.bucket, out.endpoint_url) == (blobs.bucket, blobs.endpoint_url) and _overlap(out.prefix, blobs.prefix):
-            raise StorageError(f"{target.url} overlaps the blob store ({_store_url(store) or store.bucket}); "
+            raise StorageError(f"{target.url} overlaps the blob store ({_store_url(store)}); "
                                "export to another bucket or prefix")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+FLAGS = ("unfaithful", "incomplete")  # the quality flags a failed check puts on a caption
 COLOURS = frozenset(
     "red orange yellow green blue purple violet pink brown black white gray grey silver gold golden beige "
     "tan cyan magenta maroon navy teal turquoise crimson scarlet ivory cream khaki olive lime indigo "
@@ -133,7 +134,7 @@ class Faithfulness:
 
     @property
     def flags(self) -> list[str]:
-        return [name for name, bad in (("unfaithful", not self.faithful), ("incomplete", not self.complete)) if bad]
+        return [name for name, bad in zip(FLAGS, (not self.faithful, not self.complete)) if bad]
 
     def as_dict(self) -> dict:
         return {**asdict(self), "faithful": self.faithful, "complete": self.complete}
