@@ -226,8 +226,19 @@ class _Decode:
         return to_training_sample(raw, self.decode, self.transform)
 
 
+def _tensor_image(sample: dict[str, Any]) -> dict[str, Any]:
+    """An image that a ``transform`` left as a numpy array becomes a tensor, as torch's default would make it."""
+    image = sample.get("image")
+    if type(image).__module__ == "numpy" and getattr(image, "dtype", None) is not None and image.dtype.kind in "biufc":
+        import torch
+
+        sample["image"] = torch.as_tensor(image)
+    return sample
+
+
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """A batch as lists per field; images are stacked into one tensor when they share a shape."""
+    samples = [_tensor_image(s) for s in samples]
     batch = {k: [s[k] for s in samples] for k in samples[0]}
     images = batch["image"]
     if images and hasattr(images[0], "shape") and all(im.shape == images[0].shape for im in images):
@@ -238,15 +249,11 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _hand_over(item: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
-    """``collate_fn`` for one sample (or a worker's group of samples): an image that a ``transform``
-    left as a numpy array becomes a tensor, as torch's default would make it; nothing else is
-    walked (the default converts every nested value of the record, a third of the loader's time)."""
+    """``collate_fn`` for one sample (or a worker's group of samples): only the image is converted
+    (`_tensor_image`); nothing else is walked (the default converts every nested value of the
+    record, a third of the loader's time)."""
     for sample in item if isinstance(item, list) else (item,):
-        image = sample.get("image")
-        if type(image).__module__ == "numpy" and getattr(image, "dtype", None) is not None and image.dtype.kind in "biufc":
-            import torch
-
-            sample["image"] = torch.as_tensor(image)
+        _tensor_image(sample)
     return item
 
 

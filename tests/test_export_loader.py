@@ -129,6 +129,10 @@ def test_a_transform_returning_numpy_still_gives_tensors(exported, workers):
     samples = list(pixmo_loader(out, num_workers=workers, shuffle=0, transform=_to_numpy))
     assert {s["__key__"] for s in samples} == keys
     assert all(isinstance(s["image"], torch.Tensor) and s["image"].ndim == 3 and s["image"].shape[2] == 3 for s in samples)
+    # in batches too, where same-shaped images are stacked
+    batches = list(pixmo_loader(out, num_workers=workers, shuffle=0, batch_size=2, transform=_to_numpy))
+    assert sum(len(b["__key__"]) for b in batches) == len(keys)
+    assert all(isinstance(im, torch.Tensor) for b in batches for im in b["image"])
 
 
 def test_sources_and_modes_that_cannot_work_are_refused_clearly(exported):
