@@ -19,7 +19,8 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.orm import Session
 
 from pixmo.db.session import Database
-from pixmo.jobs import finish_job, start_job
+from pixmo.jobs import job_run
+from pixmo.progress import Progress
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -109,66 +110,32 @@ class Stage(Generic[Item, Result]):
     # -- the loop ------------------------------------------------------------------------
     def run(self, *, progress: bool = True, pipeline_depth: int = 2) -> dict[str, Any]:
         """Process every item; returns the stats dict (also stored on the job row)."""
-        self.job_id = start_job(self.db, self.kind, _jsonable(self.params))
-        bar = _Progress(self.kind, self.total(), enabled=progress)
-        try:
-            # process batches ahead of the writer so I/O, decoding and DB writes overlap
-            with ThreadPoolExecutor(max_workers=1) as feeder:
-                pending: list[Future] = []
-                for batch in batched(self.items(), self.batch_size):
-                    pending.append(feeder.submit(self.process_batch, batch))
-                    if len(pending) >= pipeline_depth:
-                        self._write(pending.pop(0).result(), bar)
-                for fut in pending:
-                    self._write(fut.result(), bar)
-        except BaseException as exc:
-            self.stats.finish()
-            bar.close()
-            self._finish("failed", error=f"{type(exc).__name__}: {exc}")
-            raise
-        self.stats.finish()
-        bar.close()
-        self._finish("succeeded")
+        with job_run(self.db, self.kind, _jsonable(self.params)) as job, \
+                Progress(self.kind, self.total(), progress) as bar:
+            self.job_id = job.id
+            try:
+                # process batches ahead of the writer so I/O, decoding and DB writes overlap
+                with ThreadPoolExecutor(max_workers=1) as feeder:
+                    pending: list[Future] = []
+                    for batch in batched(self.items(), self.batch_size):
+                        pending.append(feeder.submit(self.process_batch, batch))
+                        if len(pending) >= pipeline_depth:
+                            self._write(pending.pop(0).result(), bar)
+                    for fut in pending:
+                        self._write(fut.result(), bar)
+            finally:
+                self.stats.finish()
+                self.complete_stats()
+                job.stats = self.stats.as_dict()  # kept on the row whether the run ends or fails
         return self.stats.as_dict()
 
-    def _write(self, results: list[Result], bar: _Progress) -> None:
+    def complete_stats(self) -> None:
+        """Add what the stats lack before they are stored, whether the run ended or failed."""
+
+    def _write(self, results: list[Result], bar: Progress) -> None:
         with self.db.session() as session:
             self.write(session, results)
         bar.advance(self.progress_advance(results))
-
-    def _finish(self, status: str, error: str | None = None) -> None:
-        finish_job(self.db, self.job_id, status, self.stats.as_dict(), error)
-
-
-class _Progress:
-    """A rich progress bar on stderr, or nothing."""
-
-    def __init__(self, description: str, total: int | None, enabled: bool):
-        self._progress = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, n: float) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, n)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 def stats_table(title: str, stats: dict[str, Any]):  # noqa: ANN201

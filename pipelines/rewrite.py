@@ -210,7 +210,7 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
             if self._own_backend:
                 self.backend.close()
 
-    def _finish(self, status: str, error: str | None = None) -> None:
+    def complete_stats(self) -> None:
         now, before = self.backend.usage, self._usage0
         usage = Usage(*(getattr(now, f) - getattr(before, f) for f in Usage.__dataclass_fields__))
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
@@ -221,7 +221,6 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "completion_tokens_per_s": round(usage.completion_tokens / elapsed, 2),
         }
-        super()._finish(status, error)
 
     def _record(self, w: WorkItem, r: TaskResult) -> None:
         if not r.ok:

@@ -31,6 +31,7 @@ from pixmo.db.models import Project, Recording, Transcript
 from pixmo.db.queries import insert_ignore
 from pixmo.db.session import Database
 from pixmo.errors import BlobNotFoundError, ConfigError, StorageError, ValidationError
+from pixmo.progress import Progress
 from pixmo.storage import BlobStore
 from pipelines.base import Stage, StageStats, stats_table
 from pipelines.ray_pool import RayPool
@@ -329,25 +330,10 @@ class _AudioProgress:
     """Progress in recordings and audio hours, with the ×realtime rate (stderr), or nothing."""
 
     def __init__(self, total: int, total_audio_s: float, enabled: bool):
-        self._progress = None
         self._audio_s = 0.0
-        self._started = time.perf_counter()
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         self._total_h = total_audio_s / 3600
-        self._progress = Progress(
-            TextColumn("[bold]transcribe"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[audio]}"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("transcribe", total=total, audio=self._audio_text())
+        self._started = time.perf_counter()
+        self._bar = Progress("transcribe", total, enabled, note=self._audio_text())
 
     def _audio_text(self) -> str:
         elapsed = time.perf_counter() - self._started
@@ -356,13 +342,10 @@ class _AudioProgress:
 
     def advance(self, n: int, audio_s: float) -> None:
         self._audio_s += audio_s
-        if self._progress is not None:
-            self._progress.update(self._task, advance=n, audio=self._audio_text())
+        self._bar.advance(n, note=self._audio_text())
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self._bar.close()
 
 
 def transcribe_recordings(

@@ -10,8 +10,11 @@ hostname must share the process namespace too (the usual case is one hostname pe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, update
@@ -82,3 +85,24 @@ def finish_job(
         job.error = error
         job.stats = stats or {}
         job.finished_at = utcnow()
+
+
+@dataclass
+class JobRun:
+    """The running job of a `job_run` block: its row id, and the stats its row will keep."""
+
+    id: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def job_run(db: Database, kind: str, params: dict[str, Any]) -> Iterator[JobRun]:
+    """A ``jobs`` row for the block: ``succeeded`` with ``run.stats`` when it ends, ``failed``
+    with the exception (and whatever ``run.stats`` holds then) when it raises, even on Ctrl-C."""
+    run = JobRun(start_job(db, kind, params))
+    try:
+        yield run
+    except BaseException as exc:
+        finish_job(db, run.id, "failed", run.stats, error=f"{type(exc).__name__}: {exc}")
+        raise
+    finish_job(db, run.id, "succeeded", run.stats)

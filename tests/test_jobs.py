@@ -65,3 +65,24 @@ def test_starting_a_job_reaps_the_stale_ones(db):
     assert _status(db, killed)[0] == "failed"
     with db.session() as s:
         assert s.scalars(select(Job.status).where(Job.kind == "test").order_by(Job.id)).all() == ["failed", "running"]
+
+
+def test_job_run_marks_the_row_by_how_the_block_ends(db):
+    import pytest
+
+    from pixmo.jobs import job_run
+
+    with job_run(db, "test", {"n": 2}) as job:
+        job.stats = {"total": 5}
+    with db.session() as s:
+        row = s.get(Job, job.id)
+        assert (row.status, row.stats, row.error, row.params) == ("succeeded", {"total": 5}, None, {"n": 2})
+
+    for exc in (ValueError("bad row 7"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)), job_run(db, "test", {}) as job:
+            job.stats = {"total": 1}  # what was done before the failure is kept
+            raise exc
+        with db.session() as s:
+            row = s.get(Job, job.id)
+            assert row.status == "failed" and row.stats == {"total": 1} and row.finished_at is not None
+            assert row.error == f"{type(exc).__name__}: {exc}"

@@ -32,12 +32,12 @@ from pixmo.errors import StorageError, ValidationError
 from pixmo.export.bookkeeping import record_export
 from pixmo.export.errors import ExportError
 from pixmo.export.options import ExportFilters
-from pixmo.export.progress import Progress
+from pixmo.progress import Progress
 from pixmo.export.records import BuiltSample, build_samples, load_usernames
 from pixmo.export.select import select_images
 from pixmo.export.target import ExportTarget, HashingWriter, check_apart, open_target
 from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
-from pixmo.jobs import finish_job, start_job
+from pixmo.jobs import job_run
 from pixmo.storage import BlobStore
 from pixmo.verdicts import is_usable, record_verdicts
 from schemas.pixmo_hf import ROW_MODELS, rows_to_table
@@ -239,44 +239,43 @@ def export_hf(
     target = open_target(out)
     check_apart(target, store)
     started = time.perf_counter()
-    job_id = start_job(db, f"export-hf-{subset}", {"out": target.url, "subset": subset, "filters": filters.as_dict(),
-                                                   "rows_per_file": rows_per_file})
-    writer = _RollingParquet(target, subset, rows_per_file)
-    try:
-        as_of = filters.until or utcnow()
-        with db.session() as session:
-            candidates = select_images(session, filters, as_of=as_of)
-            usernames = load_usernames(session)
-        total = 0
-        with Progress(f"export {subset}", len(candidates), progress) as bar:
-            for chunk in _chunked([c.image_id for c in candidates], BUILD_CHUNK):
-                with db.session() as session:
-                    samples = build_samples(session, chunk, val_fraction=0.0, as_of=as_of, usernames=usernames)
-                urls = _image_urls(store, samples, url_expires)
-                rows = [row for s in samples for row in hf_rows(subset, s, urls[s.key])]
-                writer.write(rows)
-                total += len(rows)
-                bar.advance(len(chunk))
-        writer.finish()
-        # only now that the new files are complete: drop what an earlier, larger export left
-        keep = {f["name"] for f in writer.files}
-        for name in target.names():
-            if name.startswith(f"{subset}/train-") and name.endswith(".parquet") and name not in keep:
-                target.delete(name)
-        content = {"subset": subset, "filters": filters.as_dict(), "files": writer.files}
-        snapshot = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-        elapsed = time.perf_counter() - started
-        export_id = record_export(
-            db, snapshot_id=snapshot, fmt=f"hf-{subset}", output_url=target.url, filters=filters.as_dict(),
-            counts={"rows": total, "images": len(candidates), "files": len(writer.files)},
-            versions={"hf_repo": ROW_MODELS[subset].hf_repo}, shards=writer.files, manifest_sha256=None, job_id=job_id,
-        )
-        result = HFExportResult(target.url, subset, writer.files, total, snapshot, job_id, export_id, elapsed)
-    except BaseException as exc:
-        writer.abort()
-        finish_job(db, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finish_job(db, job_id, "succeeded", result.stats())
+    params = {"out": target.url, "subset": subset, "filters": filters.as_dict(), "rows_per_file": rows_per_file}
+    with job_run(db, f"export-hf-{subset}", params) as job:
+        writer = _RollingParquet(target, subset, rows_per_file)
+        try:
+            as_of = filters.until or utcnow()
+            with db.session() as session:
+                candidates = select_images(session, filters, as_of=as_of)
+                usernames = load_usernames(session)
+            total = 0
+            with Progress(f"export {subset}", len(candidates), progress) as bar:
+                for chunk in _chunked([c.image_id for c in candidates], BUILD_CHUNK):
+                    with db.session() as session:
+                        samples = build_samples(session, chunk, val_fraction=0.0, as_of=as_of, usernames=usernames)
+                    urls = _image_urls(store, samples, url_expires)
+                    rows = [row for s in samples for row in hf_rows(subset, s, urls[s.key])]
+                    writer.write(rows)
+                    total += len(rows)
+                    bar.advance(len(chunk))
+            writer.finish()
+            # only now that the new files are complete: drop what an earlier, larger export left
+            keep = {f["name"] for f in writer.files}
+            for name in target.names():
+                if name.startswith(f"{subset}/train-") and name.endswith(".parquet") and name not in keep:
+                    target.delete(name)
+            content = {"subset": subset, "filters": filters.as_dict(), "files": writer.files}
+            snapshot = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+            elapsed = time.perf_counter() - started
+            export_id = record_export(
+                db, snapshot_id=snapshot, fmt=f"hf-{subset}", output_url=target.url, filters=filters.as_dict(),
+                counts={"rows": total, "images": len(candidates), "files": len(writer.files)},
+                versions={"hf_repo": ROW_MODELS[subset].hf_repo}, shards=writer.files, manifest_sha256=None, job_id=job.id,
+            )
+            result = HFExportResult(target.url, subset, writer.files, total, snapshot, job.id, export_id, elapsed)
+        except BaseException:
+            writer.abort()
+            raise
+        job.stats = result.stats()
     return result
 
 

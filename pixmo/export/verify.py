@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from pixmo.export.errors import ManifestError
 from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, read_manifest, snapshot_id
-from pixmo.export.progress import Progress
+from pixmo.progress import Progress
 from pixmo.export.records import ROW_KINDS, member_ext
 from pixmo.export.target import ExportTarget, open_target
 from pixmo.media import EXT_BY_MIME, ROTATING_ORIENTATIONS, exif_orientation

@@ -25,12 +25,12 @@ from pixmo.db.session import Database
 from pixmo.export.bookkeeping import record_export
 from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, build_manifest, manifest_bytes
 from pixmo.export.options import ExportFilters, WebDatasetOptions
-from pixmo.export.progress import Progress
+from pixmo.progress import Progress
 from pixmo.export.records import load_usernames
 from pixmo.export.select import select_images
 from pixmo.export.shards import ShardPlan, ShardResult, plan_shards, write_shard
 from pixmo.export.target import ExportTarget, check_apart, open_target
-from pixmo.jobs import finish_job, start_job
+from pixmo.jobs import job_run
 from pixmo.storage import BlobStore
 
 
@@ -171,8 +171,7 @@ def export_webdataset(
     check_apart(target, store)
     started = time.perf_counter()
     params = {"out": target.url, "filters": filters.as_dict(), "options": asdict(options)}
-    job_id = start_job(db, "export", params)
-    try:
+    with job_run(db, "export", params) as job:
         as_of = filters.until or utcnow()
         with db.session() as session:
             candidates = select_images(session, filters, as_of=as_of, with_audio=options.with_audio)
@@ -191,11 +190,8 @@ def export_webdataset(
             versions={**manifest["versions"], "code_version": manifest["code_version"],
                       "schema_version": manifest["schema_version"]},
             shards=manifest["shards"], manifest_sha256=hashlib.sha256(manifest_data).hexdigest(),
-            job_id=job_id,
+            job_id=job.id,
         )
-        result = ExportResult(target.url, manifest, job_id, export_id, elapsed)
-    except BaseException as exc:
-        finish_job(db, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finish_job(db, job_id, "succeeded", {**result.stats(), "snapshot_id": result.snapshot_id})
+        result = ExportResult(target.url, manifest, job.id, export_id, elapsed)
+        job.stats = {**result.stats(), "snapshot_id": result.snapshot_id}
     return result
