@@ -338,6 +338,21 @@ def test_exports_page_fetches_an_s3_manifest_on_request(app_db, s3_server, monke
     assert "Manifest file" in texts(at) and not [b for b in at.button if b.label == "Fetch the manifest file"]
 
 
+def test_exports_page_offers_no_manifest_for_an_hf_snapshot(app_db):
+    db, _ = app_db
+    with db.session() as s:
+        s.add(Export(snapshot_id="hf-snap", format="hf-points", output_url="s3://bucket/hf", filters={},
+                     counts={"rows": 7, "images": 4, "files": 1}, versions={"hf_repo": "allenai/pixmo-points"},
+                     shards=[{"name": "points/train-00000.parquet", "sha256": "d" * 64, "bytes": 999, "rows": 7}],
+                     manifest_sha256=None))
+    at = logged_in(page="views/exports.py")
+    assert not at.exception, at.exception
+    assert list(at.dataframe[0].value["format"]) == ["hf-points", "webdataset"]
+    # the webdataset snapshot's local manifest is shown; the HF one has none to fetch
+    assert texts(at).count("Manifest file") == 1
+    assert not [b for b in at.button if b.label == "Fetch the manifest file"]
+
+
 def test_people_written_text_is_shown_as_text():
     assert plain("A *bold* [link](x) <b>x</b> :red[y]") == r"A \*bold\* \[link\]\(x\) \<b\>x\</b\> \:red\[y\]"
     assert plain(None) == ""

@@ -44,6 +44,8 @@ for e in exports:
         st.markdown("**Shards**")
         if e["shards"]:
             st.dataframe(pd.DataFrame(e["shards"]), hide_index=True)
+        if not e["manifest_sha256"]:
+            continue  # an HF export writes parquet files only: no manifest to read
         remote = curation.is_remote(e["output_url"])
         fetched = f"manifest_{e['id']}"  # a remote manifest, once fetched, stays for the session
         manifest = st.session_state.get(fetched)
