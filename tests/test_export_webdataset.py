@@ -16,7 +16,9 @@ import pytest
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
-from pixmo.db.models import Caption, Export, Image, Job, PointSet, QAPair, Recording, Review, Transcript
+from pixmo.db.models import (
+    Caption, Export, Image, Job, PointSet, Project, ProjectImage, QAPair, Recording, Review, Transcript, utcnow,
+)
 from pixmo.demo import create_demo
 from pixmo.errors import ValidationError
 from pixmo.export import ExportFilters, WebDatasetOptions, export_webdataset, verify_export
@@ -367,6 +369,16 @@ def test_filters_select_images(demo, tmp_path):
         s.execute(update(Transcript).where(Transcript.recording_id.in_(rec_ids)).values(flags=["too_short"]))
         flagged_sha = s.get(Image, flagged_image).sha256
     assert set(export(exclude_flags=("too_short",))) == everything - {flagged_sha}
+    # --until sees projects as they were then: an image added to a project later is not in it
+    with db.session() as s:
+        cutoff = utcnow()
+        late = Project(name="late", kind="caption", config={})
+        s.add(late)
+        s.flush()
+        s.add(ProjectImage(project_id=late.id, image_id=flagged_image, created_at=cutoff))
+    assert export(projects=("late",), until=cutoff.isoformat()) == {}
+    now = export(projects=("late",))
+    assert set(now) == {flagged_sha} and "late" in now[flagged_sha]["projects"]
     with pytest.raises(ValidationError, match="no project named"):
         export(projects=("nope",))
 

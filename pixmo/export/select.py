@@ -119,7 +119,7 @@ def select_images(
         members = (
             select(ProjectImage.image_id)
             .join(Project, Project.id == ProjectImage.project_id)
-            .where(Project.name.in_(filters.projects))
+            .where(Project.name.in_(filters.projects), ProjectImage.created_at < as_of)
         )
         stmt = stmt.where(Image.id.in_(members))
     if filters.annotated_only:
