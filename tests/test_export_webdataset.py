@@ -269,6 +269,65 @@ def test_audio_and_resized_images(demo, tmp_path):
         assert all(m.endswith(".ogg") for m in members_audio)
 
 
+@pytest.mark.parametrize("max_side", [None, 8])
+def test_formats_other_than_jpg_png_webp_become_png_in_any_mode(db, store, tmp_path, max_side):
+    """TIFF's CMYK, YCbCr, 32-bit and float grey, a GIF palette with transparency, BMP: each is
+    written as PNG (RGB, or RGBA where it has alpha; 16-bit grey as it is), verifies and loads."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from pipelines.ingest import ingest_folder
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    made = {
+        "cmyk.tif": PILImage.new("CMYK", (12, 10), (0, 255, 255, 0)),  # red in CMYK
+        "ycc.tif": PILImage.new("RGB", (12, 10), (0, 0, 255)).convert("YCbCr"),
+        "grey32.tif": PILImage.new("I", (12, 10), 70000),
+        "float.tif": PILImage.new("F", (12, 10), 0.5),
+        "grey16.tif": PILImage.new("I;16", (12, 10), 40000),
+        "clear.gif": PILImage.new("P", (12, 10), 0),
+        "plain.bmp": PILImage.new("RGB", (12, 10), (0, 255, 0)),
+    }
+    for name, im in made.items():
+        im.save(folder / name, **({"transparency": 0} if name.endswith(".gif") else {}))
+    assert ingest_folder(db, store, folder)["statuses"] == {"stored": len(made)}
+    out = tmp_path / "out"
+    result = export_webdataset(db, store, out, ExportFilters(annotated_only=False),
+                               WebDatasetOptions(val_fraction=0, workers=1, max_side=max_side))
+    assert result.samples == len(made) and result.manifest["counts"]["reencoded_images"] == len(made)
+    report = verify_export(out)
+    assert report.ok, [str(p) for p in report.problems]
+    modes = {}
+    for members in _samples(out).values():
+        assert json.loads(members["json"])["image"]["ext"] == "png"
+        with PILImage.open(io.BytesIO(members["png"])) as im:
+            assert im.format == "PNG" and im.size == ((12, 10) if max_side is None else (8, 7))
+            modes[im.mode] = modes.get(im.mode, 0) + 1
+            if im.mode == "RGB" and im.getpixel((0, 0)) == (255, 0, 0):
+                modes["red"] = 1
+    assert modes == {"RGB": 5, "RGBA": 1, "I;16": 1, "red": 1}
+    from pixmo.data import pixmo_loader
+
+    assert len(list(pixmo_loader(out, num_workers=0, shuffle=0))) == len(made)
+
+
+def test_an_image_that_cannot_be_written_fails_naming_it(demo, tmp_path, monkeypatch):
+    import pixmo.export.shards as shards
+    from pixmo.export.errors import ExportError
+
+    db, store = demo
+
+    def broken(*args, **kwargs):
+        raise OSError("cannot write mode XYZ as PNG")
+
+    monkeypatch.setattr(shards, "image_member", broken)
+    with pytest.raises(ExportError, match=r"image [0-9a-f]{64}: cannot be written as (jpg|png): OSError: cannot write mode XYZ"):
+        export_webdataset(db, store, tmp_path / "out", options=WebDatasetOptions(workers=1))
+    assert not (tmp_path / "out" / MANIFEST_NAME).exists()
+
+
 def test_progress_reports_each_shard_as_it_finishes_with_workers(demo, tmp_path, monkeypatch):
     """Every shard but the first waits (in its worker) until the first one has been reported: an
     exporter that reports only once all shards are done makes them wait out their deadline."""

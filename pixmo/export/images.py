@@ -6,6 +6,19 @@ import io
 
 PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 SAVE_OPTIONS = {"JPEG": {"quality": 90}, "WEBP": {"quality": 90}, "PNG": {}}
+# modes PNG stores as they are (a palette image becomes RGBA, as its transparency may be per entry)
+PNG_MODES = frozenset({"1", "L", "LA", "I;16", "I;16B", "RGB", "RGBA"})
+
+
+def _storable(im, fmt: str):  # noqa: ANN001, ANN202 - PIL images
+    """``im`` in a mode that ``fmt`` can hold: CMYK, YCbCr, LAB, HSV and 32-bit or float grey (TIFF
+    gives them all) become RGB, as the loader's ``convert("RGB")`` would; alpha is kept as RGBA."""
+    if fmt == "JPEG":
+        return im if im.mode in ("RGB", "L") else im.convert("RGB")
+    if fmt != "PNG" or im.mode in PNG_MODES:
+        return im  # Pillow's WebP encoder converts what it is given itself
+    bands = im.getbands()
+    return im.convert("RGBA" if im.mode in ("P", "PA") or "A" in bands or "a" in bands else "RGB")
 
 
 def image_member(data: bytes, original_ext: str, member_ext: str, max_side: int | None = None) -> bytes:
@@ -32,10 +45,7 @@ def image_member(data: bytes, original_ext: str, member_ext: str, max_side: int 
             if im.format == "JPEG":
                 im.draft("RGB", size)
             im = im.resize(size, Image.Resampling.LANCZOS)
-        if fmt == "JPEG" and im.mode not in ("RGB", "L"):
-            im = im.convert("RGB")
-        elif im.mode == "P":
-            im = im.convert("RGBA")
+        im = _storable(im, fmt)
         buf = io.BytesIO()
         options = dict(SAVE_OPTIONS[fmt])
         # read once the pixels are loaded: a PNG may keep its EXIF (the orientation the points were

@@ -256,7 +256,11 @@ def _write_shard(
             if hashlib.sha256(data).hexdigest() != s.key:
                 raise ExportError(f"image {s.key}: stored bytes do not match its sha256 ({s.image_storage_key})")
             original_ext = EXT_BY_MIME.get(s.image_mime, "bin")
-            image = image_member(data, original_ext, member_ext(s.image_mime), options.max_side)
+            try:
+                image = image_member(data, original_ext, member_ext(s.image_mime), options.max_side)
+            except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds; the sample must be named
+                raise ExportError(f"image {s.key}: cannot be written as {member_ext(s.image_mime)}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
             result.reencoded += image is not data
             members = {s.image_ext: image, "json": s.json_bytes, "txt": s.caption.encode("utf-8")}
             for a in s.audio:
