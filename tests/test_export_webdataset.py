@@ -129,6 +129,8 @@ def test_a_damaged_manifest_is_a_problem_not_a_crash(demo, tmp_path):
         (lambda m: m["shards"][0].update(name="../evil.tar"), "shards[0] has no shard name"),
         (lambda m: m["splits"]["train"].update(shards=None), "splits['train'] has no list of shard names"),
         (lambda m: m.pop("counts"), "'counts' is not an object"),
+        (lambda m: m["options"].update(max_side="abc"), "options.max_side is 'abc', not a size in pixels"),
+        (lambda m: m["options"].update(max_side=0), "options.max_side is 0, not a size in pixels"),
     ]
     for edit, message in edits:
         manifest = json.loads(json.dumps(good))
@@ -139,6 +141,17 @@ def test_a_damaged_manifest_is_a_problem_not_a_crash(demo, tmp_path):
         assert f"{MANIFEST_NAME} is damaged: {message}" in report.problems[0].message
         cli = CliRunner().invoke(_cli_app(), ["verify", str(out)])
         assert cli.exit_code == 1 and "Traceback" not in cli.output
+    # counts that are no counts: reported against the shards, the rest still checked, with a bar
+    for bad in ("x", [1], -1, None):
+        manifest = json.loads(json.dumps(good))
+        manifest["counts"]["samples"] = bad
+        (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+        report = verify_export(out, progress=True)
+        assert [p.message for p in report.problems] == [
+            "snapshot_id does not match the manifest's content (the manifest was edited)",
+            "counts.samples differs from the sum of the shards' samples",
+        ]
+        assert report.samples == 12
 
 
 def test_a_record_against_the_schema_fails_verify_naming_the_sample_and_field(demo, tmp_path):

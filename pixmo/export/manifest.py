@@ -121,7 +121,8 @@ def read_manifest(target: ExportTarget) -> dict[str, Any]:
     return manifest
 
 
-def _is_count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
+    """Whether ``value`` is a whole number >= 0 (not a bool, not a float)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -136,7 +137,7 @@ def _manifest_damage(manifest: dict[str, Any]) -> str | None:
         if not isinstance(entry.get("name"), str) or not SHARD_NAME_RE.match(entry["name"]):
             return f"shards[{i}] has no shard name (split-NNNNNN.tar)"
         for key, ok in (("split", lambda v: isinstance(v, str)), ("sha256", lambda v: isinstance(v, str)),
-                        ("bytes", _is_count), ("samples", _is_count)):
+                        ("bytes", is_count), ("samples", is_count)):
             if not ok(entry.get(key)):
                 return f"shards[{i}] ({entry['name']}) has no valid {key!r}"
     splits = manifest.get("splits")
@@ -151,4 +152,7 @@ def _manifest_damage(manifest: dict[str, Any]) -> str | None:
         return "'counts' is not an object"
     if not isinstance(manifest.get("options", {}), dict):
         return "'options' is not an object"
+    max_side = manifest.get("options", {}).get("max_side")
+    if max_side is not None and not (is_count(max_side) and max_side >= 1):
+        return f"options.max_side is {max_side!r}, not a size in pixels"
     return None

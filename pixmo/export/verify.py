@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from pixmo.export.errors import ManifestError
-from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, read_manifest, snapshot_id
+from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, is_count, read_manifest, snapshot_id
 from pixmo.progress import Progress
 from pixmo.export.records import ROW_KINDS, member_ext
 from pixmo.export.target import ExportTarget, open_target
@@ -322,7 +322,8 @@ def verify_export(
             report.problems.append(Problem(name, None, "shard file is not listed in the manifest"))
     for name in target.temp_names():
         report.problems.append(Problem(name, None, "leftover temporary file from an interrupted export"))
-    with Progress("verify", manifest.get("counts", {}).get("samples"), progress) as bar:
+    total = manifest["counts"].get("samples")  # a bad count is reported by _check_totals, not trusted here
+    with Progress("verify", total if is_count(total) else None, progress) as bar:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             futures = {s["name"]: pool.submit(_check_shard, target, s, validate, max_side, bar.advance) for s in shards}
             checks = {name: fut.result() for name, fut in futures.items()}
