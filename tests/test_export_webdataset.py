@@ -154,7 +154,31 @@ def test_a_damaged_manifest_is_a_problem_not_a_crash(demo, tmp_path):
         assert report.samples == 12
 
 
-def test_a_record_against_the_schema_fails_verify_naming_the_sample_and_field(demo, tmp_path):
+def _break_width(record: dict) -> list[str]:
+    record["image"]["width"] = -3  # the schema wants a positive width
+    record["surprise"] = True  # and no unknown fields
+    return ["image/width: -3", "'surprise' was unexpected"]
+
+
+def _break_review_time(record: dict) -> list[str]:
+    record["reviews"] = [{"target_type": "caption", "target_id": 1, "verdict": "approved", "reason": "",
+                          "reviewer": "rev", "created_at": "yesterday"}]
+    return ["reviews/0/created_at: \"yesterday\" is not a \"date-time\""]
+
+
+def _break_not_present(record: dict) -> list[str]:  # only the pydantic model says this
+    record["point_sets"] = [{"id": 1, "label": "cat", "points": [[0.5, 0.5]], "not_present": True,
+                             "method": "pointing", "annotator": None}]
+    return ["point_sets/0: Value error, a not_present point set must have no points"]
+
+
+def _break_key(record: dict) -> list[str]:  # only the pydantic model says this
+    record["image"]["sha256"] = "0" * 64
+    return ["(record): Value error, key must equal image.sha256"]
+
+
+@pytest.mark.parametrize("damage", [_break_width, _break_review_time, _break_not_present, _break_key])
+def test_a_record_against_the_schema_fails_verify_naming_the_sample_and_field(demo, tmp_path, damage):
     import io
 
     db, store = demo
@@ -171,8 +195,7 @@ def test_a_record_against_the_schema_fails_verify_naming_the_sample_and_field(de
         for info, data in members:
             if info.name == f"{key}.json":
                 record = json.loads(data)
-                record["image"]["width"] = -3  # the schema wants a positive width
-                record["surprise"] = True  # and no unknown fields
+                expected = damage(record)
                 data = json.dumps(record).encode()
                 info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -180,8 +203,8 @@ def test_a_record_against_the_schema_fails_verify_naming_the_sample_and_field(de
 
     report = verify_export(out)
     schema_problems = [p.message for p in report.problems if p.key == key and "match the schema" in p.message]
-    assert any("image/width: -3" in m for m in schema_problems), [str(p) for p in report.problems]
-    assert any("'surprise' was unexpected" in m for m in schema_problems), [str(p) for p in report.problems]
+    for message in expected:
+        assert any(message in m for m in schema_problems), (message, [str(p) for p in report.problems])
     assert all(p.shard == shard for p in report.problems)
 
 
