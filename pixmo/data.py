@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -137,7 +138,7 @@ def decode_image(data: bytes, mode: str = "tensor"):  # noqa: ANN201
         im.load()
         # as browsers show it, which is what the points were clicked on
         im = ImageOps.exif_transpose(im)
-        rgb = im if im.mode == "RGB" else im.convert("RGB")
+        rgb = _as_rgb(im)
     if mode == "pil":
         return rgb
     import numpy as np
@@ -147,6 +148,23 @@ def decode_image(data: bytes, mode: str = "tensor"):  # noqa: ANN201
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
 
 
+_WIDE_GREY = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def _as_rgb(im):  # noqa: ANN001, ANN202 - PIL images
+    """RGB as a browser shows the image: 16-bit grey is scaled to 8 bits (Pillow's own conversion
+    clips every value above 255, which turns most such images white)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in _WIDE_GREY:
+        import numpy as np
+        from PIL import Image
+
+        grey = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+        im = Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8), "L")
+    return im.convert("RGB")
+
+
 def to_training_sample(raw: dict[str, Any], decode: str = "tensor", transform: Callable | None = None) -> dict[str, Any]:
     """A raw webdataset sample (bytes per member) -> image, caption, Molmo targets, record, audio."""
     from pixmo import fastjson
@@ -154,7 +172,11 @@ def to_training_sample(raw: dict[str, Any], decode: str = "tensor", transform: C
     record = fastjson.loads(raw["json"])
     ext = record["image"]["ext"]
     caption = raw["txt"].decode("utf-8") if "txt" in raw else ""
-    image = decode_image(raw[ext], decode)
+    try:
+        image = decode_image(raw[ext], decode)
+    except Exception as exc:
+        exc.add_note(f"image of sample {raw['__key__']} in {raw.get('__url__')}")
+        raise
     if transform is not None:
         image = transform(image)
     audio = {k: v for k, v in raw.items() if k.startswith("audio")}
@@ -196,17 +218,24 @@ def pixmo_dataset(
     urls = shard_urls(source, split)
     if any(u.startswith("s3://") for u in urls):
         register_s3()
-    if shardshuffle is None or shardshuffle is True:
+    if shardshuffle is None:
         shardshuffle = max(1, len(urls)) if shuffle else False
+    elif shardshuffle is True:
+        shardshuffle = max(1, len(urls))
+    # webdataset draws one seed when the dataset is made when given none, and so repeats one shard
+    # order every epoch: without a seed the shards are shuffled here, afresh on every pass
+    fresh_shard_order = bool(shardshuffle) and seed is None and not resampled
     dataset = wds.WebDataset(
         urls,
-        shardshuffle=False if resampled else shardshuffle,
+        shardshuffle=False if resampled or fresh_shard_order else shardshuffle,
         resampled=resampled,
         nodesplitter=wds.split_by_node,
         workersplitter=wds.split_by_worker,
         empty_check=False,  # a worker may get no shard when there are fewer shards than workers
         seed=seed,
     )
+    if fresh_shard_order:  # after the node and worker split, as webdataset's own shard shuffle
+        dataset.pipeline.insert(dataset.pipeline.index(wds.split_by_worker) + 1, wds.filters.shuffle(shardshuffle))
     if resampled and seed is not None:
         # webdataset seeds its resampled shard draws from the clock unless told otherwise
         draws = dataset.pipeline[0]
@@ -257,14 +286,31 @@ def _hand_over(item: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any] | 
     return item
 
 
+def _warn_if_too_few_shards(shards: int, workers: int) -> None:
+    from webdataset.utils import pytorch_worker_info
+
+    nodes = pytorch_worker_info()[1]
+    if shards < nodes * max(1, workers):
+        warnings.warn(
+            f"{shards} shard(s) for {nodes} node(s) x {max(1, workers)} worker(s): some get no samples (a node "
+            "without any stalls distributed training); export with a smaller --maxcount", stacklevel=3,
+        )
+
+
 def pixmo_loader(
     source: str | os.PathLike | Sequence[str],
     *,
     batch_size: int | None = None,
     num_workers: int = 2,
+    persistent_workers: bool = False,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
     **dataset_options: Any,
 ):  # noqa: ANN201 - a torch DataLoader (or a webdataset WebLoader over one)
     """A torch ``DataLoader`` over `pixmo_dataset` (options passed through); batches via `collate_samples`.
+
+    ``persistent_workers``, ``pin_memory`` and ``prefetch_factor`` go to the DataLoader. A warning
+    says when the split has fewer shards than nodes x workers (some would get no samples).
 
     With ``batch_size=None`` it yields one sample at a time; with workers, samples still travel
     from the workers in groups of `TRANSPORT_GROUP` (webdataset's batch-then-unbatch), since a
@@ -275,14 +321,20 @@ def pixmo_loader(
     """
     from torch.utils.data import DataLoader
 
-    dataset = pixmo_dataset(source, **dataset_options)
+    urls = shard_urls(source, dataset_options.pop("split", "train"))
+    if not dataset_options.get("resampled"):
+        _warn_if_too_few_shards(len(urls), num_workers)
+    dataset = pixmo_dataset(urls, **dataset_options)
+    extra = {"persistent_workers": persistent_workers, "pin_memory": pin_memory}
+    if prefetch_factor is not None:
+        extra["prefetch_factor"] = prefetch_factor
     if batch_size is None and num_workers > 0:
         import webdataset as wds
 
         grouped = dataset.batched(TRANSPORT_GROUP, collation_fn=None, partial=True)
         return wds.WebLoader(
             grouped, batch_size=None, num_workers=num_workers, collate_fn=_hand_over, worker_init_fn=_worker_init,
-            persistent_workers=False,
+            **extra,
         ).unlisted()
     return DataLoader(
         dataset,
@@ -290,5 +342,5 @@ def pixmo_loader(
         num_workers=num_workers,
         collate_fn=collate_samples if batch_size is not None else _hand_over,
         worker_init_fn=_worker_init,
-        persistent_workers=False,
+        **extra,
     )

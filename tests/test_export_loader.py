@@ -164,3 +164,73 @@ def test_a_seed_makes_resampled_shard_draws_repeatable(exported):
     assert first(5) == first(5)
     assert first(5) != first(6)
     assert set(first(5, 200)) == keys  # draws with replacement still reach every shard
+
+
+def _shard_order(loader) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(s["__url__"] for s in loader))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_without_a_seed_each_epoch_visits_the_shards_in_a_new_order(exported, workers):
+    from pixmo.data import pixmo_loader
+
+    out, keys = exported
+    # shardshuffle=True shuffles the shards even with no sample buffer
+    loader = pixmo_loader(out, num_workers=workers, shuffle=0, shardshuffle=True, decode="bytes")
+    epochs = [[s for s in loader] for _ in range(5)]
+    assert all(sorted(s["__key__"] for s in epoch) == sorted(keys) for epoch in epochs)
+    assert len({tuple(dict.fromkeys(s["__url__"] for s in epoch)) for epoch in epochs}) > 1
+    seeded = pixmo_loader(out, num_workers=workers, shuffle=0, shardshuffle=True, seed=4, decode="bytes")
+    assert len({_shard_order(seeded) for _ in range(3)}) == 1
+    in_order = pixmo_loader(out, num_workers=0, shuffle=0, decode="bytes")
+    assert list(_shard_order(in_order)) == sorted(str(p) for p in out.glob("train-*.tar"))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # torch, on 8 workers for 2 cores
+def test_loader_options_reach_the_dataloader_and_too_few_shards_are_named(exported, monkeypatch):
+    import warnings
+
+    from pixmo.data import pixmo_loader
+
+    out, keys = exported  # 6 shards
+    loader = pixmo_loader(out, num_workers=2, persistent_workers=True, prefetch_factor=1, shuffle=0, decode="bytes")
+    assert [sorted(s["__key__"] for s in loader) for _ in range(2)] == [sorted(keys)] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixmo_loader(out, num_workers=2, decode="bytes")  # enough shards: quiet
+    with pytest.warns(UserWarning, match=r"6 shard\(s\) for 1 node\(s\) x 8 worker\(s\)"):
+        pixmo_loader(out, num_workers=8, decode="bytes")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.warns(UserWarning, match=r"6 shard\(s\) for 4 node\(s\) x 2 worker\(s\)"):
+        pixmo_loader(out, num_workers=2, decode="bytes")
+
+
+def test_16_bit_grey_is_scaled_to_8_bits_not_clipped():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pixmo.data import decode_image
+
+    grey = (np.arange(600).reshape(20, 30) * 100).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, "PNG")
+    tensor = decode_image(buf.getvalue())
+    assert tuple(tensor.shape) == (3, 20, 30)
+    expected = (grey.astype(np.int64) * 255 + 32767) // 65535  # as a browser shows it
+    assert (tensor[0].numpy() == expected).all() and (tensor[2] == tensor[0]).all()
+
+
+def test_an_image_that_does_not_decode_names_its_sample(exported):
+    from pixmo.data import pixmo_dataset, to_training_sample
+
+    out, _ = exported
+    sample = next(iter(pixmo_dataset(out, shuffle=0, decode="bytes")))
+    ext = sample["json"]["image"]["ext"]
+    raw = {"__key__": sample["__key__"], "__url__": sample["__url__"], "json": json.dumps(sample["json"]).encode(),
+           ext: sample["image"][: len(sample["image"]) // 3]}
+    with pytest.raises(OSError) as failure:
+        to_training_sample(raw)
+    assert f"image of sample {sample['__key__']} in {sample['__url__']}" in failure.value.__notes__
