@@ -145,6 +145,70 @@ def test_a_failed_export_keeps_the_previous_files(demo, tmp_path, monkeypatch):
     assert {name: (out / name).read_bytes() for name in before} == before
 
 
+def test_a_rerun_that_fails_midway_leaves_the_previous_files_whole(demo, tmp_path, monkeypatch):
+    import pixmo.export.hf as hf
+
+    db, store = demo
+    out = tmp_path / "hf"
+    first = export_hf(db, store, out, "points", rows_per_file=2)
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert len(before) == len(first.files) > 3
+    (out / "points" / ".pixmo-tmp-train-00000.parquet.abc.part").write_bytes(b"a killed run's")
+
+    real, calls = hf.rows_to_table, []
+
+    def fails_on_the_third_file(subset, rows):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise RuntimeError("database went away")
+        return real(subset, rows)
+
+    monkeypatch.setattr(hf, "rows_to_table", fails_on_the_third_file)
+    with pytest.raises(RuntimeError, match="database went away"):
+        export_hf(db, store, out, "points", rows_per_file=3)  # two new files were complete by then
+    after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the killed run's leftover is gone too, and nothing of this run is left
+
+
+def test_a_failure_while_publishing_says_which_files_are_new(demo, tmp_path):
+    from pixmo.errors import StorageError
+    from pixmo.export.target import LocalTarget
+
+    class FailsOnSecond(LocalTarget):
+        published = 0
+
+        def publish(self, path, name):
+            if self.published == 1:
+                raise StorageError(f"cannot write {name}: gone")
+            super().publish(path, name)
+            self.published += 1
+
+    db, store = demo
+    out = tmp_path / "hf"
+    with pytest.raises(StorageError, match="cannot write points/train-00001.parquet") as failure:
+        export_hf(db, store, FailsOnSecond(out), "points", rows_per_file=2)
+    assert failure.value.__notes__ == [
+        "the first 1 file(s) of points/ are this export's, the others the previous one's: run the export again"]
+    assert sorted(p.name for p in (out / "points").iterdir()) == ["train-00000.parquet"]
+
+
+def test_an_image_with_transcripts_but_no_usable_caption_gives_no_cap_row(demo, tmp_path):
+    from pixmo.db.models import Caption
+
+    db, store = demo
+    with db.session() as s:
+        image_id = s.scalars(select(Caption.image_id).order_by(Caption.id)).first()
+        sha = s.get(Image, image_id).sha256
+        for caption in s.scalars(select(Caption).where(Caption.image_id == image_id)):
+            s.add(Review(target_type="caption", target_id=caption.id, image_id=image_id, verdict="rejected", reason="x"))
+    export_hf(db, store, tmp_path / "hf", "cap")
+    rows = pq.read_table(tmp_path / "hf" / "cap" / "train-00000.parquet").to_pylist()
+    with db.session() as s:
+        urls = {store.url(im.storage_key).split("?")[0]: im.sha256 for im in s.scalars(select(Image))}
+    exported = {urls[r["image_url"].split("?")[0]] for r in rows}
+    assert rows and sha not in exported
+
+
 def test_export_to_s3_records_the_checksums_of_the_uploaded_files(demo, s3_server, monkeypatch):
     db, store = demo
     monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)
@@ -175,7 +239,6 @@ def test_a_place_that_cannot_be_written_fails_clearly_and_the_job_says_so(demo, 
 
 
 def test_a_full_disk_midway_is_a_storage_error_naming_the_file(demo, tmp_path):
-    import contextlib
     import errno
 
     from pixmo.errors import StorageError
@@ -195,10 +258,9 @@ def test_a_full_disk_midway_is_a_storage_error_naming_the_file(demo, tmp_path):
             return getattr(self.f, name)
 
     class FullDisk(LocalTarget):
-        @contextlib.contextmanager
-        def writer(self, name):
-            with super().writer(name) as f:
-                yield FullAfter(f, 64)
+        def stage(self, name):
+            f, path = super().stage(name)
+            return FullAfter(f, 64), path
 
     db, store = demo
     out = tmp_path / "out"

@@ -5,7 +5,8 @@ rows each), every one with exactly the columns and Arrow types of `schemas.pixmo
 Rows come from the same records as the webdataset export, so the same filters and rules apply;
 rows rejected or flagged by a reviewer are left out, and only accepted QA pairs are written.
 
-- ``cap``: the best caption and the usable transcripts of each image that has a caption.
+- ``cap``: the best caption and the usable transcripts of each image that has a usable caption
+  (an image with transcripts only gives no row: a transcript is not a caption).
 - ``points``: every point set (pointing and counting), points on PixMo's 0-100 scale.
 - ``ama`` / ``capqa`` / ``point_explanations``: accepted QA of that source; point explanations
   cite points inline as Molmo point text, which is split into placeholders and point lists.
@@ -24,6 +25,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pixmo.db.models import utcnow
@@ -35,7 +37,7 @@ from pixmo.export.options import ExportFilters
 from pixmo.progress import Progress
 from pixmo.export.records import BuiltSample, build_samples, load_usernames
 from pixmo.export.select import select_images
-from pixmo.export.target import ExportTarget, HashingWriter, check_apart, open_target
+from pixmo.export.target import ExportTarget, HashingWriter, check_apart, open_target, write_errors
 from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
 from pixmo.jobs import job_run
 from pixmo.storage import BlobStore
@@ -107,7 +109,7 @@ def hf_rows(subset: str, sample: BuiltSample, image_url: str) -> list[dict[str, 
         return is_usable(verdicts, kind, row_id)
 
     if subset == "cap":
-        if not sample.caption:
+        if sample.caption_id is None:  # a raw transcript is no caption (it is in `transcripts`)
             return []
         return [{"image_url": image_url, "caption": sample.caption, "transcripts": list(sample.transcripts)}]
     if subset == "points":
@@ -143,7 +145,11 @@ def hf_rows(subset: str, sample: BuiltSample, image_url: str) -> list[dict[str, 
 
 
 class _RollingParquet:
-    """Writes tables into ``<subset>/train-NNNNN.parquet`` files of at most ``rows_per_file`` rows."""
+    """Writes tables into ``<subset>/train-NNNNN.parquet`` files of at most ``rows_per_file`` rows.
+
+    Files are staged (temporary files on this machine) and published only by `finish`, once all are
+    complete: a run that fails while building them leaves the previous export's files as they were.
+    """
 
     def __init__(self, target: ExportTarget, subset: str, rows_per_file: int) -> None:
         from schemas.pixmo_hf import arrow_schema
@@ -151,7 +157,9 @@ class _RollingParquet:
         self.target, self.subset, self.rows_per_file = target, subset, rows_per_file
         self.schema = arrow_schema(subset)
         self.files: list[dict[str, Any]] = []
-        self._stack: contextlib.ExitStack | None = None
+        self._staged: list[tuple[str, str]] = []  # (temporary path, name), complete, not yet published
+        self._file = None
+        self._path = ""
         self._writer = None
         self._out: HashingWriter | None = None
         self._rows = 0
@@ -161,34 +169,36 @@ class _RollingParquet:
         import pyarrow.parquet as pq
 
         name = f"{self.subset}/train-{len(self.files):05d}.parquet"
-        stack = contextlib.ExitStack()
+        f, path = self.target.stage(name)
         try:
-            out = HashingWriter(stack.enter_context(self.target.writer(name)), name, self.target.url)
+            out = HashingWriter(f, name, self.target.url)
             writer = pq.ParquetWriter(out, self.schema)
-        except BaseException as exc:
-            stack.__exit__(type(exc), exc, exc.__traceback__)  # the temporary file goes, nothing appears
+        except BaseException:
+            _discard(f, path)
             raise
-        self._name, self._stack, self._out, self._writer, self._rows = name, stack, out, writer, 0
+        self._name, self._file, self._path, self._out, self._writer, self._rows = name, f, path, out, writer, 0
 
     def _close(self, ok: bool = True) -> None:
-        if self._stack is None:
+        if self._file is None:
             return
-        stack, self._stack = self._stack, None
+        f, self._file = self._file, None
         try:
             self._writer.close()
-        except BaseException as exc:
-            stack.__exit__(type(exc), exc, exc.__traceback__)
+            with write_errors(self._name, self.target.url):
+                f.close()
+        except BaseException:
+            _discard(f, self._path)
             raise
-        if ok:
-            stack.close()
-            self.files.append({"name": self._name, "rows": self._rows, "sha256": self._out.hash.hexdigest(),
-                               "bytes": self._out.size})
-        else:
-            stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        if not ok:
+            _discard(f, self._path)
+            return
+        self._staged.append((self._path, self._name))
+        self.files.append({"name": self._name, "rows": self._rows, "sha256": self._out.hash.hexdigest(),
+                           "bytes": self._out.size})
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         while rows:
-            if self._stack is None:
+            if self._file is None:
                 self._open()
             room = self.rows_per_file - self._rows
             chunk, rows = rows[:room], rows[room:]
@@ -198,12 +208,35 @@ class _RollingParquet:
                 self._close()
 
     def finish(self) -> None:
-        if self._stack is None and not self.files:
+        """Close the last file and publish every file, in order."""
+        if self._file is None and not self.files:
             self._open()  # an empty subset still gets one file with the right schema
         self._close()
+        published = 0
+        try:
+            for path, name in self._staged:
+                self.target.publish(path, name)
+                published += 1
+        except StorageError as exc:
+            if published:
+                exc.add_note(f"the first {published} file(s) of {self.subset}/ are this export's, the others the "
+                             "previous one's: run the export again")
+            raise
+        finally:
+            self._staged = self._staged[published:]
 
     def abort(self) -> None:
+        """Drop the file being written and every staged file not yet published."""
         self._close(ok=False)
+        for path, _ in self._staged:
+            Path(path).unlink(missing_ok=True)
+        self._staged = []
+
+
+def _discard(f, path: str) -> None:  # noqa: ANN001 - a binary file
+    with contextlib.suppress(OSError):
+        f.close()
+    Path(path).unlink(missing_ok=True)
 
 
 def _image_urls(store: BlobStore, samples: list[BuiltSample], expires: int) -> dict[str, str]:
@@ -241,6 +274,9 @@ def export_hf(
     started = time.perf_counter()
     params = {"out": target.url, "subset": subset, "filters": filters.as_dict(), "rows_per_file": rows_per_file}
     with job_run(db, f"export-hf-{subset}", params) as job:
+        for name in target.temp_names():  # what a killed run of this subset left
+            if name.startswith(f"{subset}/"):
+                target.delete(name)
         writer = _RollingParquet(target, subset, rows_per_file)
         try:
             as_of = filters.until or utcnow()

@@ -174,6 +174,7 @@ class BuiltSample:
     data: dict[str, Any]
     json_bytes: bytes
     caption: str
+    caption_id: int | None  # the caption row ``caption`` is; None when it fell back to a transcript
     transcripts: list[str]  # texts of the usable transcripts (not rejected or flagged), by id
     image_storage_key: str
     image_ext: str
@@ -317,10 +318,13 @@ def best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str] | None = 
     """The text of the best usable caption of an image (see the module doc), or ``""``."""
     if verdicts is None:
         verdicts = latest_verdicts(rows.reviews)
-    return _best_caption(rows, verdicts, _usable_transcripts(rows, verdicts))
+    return _best_caption(rows, verdicts, _usable_transcripts(rows, verdicts))[0]
 
 
-def _best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str], good_transcripts: list[dict[str, Any]]) -> str:
+def _best_caption(
+    rows: ImageRows, verdicts: dict[tuple[str, int], str], good_transcripts: list[dict[str, Any]]
+) -> tuple[str, int | None]:
+    """(text, id of the caption row it is; None when it is a transcript's text, or empty)."""
     good_ids = {t["id"] for t in good_transcripts}
     all_ids = {t["id"] for t in rows.transcripts}
     candidates = []
@@ -332,9 +336,10 @@ def _best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str], good_tr
             continue
         candidates.append((KIND_RANK.get(c["kind"], 0), PRODUCER_RANK.get(c["produced_by"], 0), c["id"], c["text"]))
     if candidates:
-        return max(candidates)[3].strip()
+        best = max(candidates)
+        return best[3].strip(), best[2]
     texts = [t["text"].strip() for t in good_transcripts if t["text"].strip()]
-    return max(texts, key=len) if texts else ""
+    return (max(texts, key=len) if texts else ""), None
 
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -489,10 +494,10 @@ def build_sample(
         "lineage": lineage,
         "schema_version": EXPORT_SCHEMA_VERSION,
     }
+    caption, caption_id = _best_caption(rows, verdicts, usable_transcripts)
     return BuiltSample(
         # inf/NaN (which a float column or JSON metrics can hold) as null, as the model writes them
-        key=key, data=data, json_bytes=_record_json(data, where),
-        caption=_best_caption(rows, verdicts, usable_transcripts),
+        key=key, data=data, json_bytes=_record_json(data, where), caption=caption, caption_id=caption_id,
         transcripts=[t["text"] for t in usable_transcripts],
         image_storage_key=image["storage_key"], image_ext=ext, image_mime=image["mime"], audio=audio,
     )

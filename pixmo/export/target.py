@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import tempfile
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +36,41 @@ class ExportTarget(ABC):
         """Leftover temporary files (from a run that was killed)."""
 
     @abstractmethod
-    def writer(self, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
+    def _staging_folder(self, name: str) -> Path | str | None:
+        """Where the temporary file of ``name`` is made (None: the system's temporary folder)."""
+
+    @abstractmethod
+    def publish(self, path: str, name: str) -> None:
+        """The finished temporary file at ``path`` (from `stage`) appears as ``name``, moved or uploaded."""
+
+    def stage(self, name: str) -> tuple[BinaryIO, str]:
+        """A new temporary file for ``name`` on this machine, open for writing, and its path.
+
+        Nothing appears under ``name`` until `publish`; the caller removes the file if it does not publish it.
+        """
+        folder = self._staging_folder(name)
+        with write_errors(name, folder or f"a local temporary file ({tempfile.gettempdir()})"):
+            if folder is not None:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{Path(name).name}.", suffix=".part", dir=folder)
+        return os.fdopen(fd, "wb"), path
+
+    @contextlib.contextmanager
+    def writer(self, name: str) -> Iterator[BinaryIO]:
         """A file to write ``name`` into; it appears under ``name`` only when the block succeeds."""
+        # only the target's own failures (no permission, disk full, a file where a folder should be)
+        # become StorageErrors: an OSError from the caller's block (an image that does not decode,
+        # say) is the caller's to name; writes through HashingWriter name their file themselves
+        f, path = self.stage(name)
+        try:
+            with f:
+                yield f
+                with write_errors(name, self.url):
+                    f.flush()  # what is still buffered: a full disk shows here, not at close
+            self.publish(path, name)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # gone already once published
 
     @abstractmethod
     def open(self, name: str) -> BinaryIO:
@@ -55,7 +87,7 @@ class ExportTarget(ABC):
 
     def put_bytes(self, name: str, data: bytes) -> None:
         with self.writer(name) as f:
-            with _write_errors(name, self.url):
+            with write_errors(name, self.url):
                 f.write(data)
 
     def get_bytes(self, name: str) -> bytes:
@@ -71,7 +103,8 @@ class ExportTarget(ABC):
 
 
 @contextlib.contextmanager
-def _write_errors(name: str, where: object) -> Iterator[None]:
+def write_errors(name: str, where: object) -> Iterator[None]:
+    """An OSError in the block (no permission, disk full) becomes a StorageError naming ``name`` and ``where``."""
     try:
         yield
     except OSError as exc:
@@ -91,7 +124,7 @@ class HashingWriter:
     def write(self, data: bytes) -> int:
         self.hash.update(data)
         self.size += len(data)
-        with _write_errors(self.name, self.where):
+        with write_errors(self.name, self.where):
             return self.raw.write(data)
 
     def flush(self) -> None:
@@ -141,28 +174,19 @@ class LocalTarget(ExportTarget):
             if f.startswith(TMP_PREFIX)
         )
 
-    @contextlib.contextmanager
-    def writer(self, name: str) -> Iterator[BinaryIO]:
+    def _staging_folder(self, name: str) -> Path:
+        return self._path(name).parent  # the same file system: publishing is a rename
+
+    def publish(self, path: str, name: str) -> None:
         target = self._path(name)
-        tmp = target.with_name(f"{TMP_PREFIX}{target.name}.{uuid.uuid4().hex[:12]}.part")
-        # only the folder's own failures (no permission, disk full, a file where a folder should be)
-        # become StorageErrors: an OSError from the caller's block (an image that does not decode,
-        # say) is the caller's to name; writes through HashingWriter name their file themselves
-        with _write_errors(name, self.root):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            f = open(tmp, "wb")  # noqa: SIM115 - closed below
-        try:
-            with f:
-                yield f
-                with _write_errors(name, self.root):
-                    f.flush()
-                    os.fsync(f.fileno())
-            with _write_errors(name, self.root):
-                os.replace(tmp, target)
-                fsync_dir(target.parent)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+        with write_errors(name, self.root):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(path, target)
+            fsync_dir(target.parent)
 
     def open(self, name: str) -> BinaryIO:
         try:
@@ -200,16 +224,12 @@ class StoreTarget(ExportTarget):
     def temp_names(self) -> list[str]:
         return []  # temp files live on the writing machine, never in the store
 
-    @contextlib.contextmanager
-    def writer(self, name: str) -> Iterator[BinaryIO]:
-        with _write_errors(name, f"a local temporary file ({self.tmp_dir or tempfile.gettempdir()})"):
-            fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=self.tmp_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                yield f
-            self.store.put_file(tmp_name, key=name, content_type=_content_type(name))
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
+    def _staging_folder(self, name: str) -> str | None:
+        return self.tmp_dir  # temporary files live on the writing machine, never in the store
+
+    def publish(self, path: str, name: str) -> None:
+        self.store.put_file(path, key=name, content_type=_content_type(name))
+        Path(path).unlink(missing_ok=True)
 
     def open(self, name: str) -> BinaryIO:
         return self.store.open(name)
