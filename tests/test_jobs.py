@@ -86,3 +86,36 @@ def test_job_run_marks_the_row_by_how_the_block_ends(db):
             row = s.get(Job, job.id)
             assert row.status == "failed" and row.stats == {"total": 1} and row.finished_at is not None
             assert row.error == f"{type(exc).__name__}: {exc}"
+
+
+def test_the_same_snapshot_recorded_at_once_by_several_exports_is_one_row(db):
+    """Two identical exports that finish together both record their snapshot (a look-up then an
+    insert let the second fail on the unique snapshot id)."""
+    import threading
+
+    from pixmo.db.models import Export
+    from pixmo.export.bookkeeping import record_export
+
+    def record(i: int) -> int:
+        return record_export(db, snapshot_id="snap-race", fmt="webdataset", output_url=f"/out{i}", filters={},
+                             counts={"samples": i}, versions={}, shards=[], manifest_sha256=None, job_id=None)
+
+    for _ in range(5):
+        barrier, ids, errors = threading.Barrier(4), [], []
+
+        def run(i: int) -> None:
+            barrier.wait()
+            try:
+                ids.append(record(i))
+            except Exception as exc:  # noqa: BLE001 - the failure is what the test looks for
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(set(ids)) == 1
+    with db.session() as s:
+        [row] = s.scalars(select(Export)).all()
+        assert row.output_url in {f"/out{i}" for i in range(4)} and row.counts == {"samples": int(row.output_url[4:])}

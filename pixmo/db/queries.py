@@ -11,6 +11,31 @@ from sqlalchemy.orm import Session
 from pixmo.db.models import REVIEW_TARGET_MODELS, Base, Recording, Transcript
 
 
+def _dialect_insert(session: Session, model: type[Base]):  # noqa: ANN202 - a dialect Insert
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other dialects are not supported
+        raise NotImplementedError(f"ON CONFLICT is not supported on {dialect}")
+    return insert(model)
+
+
+def upsert(session: Session, model: type[Base], row: dict[str, Any], conflict: Iterable[str]) -> int:
+    """Insert ``row``, or update the row it collides with on the unique columns ``conflict``; its id.
+
+    One ``INSERT ... ON CONFLICT DO UPDATE`` statement: two writers of the same row at once both
+    succeed (a look-up then an insert lets the second fail on the unique constraint).
+    """
+    conflict = list(conflict)
+    stmt = _dialect_insert(session, model).values(**row)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=conflict, set_={k: stmt.excluded[k] for k in row if k not in conflict}
+    ).returning(model.__table__.c.id)
+    return session.execute(stmt).scalar_one()
+
+
 def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict[str, Any]], conflict: Iterable[str]) -> int:
     """Insert ``rows``, skipping any that collide on the unique columns ``conflict``.
 
@@ -19,16 +44,9 @@ def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict[str, 
     """
     if not rows:
         return 0
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - other dialects are not supported
-        raise NotImplementedError(f"insert_ignore does not support {dialect}")
     pk = list(model.__table__.primary_key.columns)
     # RETURNING yields only the rows that were inserted; rowcount is unreliable for executemany
-    stmt = insert(model).on_conflict_do_nothing(index_elements=list(conflict)).returning(*pk)
+    stmt = _dialect_insert(session, model).on_conflict_do_nothing(index_elements=list(conflict)).returning(*pk)
     result = session.connection().execute(stmt, list(rows))
     return len(result.all())
 

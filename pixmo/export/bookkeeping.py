@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from pixmo.db.models import Export
+from pixmo.db.queries import upsert
 from pixmo.db.session import Database
 
 
@@ -26,20 +25,11 @@ def record_export(
     """Insert the ``exports`` row of a snapshot; returns its id.
 
     The same snapshot exported again (same content, filters and options) updates its row with the
-    newest location and job, since the snapshot id is unique.
+    newest location and job, since the snapshot id is unique, even when two such exports finish at once.
     """
+    row = {
+        "snapshot_id": snapshot_id, "format": fmt, "output_url": output_url, "filters": filters, "counts": counts,
+        "versions": versions, "shards": shards, "manifest_sha256": manifest_sha256, "job_id": job_id,
+    }
     with db.session() as session:
-        row = session.scalars(select(Export).where(Export.snapshot_id == snapshot_id)).first()
-        if row is None:
-            row = Export(snapshot_id=snapshot_id)
-            session.add(row)
-        row.format = fmt
-        row.output_url = output_url
-        row.filters = filters
-        row.counts = counts
-        row.versions = versions
-        row.shards = shards
-        row.manifest_sha256 = manifest_sha256
-        row.job_id = job_id
-        session.flush()
-        return row.id
+        return upsert(session, Export, row, ["snapshot_id"])
