@@ -87,3 +87,30 @@ def test_json_columns_round_trip(db):
         cap = s.scalars(select(Caption)).one()
         assert cap.source_transcript_ids == [1, 2]
         assert cap.faithfulness == {"supported": 0.5, "added": ["dog"]}
+
+
+def test_wait_for_writers_waits_for_a_write_in_flight_and_gives_up_at_its_timeout(db):
+    import threading
+    import time
+
+    from pixmo.db.models import User
+
+    flushed, release = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with db.session() as s:
+            s.add(User(username="in-flight", role="annotator"))
+            s.flush()
+            flushed.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    flushed.wait()
+    assert db.wait_for_writers(0.2) is False  # still open
+    threading.Timer(0.3, release.set).start()
+    start = time.monotonic()
+    assert db.wait_for_writers(10) is True
+    assert time.monotonic() - start >= 0.25
+    writer.join()
+    assert db.wait_for_writers(1) is True  # nothing in flight: at once

@@ -478,6 +478,53 @@ def test_filters_select_images(demo, tmp_path):
         export(projects=("nope",))
 
 
+def test_a_write_in_flight_when_the_export_starts_is_waited_for(db, store, tmp_path, monkeypatch):
+    """A review flushed before the snapshot time but committed after the selection used to be seen by
+    the shard readers and not by the filter: an image flagged then was exported as approved."""
+    import threading
+
+    import pixmo.export.select as select_module
+
+    create_demo(db, store, 6, seed=0, speech=False)
+    approved = ExportFilters(review_status=("approved",))
+    opts = WebDatasetOptions(val_fraction=0, workers=1)
+    before = export_webdataset(db, store, tmp_path / "before", approved, opts)
+    key = before.manifest["shards"][0]["first_key"]
+    flushed = threading.Event()
+
+    def flag_it(hold: float) -> None:
+        with db.session() as s:
+            image = s.scalars(select(Image).where(Image.sha256 == key)).one()
+            s.add(Review(target_type="point_set", target_id=s.scalars(select(PointSet.id).where(
+                PointSet.image_id == image.id)).first(), image_id=image.id, verdict="flagged", reason="late"))
+            s.flush()
+            flushed.set()
+            time.sleep(hold)
+
+    writer = threading.Thread(target=flag_it, args=(0.5,))
+    writer.start()
+    flushed.wait()
+    result = export_webdataset(db, store, tmp_path / "after", approved, opts)
+    writer.join()
+    assert result.warnings == []
+    records = [json.loads(m["json"]) for m in _samples(tmp_path / "after").values()]
+    assert key not in {r["key"] for r in records} and {r["review_status"] for r in records} == {"approved"}
+    assert result.samples == before.samples - 1
+
+    # a writer that stays open past the wait: the export goes on and says so
+    monkeypatch.setattr(select_module, "WRITERS_TIMEOUT_S", 0.2)
+    flushed.clear()
+    writer = threading.Thread(target=flag_it, args=(1.5,))
+    writer.start()
+    flushed.wait()
+    late = export_webdataset(db, store, tmp_path / "late", options=opts)
+    writer.join()
+    if db.is_sqlite:  # one writer at a time: the export's own job row already waited for it
+        assert late.warnings == []
+    else:
+        assert late.warnings and "still open after 0 s" in late.warnings[0]
+
+
 def test_export_to_s3_verifies_and_loads(demo, s3_server, monkeypatch):
     db, store = demo
     monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)

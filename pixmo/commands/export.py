@@ -75,11 +75,14 @@ def webdataset_cmd(
     except PixmoError as exc:
         cli._fail(exc)
     if json_out:
-        typer.echo(json.dumps({"out": result.out, "stats": result.stats(), "manifest": result.manifest}, indent=2))
+        typer.echo(json.dumps({"out": result.out, "stats": result.stats(), "manifest": result.manifest,
+                               "warnings": result.warnings}, indent=2))
     else:
         cli.console.print(export_table(result))
     if result.samples == 0:
         cli.err.print(f"[yellow]warning:[/yellow] the filters selected no image: {result.out} now holds an empty export")
+    for warning in result.warnings:
+        cli.err.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 @export_app.command("hf")
@@ -108,11 +111,14 @@ def hf_cmd(
     except PixmoError as exc:
         cli._fail(exc)
     if json_out:
-        typer.echo(json.dumps({"out": result.out, "subset": subset, "files": result.files, "stats": result.stats()}, indent=2))
+        typer.echo(json.dumps({"out": result.out, "subset": subset, "files": result.files, "stats": result.stats(),
+                               "warnings": result.warnings}, indent=2))
     else:
         cli.console.print(hf_table(result))
     if result.rows == 0:
         cli.err.print(f"[yellow]warning:[/yellow] the filters selected no row: {result.out} holds one empty {subset} file")
+    for warning in result.warnings:
+        cli.err.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 def verify_cmd(

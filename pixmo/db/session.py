@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -73,6 +74,54 @@ class Database:
         bind = self.write_engine if write_lock else self.engine
         with Session(bind, expire_on_commit=False) as session, session.begin():
             yield session
+
+    def wait_for_writers(self, timeout: float = 60.0) -> bool:
+        """Wait until the write transactions in flight now have ended; whether they all did within ``timeout``.
+
+        Rows get their ``created_at`` when written but are seen by others only at commit: a reader that
+        cuts at "now" waits for these first, or it misses rows stamped before the cut (and a filter
+        decided before they commit disagrees with the rows read after). SQLite: its one write lock,
+        taken and released. PostgreSQL: polled until the oldest running transaction is younger than
+        the cut.
+        """
+        if self.is_sqlite:
+            return self._wait_for_sqlite_writer(timeout)
+        from sqlalchemy import text
+
+        deadline = time.monotonic() + timeout
+        with self.engine.connect() as conn:
+            # every transaction id below this one was handed out before now; the oldest one still
+            # running is the snapshot's xmin, so all of them have ended once xmin has passed it
+            cut = str(conn.execute(text("SELECT pg_current_xact_id()")).scalar_one())
+            conn.rollback()
+            done = text("SELECT pg_snapshot_xmin(pg_current_snapshot()) >= CAST(:cut AS xid8)")
+            while not conn.execute(done, {"cut": cut}).scalar_one():
+                conn.rollback()
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.02)
+            conn.rollback()
+        return True
+
+    def _wait_for_sqlite_writer(self, timeout: float) -> bool:
+        import sqlite3
+
+        raw = self.engine.raw_connection()
+        try:
+            con = raw.driver_connection
+            con.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            try:
+                con.execute("BEGIN IMMEDIATE")  # waits for the writer, if any
+                con.execute("ROLLBACK")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                return False
+            finally:
+                con.execute("PRAGMA busy_timeout=60000")
+        finally:
+            raw.close()
+        return True
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -24,11 +24,10 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pixmo.db.models import utcnow
 from pixmo.db.session import Database
 from pixmo.errors import StorageError, ValidationError
 from pixmo.export.bookkeeping import record_export
@@ -36,7 +35,7 @@ from pixmo.export.errors import ExportError
 from pixmo.export.options import ExportFilters
 from pixmo.progress import Progress
 from pixmo.export.records import BuiltSample, build_samples, load_usernames
-from pixmo.export.select import select_images
+from pixmo.export.select import select_images, snapshot_time
 from pixmo.export.target import ExportTarget, HashingWriter, check_apart, open_target, write_errors
 from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
 from pixmo.jobs import job_run
@@ -63,6 +62,7 @@ class HFExportResult:
     job_id: int
     export_id: int
     elapsed_s: float
+    warnings: list[str] = field(default_factory=list)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -279,7 +279,7 @@ def export_hf(
                 target.delete(name)
         writer = _RollingParquet(target, subset, rows_per_file)
         try:
-            as_of = filters.until or utcnow()
+            as_of, warnings = snapshot_time(db, filters)
             with db.session() as session:
                 candidates = select_images(session, filters, as_of=as_of)
                 usernames = load_usernames(session)
@@ -307,7 +307,8 @@ def export_hf(
                 counts={"rows": total, "images": len(candidates), "files": len(writer.files)},
                 versions={"hf_repo": ROW_MODELS[subset].hf_repo}, shards=writer.files, manifest_sha256=None, job_id=job.id,
             )
-            result = HFExportResult(target.url, subset, writer.files, total, snapshot, job.id, export_id, elapsed)
+            result = HFExportResult(target.url, subset, writer.files, total, snapshot, job.id, export_id, elapsed,
+                                    warnings)
         except BaseException:
             writer.abort()
             raise

@@ -21,7 +21,9 @@ from pixmo.db.models import (
     Review,
     Transcript,
     as_utc,
+    utcnow,
 )
+from pixmo.db.session import Database
 from pixmo.errors import ValidationError
 from pixmo.export.options import ExportFilters
 from pixmo.export.records import flag_names, latest_verdicts, review_status
@@ -104,6 +106,19 @@ def _last_activity(session: Session, as_of: dt.datetime) -> dict[int, dt.datetim
             if image_id not in last or when > last[image_id]:
                 last[image_id] = when
     return last
+
+
+WRITERS_TIMEOUT_S = 60.0
+
+
+def snapshot_time(db: Database, filters: ExportFilters) -> tuple[dt.datetime, list[str]]:
+    """An export's snapshot time (``--until``, else now), once the writes in flight have ended, and
+    a warning when some had not after `WRITERS_TIMEOUT_S` (rows they commit later are not exported)."""
+    as_of = filters.until or utcnow()
+    if db.wait_for_writers(WRITERS_TIMEOUT_S):
+        return as_of, []
+    return as_of, [f"database writes begun before the export were still open after {WRITERS_TIMEOUT_S:.0f} s: "
+                   "rows they commit later are not in this export"]
 
 
 def select_images(

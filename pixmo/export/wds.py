@@ -17,17 +17,16 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pixmo.db.models import utcnow
 from pixmo.db.session import Database
 from pixmo.export.bookkeeping import record_export
 from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, build_manifest, manifest_bytes
 from pixmo.export.options import ExportFilters, WebDatasetOptions
 from pixmo.progress import Progress
 from pixmo.export.records import load_usernames
-from pixmo.export.select import select_images
+from pixmo.export.select import select_images, snapshot_time
 from pixmo.export.shards import ShardPlan, ShardResult, plan_shards, write_shard
 from pixmo.export.target import ExportTarget, check_apart, open_target
 from pixmo.jobs import job_run
@@ -43,6 +42,7 @@ class ExportResult:
     job_id: int
     export_id: int
     elapsed_s: float
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def snapshot_id(self) -> str:
@@ -172,7 +172,7 @@ def export_webdataset(
     started = time.perf_counter()
     params = {"out": target.url, "filters": filters.as_dict(), "options": asdict(options)}
     with job_run(db, "export", params) as job:
-        as_of = filters.until or utcnow()
+        as_of, warnings = snapshot_time(db, filters)
         with db.session() as session:
             candidates = select_images(session, filters, as_of=as_of, with_audio=options.with_audio)
         plans = plan_shards(candidates, maxcount=options.maxcount, maxsize=options.maxsize,
@@ -192,6 +192,6 @@ def export_webdataset(
             shards=manifest["shards"], manifest_sha256=hashlib.sha256(manifest_data).hexdigest(),
             job_id=job.id,
         )
-        result = ExportResult(target.url, manifest, job.id, export_id, elapsed)
+        result = ExportResult(target.url, manifest, job.id, export_id, elapsed, warnings)
         job.stats = {**result.stats(), "snapshot_id": result.snapshot_id}
     return result
