@@ -525,6 +525,23 @@ def test_a_write_in_flight_when_the_export_starts_is_waited_for(db, store, tmp_p
         assert late.warnings and "still open after 0 s" in late.warnings[0]
 
 
+def test_exported_files_get_the_mode_the_umask_gives(demo, tmp_path):
+    """Others (a training job of another user) can read the export as they could any file the
+    user writes; temporary files used to make every file private (0600)."""
+    from pixmo.export import export_hf
+
+    db, store = demo
+    old = os.umask(0o022)
+    try:
+        export_webdataset(db, store, tmp_path / "out", options=WebDatasetOptions(maxcount=5, workers=2))
+        export_hf(db, store, tmp_path / "hf", "points")
+    finally:
+        os.umask(old)
+    files = [p for p in [*(tmp_path / "out").iterdir(), *(tmp_path / "hf").rglob("*")] if p.is_file()]
+    assert len(files) > 4
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o644)}
+
+
 def test_export_to_s3_verifies_and_loads(demo, s3_server, monkeypatch):
     db, store = demo
     monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)

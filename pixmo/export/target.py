@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,10 +51,13 @@ class ExportTarget(ABC):
         """
         folder = self._staging_folder(name)
         with write_errors(name, folder or f"a local temporary file ({tempfile.gettempdir()})"):
-            if folder is not None:
-                Path(folder).mkdir(parents=True, exist_ok=True)
-            fd, path = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{Path(name).name}.", suffix=".part", dir=folder)
-        return os.fdopen(fd, "wb"), path
+            if folder is None:  # private: it only waits to be uploaded
+                fd, path = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{Path(name).name}.", suffix=".part")
+                return os.fdopen(fd, "wb"), path
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            # not mkstemp, whose files are private (0600): a published file gets the umask's mode
+            path = os.path.join(folder, f"{TMP_PREFIX}{Path(name).name}.{uuid.uuid4().hex[:12]}.part")
+            return open(path, "xb"), path  # noqa: SIM115 - the caller closes it
 
     @contextlib.contextmanager
     def writer(self, name: str) -> Iterator[BinaryIO]:
