@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -283,6 +284,88 @@ def test_killed_export_leaves_nothing_complete_looking_and_a_rerun_completes(dem
     assert not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]
     assert (out / "train-000000.tar").read_bytes() == before
     assert result.samples == 12
+
+
+ORPHAN_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    import pixmo.export.wds as wds
+    from pixmo.db.session import Database
+    from pixmo.export import WebDatasetOptions
+    from pixmo.storage import LocalStore
+
+    pids = Path(sys.argv[4])
+
+    def stuck(plan, **kwargs):  # in the forked workers
+        (pids / str(os.getpid())).touch()
+        time.sleep(120)
+
+    wds.write_shard = stuck
+    db = Database(sys.argv[1])
+    store = LocalStore(sys.argv[2], secret="s", public_url="http://x")
+    wds.export_webdataset(db, store, sys.argv[3], options=WebDatasetOptions(maxcount=2, val_fraction=0, workers=2))
+    """
+)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended, whoever reaps it
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_end_when_the_export_process_is_killed(demo, tmp_path):
+    db, store = demo
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT, db.url, str(store.root), str(tmp_path / "out"), str(pids)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            workers = [int(p.name) for p in pids.iterdir()]
+        assert len(workers) == 2, proc.stderr.read() if proc.poll() is not None else "workers did not start"
+        proc.send_signal(signal.SIGKILL)  # the export only, as the OOM killer or kill -9 would
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _running(w)]
+    finally:
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_worker_that_dies_is_a_clear_error_and_leaves_no_manifest(demo, tmp_path, monkeypatch):
+    import pixmo.export.wds as wds
+    from pixmo.export.errors import ExportError
+
+    db, store = demo
+    real = wds.write_shard
+
+    def dies_on_the_second_shard(plan, **kwargs):  # runs in the forked workers
+        if plan.index == 1:
+            os._exit(1)
+        return real(plan, **kwargs)
+
+    monkeypatch.setattr(wds, "write_shard", dies_on_the_second_shard)
+    with pytest.raises(ExportError, match="a worker process ended abruptly .* run it again"):
+        export_webdataset(db, store, tmp_path / "out", options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=2))
+    assert not (tmp_path / "out" / MANIFEST_NAME).exists()
+    with db.session() as s:
+        job = s.scalars(select(Job).order_by(Job.id.desc())).first()
+        assert job.status == "failed" and "ended abruptly" in job.error
 
 
 def test_audio_and_resized_images(demo, tmp_path):

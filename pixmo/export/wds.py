@@ -13,15 +13,19 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import multiprocessing
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pixmo.db.session import Database
 from pixmo.export.bookkeeping import record_export
+from pixmo.export.errors import ExportError
 from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, build_manifest, manifest_bytes
 from pixmo.export.options import ExportFilters, WebDatasetOptions
 from pixmo.progress import Progress
@@ -78,9 +82,20 @@ class ExportResult:
 _worker: dict[str, Any] = {}
 
 
+def _exit_with(parent: int) -> None:
+    """End this worker when the export's process is gone (a ``kill -9`` of it leaves nobody to stop the pool)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pixmo-parent-watch", daemon=True).start()
+
+
 def _init_worker(
-    db_url: str, store: BlobStore, target: ExportTarget, options: WebDatasetOptions, as_of: dt.datetime
+    parent: int, db_url: str, store: BlobStore, target: ExportTarget, options: WebDatasetOptions, as_of: dt.datetime
 ) -> None:
+    _exit_with(parent)
     # a fresh engine: connections must never be shared with the parent process
     db = Database(db_url)
     with db.session() as session:
@@ -131,7 +146,7 @@ def _write_all(
             for p in plans
         ]
     results: list[ShardResult] = []
-    initargs = (db.url, store, target, options, as_of)
+    initargs = (os.getpid(), db.url, store, target, options, as_of)
     with ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_worker, initargs=initargs) as pool:
         pending = {pool.submit(_write_in_worker, p) for p in plans}
         try:
@@ -142,6 +157,9 @@ def _write_all(
                     result = fut.result()
                     results.append(result)
                     bar.advance(result.samples)
+        except BrokenProcessPool as exc:
+            raise ExportError("a worker process ended abruptly (killed, or out of memory?) while writing shards; "
+                              "the export has no manifest: run it again") from exc
         except BaseException:
             for fut in pending:
                 fut.cancel()
