@@ -48,6 +48,22 @@ def test_insert_ignore_skips_conflicts(db):
         assert sorted(s.scalars(select(Image.sha256))) == ["b" * 64, "c" * 64]
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_insert_ignore_takes_rows_that_name_different_columns(db, order):
+    """A row with a column the others lack keeps its value, in either order (one executemany took
+    its columns from the first row: a later extra value was dropped, a missing one failed it all)."""
+    plain = dict(sha256="d" * 64, storage_key="k1", width=1, height=1, mime="image/png", bytes=1)
+    extra = dict(sha256="e" * 64, storage_key="k2", width=2, height=2, mime="image/png", bytes=2,
+                 source="upload", source_url="http://x/e.png")
+    with db.session() as s:
+        assert insert_ignore(s, Image, [plain, extra][::order], ["sha256"]) == 2
+        assert insert_ignore(s, Image, [plain, extra][::order], ["sha256"]) == 0
+    with db.session() as s:
+        rows = {im.sha256: im for im in s.scalars(select(Image))}
+    assert rows["e" * 64].source_url == "http://x/e.png" and rows["e" * 64].source == "upload"
+    assert rows["d" * 64].source_url is None
+
+
 def test_transcript_unique_per_recording_and_model(db):
     with db.session() as s:
         im = _image(s)

@@ -105,6 +105,24 @@ def test_invalid_capqa_output_is_stored_failed_with_its_reason(sqlite_db, script
     assert rewrite(sqlite_db, "capqa", **openai_opts(scripted))["total"] == 0  # a failure is an output too
 
 
+def test_a_batch_with_good_and_failed_capqa_stores_both(sqlite_db, scripted):
+    """Pairs and a failed row in one insert: the failed row's error and revisions used to break
+    the insert (or, the other way round, be dropped)."""
+    add_transcripts(sqlite_db, [["a red car"], ["a blue bus"]])
+    scripted.set(Reply(echo=True))
+    rewrite(sqlite_db, "clean", **openai_opts(scripted))
+    good = '{"pairs": [{"question": "What is red?", "answer": "A car."}]}'
+    bad = '{"pairs": [{"question": "What is blue?"}]}'
+    scripted.set(good, bad)  # one caption gets pairs, the other only bad replies (the order: test_db.py)
+    stats = rewrite(sqlite_db, "capqa", **openai_opts(scripted), pairs=1)
+    assert stats["statuses"] == {"failed": 1, "llm": 1}
+    with sqlite_db.session() as s:
+        rows = {qa.status: qa for qa in s.scalars(select(QAPair))}
+    assert set(rows) == {"pending", "failed"}
+    assert rows["pending"].answer == "A car." and rows["pending"].error is None and rows["pending"].revisions == []
+    assert "pairs.0.answer: Field required" in rows["failed"].error and rows["failed"].revisions[0]["attempts"] == 3
+
+
 def test_identical_requests_are_answered_once(sqlite_db, scripted):
     add_transcripts(sqlite_db, [["a red car"], ["a red car"], ["a blue bus"]])
     scripted.set(Reply(echo=True))

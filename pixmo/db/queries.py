@@ -40,15 +40,18 @@ def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict[str, 
     """Insert ``rows``, skipping any that collide on the unique columns ``conflict``.
 
     Uses ``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), so concurrent writers and reruns
-    never duplicate and never fail. Returns how many rows were inserted.
+    never duplicate and never fail. Rows may name different columns (the others get their
+    defaults). Returns how many rows were inserted.
     """
-    if not rows:
-        return 0
     pk = list(model.__table__.primary_key.columns)
     # RETURNING yields only the rows that were inserted; rowcount is unreliable for executemany
     stmt = _dialect_insert(session, model).on_conflict_do_nothing(index_elements=list(conflict)).returning(*pk)
-    result = session.connection().execute(stmt, list(rows))
-    return len(result.all())
+    # one executemany per set of columns: it takes its columns from the first row, so a later row's
+    # extra values would be dropped and a missing one fail the whole batch
+    by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_columns.setdefault(frozenset(row), []).append(row)
+    return sum(len(session.connection().execute(stmt, group).all()) for group in by_columns.values())
 
 
 def get_by(session: Session, model: type[Base], **where: Any):  # noqa: ANN201
