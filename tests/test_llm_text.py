@@ -64,6 +64,8 @@ def test_content_words_normalise_numbers_plurals_colours():
         ("It looks like a cat. [laughs] The the cat is orange", "It looks like a cat. The cat is orange."),
         ("okay, i see uh three three birds", "I see three birds."),
         ("um uh", ""),
+        # hyphenated words are words, not false starts
+        ("a top-down um photo of a well-known x-ray, the th- the cup", "A top-down photo of a well-known x-ray, the cup."),
     ],
 )
 def test_cleaner_removes_what_speech_adds(spoken, written):
