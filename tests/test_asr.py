@@ -77,6 +77,11 @@ def test_unknown_backend_or_model_is_a_clear_error(tmp_path):
         load_asr("openai-whisper")
     with pytest.raises(ConfigError, match="no checkpoint file"):
         load_asr("openai-whisper", str(tmp_path / "missing.pt"))
+    with pytest.raises(ConfigError, match="no CTranslate2 model folder '~/models/whisper-small-ct2'"):
+        load_asr("faster-whisper", "~/models/whisper-small-ct2")  # the docs' example, not there
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(ConfigError, match="cannot load the faster-whisper model 'not-a-model'"):
+        load_asr("faster-whisper", str(tmp_path / "not-a-model"))  # a folder without model.bin
 
 
 @pytest.mark.slow

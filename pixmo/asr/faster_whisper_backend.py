@@ -48,6 +48,9 @@ def resolve_model(model: str | None) -> tuple[str, str]:
     path = Path(model).expanduser()
     if path.is_dir():
         return str(path), path.name
+    if "/" in model or "\\" in model or model.startswith(("~", ".")):
+        raise ConfigError(f"no CTranslate2 model folder {model!r} (give a folder holding model.bin, "
+                          "or a faster-whisper model name such as small)")
     return model, model
 
 
@@ -74,10 +77,13 @@ class FasterWhisperASR(ASRModel):
         if device == "cpu":
             cpu_threads, num_workers = cpu_plan(cpu_threads, num_workers)
         self.cpu_threads, self.num_workers = cpu_threads, num_workers or 1
-        self.model = fw.WhisperModel(
-            source, device=device, compute_type=self.compute_type, cpu_threads=cpu_threads,
-            num_workers=self.num_workers, download_root=download_root,
-        )
+        try:
+            self.model = fw.WhisperModel(
+                source, device=device, compute_type=self.compute_type, cpu_threads=cpu_threads,
+                num_workers=self.num_workers, download_root=download_root,
+            )
+        except (OSError, RuntimeError, ValueError) as exc:  # a download that cannot happen offline, a bad folder
+            raise ConfigError(f"cannot load the faster-whisper model {name!r}: {type(exc).__name__}: {exc}") from exc
         self.pipelines = [fw.BatchedInferencePipeline(self.model) for _ in range(self.num_workers)]
         self._pool = (
             ThreadPoolExecutor(self.num_workers, thread_name_prefix="whisper") if self.num_workers > 1 else None
