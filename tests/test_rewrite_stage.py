@@ -213,6 +213,13 @@ def test_cli_rewrites_text_and_runs_the_stage(tmp_path, monkeypatch, scripted):
     result = json.loads(out.stdout)
     assert result["text"] == "A red car next to a tree." and result["produced_by"] == "llm"
     assert result["prompt_version"] == "clean-v1" and result["faithfulness"]["score"] == 1.0
+    scripted.set('{"pairs": [{"question": "What is red?"}]}')  # never a valid CapQA reply
+    for extra in ([], ["--json"]):  # a failure exits 1 with and without --json
+        out = runner.invoke(app, ["rewrite", "text", "--task", "capqa", "A red car.", "--backend", "openai",
+                                  "--base-url", scripted.base_url, *extra])
+        assert out.exit_code == 1, out.output
+    assert json.loads(out.stdout)["status"] == "failed"
+    scripted.set("A red car next to a tree.")
 
     db = get_database()
     add_transcripts(db, [["a red car next to a tree"]])

@@ -136,6 +136,8 @@ def text_cmd(
         _fail(exc)
     if json_out:
         typer.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+        if not result.ok:
+            raise typer.Exit(1)  # as without --json: scripts see the failure in the status too
         return
     typer.echo(result.text if result.ok else f"failed: {result.error}")
     from pixmo.cli import err
