@@ -32,6 +32,7 @@ class StageStats:
 
     statuses: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
+    status_reasons: Counter = field(default_factory=Counter)  # (status, reason) -> count
     examples: dict[str, str] = field(default_factory=dict)
     bytes: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -42,6 +43,7 @@ class StageStats:
         self.bytes += nbytes
         if reason:
             self.reasons[reason] += 1
+            self.status_reasons[status, reason] += 1
             if ref is not None:
                 self.examples.setdefault(reason, ref)
 
@@ -58,6 +60,8 @@ class StageStats:
             "total": self.total,
             "statuses": dict(self.statuses),
             "reasons": dict(self.reasons),
+            "reasons_by_status": {st: {r: n for (st2, r), n in sorted(self.status_reasons.items()) if st2 == st}
+                                  for st in sorted({st for st, _ in self.status_reasons})},
             "examples": dict(self.examples),
             "bytes": self.bytes,
             "elapsed_s": round(elapsed, 3),
@@ -139,16 +143,20 @@ class Stage(Generic[Item, Result]):
 
 
 def stats_table(title: str, stats: dict[str, Any]):  # noqa: ANN201
-    """A rich Table summarising a run: statuses, then failure reasons with an example each."""
+    """A rich Table summarising a run: each status, with the reasons that led to it and an example each."""
     from rich.table import Table
 
     table = Table(title=title)
     table.add_column("status / reason")
     table.add_column("count", justify="right")
     table.add_column("example")
+    by_status = stats.get("reasons_by_status") or {}
     for status, n in sorted(stats["statuses"].items()):
         table.add_row(f"[bold]{status}", str(n), "")
-    for reason, n in sorted(stats["reasons"].items()):
-        table.add_row(f"  {reason}", str(n), stats["examples"].get(reason, ""))
+        for reason, m in by_status.get(status, {}).items():  # each reason under the status it led to
+            table.add_row(f"  {reason}", str(m), stats["examples"].get(reason, ""))
+    if not by_status:  # stats of a run recorded before reasons were kept per status
+        for reason, n in sorted(stats["reasons"].items()):
+            table.add_row(f"  {reason}", str(n), stats["examples"].get(reason, ""))
     table.caption = f"{stats['total']} items in {stats['elapsed_s']:.1f} s ({stats['items_per_s'] or 0:.1f}/s)"
     return table

@@ -96,3 +96,21 @@ def test_demo_reviews_reach_the_assignments(initialised):
             .join(Assignment, Assignment.id == Recording.assignment_id)
         ).all()
     assert reviewed and all(verdict == on_assignment for verdict, on_assignment in reviewed)
+
+
+def test_summary_table_puts_each_reason_under_its_status():
+    from rich.console import Console
+
+    from pipelines.base import StageStats, stats_table
+
+    stats = StageStats()
+    for status, reason, ref in [("stored", None, None), ("rejected", "empty", "a.png"), ("stored", None, None),
+                                ("rejected", "not_an_image", "b.txt"), ("failed", "io", "c.jpg")]:
+        stats.record(status, reason, ref)
+    data = stats.as_dict()
+    assert data["reasons_by_status"] == {"failed": {"io": 1}, "rejected": {"empty": 1, "not_an_image": 1}}
+    console = Console(record=True, width=100)
+    console.print(stats_table("ingest", data))
+    rows = [line.split("│")[1].strip() for line in console.export_text().splitlines() if line.count("│") >= 3]
+    rows = [r for r in rows if r and r != "status / reason"]
+    assert rows == ["failed", "io", "rejected", "empty", "not_an_image", "stored"]
