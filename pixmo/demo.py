@@ -39,6 +39,7 @@ from pixmo.db.models import (
     User,
 )
 from pixmo.db.session import Database
+from pixmo.formats.points import render_points
 from pixmo.projects import attach_images, create_project
 from pixmo.reviews import sync_assignment_verdict
 from pixmo.storage import BlobStore, content_key
@@ -175,6 +176,27 @@ def demo_images(n: int, seed: int = 0) -> list[DemoImage]:
     return photos + [_shapes_image(rng, i) for i in range(n - len(photos))]
 
 
+def _ask_pairs(session, image_id: int, project_id: int, user_id: int, caption: str, label: str, points) -> list[QAPair]:  # noqa: ANN001
+    """An accepted ask-the-model answer (the caption's first sentence) and an accepted point
+    explanation of one labelled object."""
+    assignment = Assignment(project_id=project_id, image_id=image_id, user_id=user_id, status="submitted",
+                            active_seconds=30.0)
+    session.add(assignment)
+    session.flush()
+    assignment.submitted_at = assignment.created_at
+    summary = caption.split(". ")[0].rstrip(".") + "."
+    exchanges = [
+        ("ask", "What is in this picture?", summary),
+        ("point_explain", f"Where is the {label}?", f"The {label} is here: {render_points(points, label)}."),
+    ]
+    return [
+        QAPair(image_id=image_id, project_id=project_id, user_id=user_id, assignment_id=assignment.id, source=source,
+               status="accepted", question=question, answer=answer, model="demo/template", prompt_version="demo-v1",
+               messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+        for source, question, answer in exchanges
+    ]
+
+
 def create_demo(db: Database, store: BlobStore, n_images: int = 12, seed: int = 0, speech: bool = True) -> dict:
     """Create (or top up) the demo projects with ``n_images`` images and synthetic annotations."""
     from pipelines.ingest import ingest_folder  # noqa: PLC0415 - see cli note: demo composes a stage
@@ -206,7 +228,7 @@ def create_demo(db: Database, store: BlobStore, n_images: int = 12, seed: int = 
 
     annotators = ["ann1", "ann2", "ann3"]
     made = {"recordings": 0, "transcripts": 0, "captions": 0, "point_sets": 0, "qa_pairs": 0, "reviews": 0}
-    for im in images:
+    for n_image, im in enumerate(images):
         sha = hashlib.sha256(im.data).hexdigest()
         with db.session() as session:
             image = session.scalars(select(Image).where(Image.sha256 == sha)).one()
@@ -286,6 +308,11 @@ def create_demo(db: Database, store: BlobStore, n_images: int = 12, seed: int = 
                     model="demo/template", prompt_version="demo-v1",
                 ))
                 made["qa_pairs"] += 1
+            if im.points:  # an ask-the-model exchange and a point explanation, as the web app would store
+                session.add_all(_ask_pairs(session, image.id, project_ids[ASK_PROJECT],
+                                           user_ids[annotators[n_image % len(annotators)]], im.caption,
+                                           *min(im.points.items())))
+                made["qa_pairs"] += 2
             for label in im.absent:
                 session.add(PointSet(image_id=image.id, project_id=project_ids[POINTS_PROJECT], user_id=user_ids[rng.choice(annotators)],
                                      label=label, points=[], not_present=True, method="pointing"))

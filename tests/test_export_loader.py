@@ -72,6 +72,7 @@ def test_samples_decode_to_tensors_with_molmo_targets(exported):
 
     out, keys = exported
     n_points = n_counts = n_none = 0
+    seen_sources = Counter()
     for sample in pixmo_dataset(out, shuffle=0):
         record = sample["json"]
         image = sample["image"]
@@ -96,8 +97,11 @@ def test_samples_decode_to_tensors_with_molmo_targets(exported):
                 want = [c for p in sorted(map(tuple, sets[ref.label]["points"])) for c in p]
                 assert got == pytest.approx(want, abs=1e-3)  # Molmo text keeps one decimal on 0-100
                 n_points += 1
-        assert tasks.count("capqa") == sum(1 for q in record["qa"] if q["status"] == "accepted")
+        for source in ("capqa", "ask", "point_explain"):  # the demo has each kind of accepted QA
+            assert tasks.count(source) == sum(1 for q in record["qa"] if q["status"] == "accepted" and q["source"] == source)
+            seen_sources[source] += tasks.count(source)
     assert n_points and n_counts and n_none
+    assert all(seen_sources.values()), seen_sources
 
 
 def _crop(image):
