@@ -89,9 +89,11 @@ def check_idempotency_key(key: str | None) -> str:
     return key
 
 
-def _replay(session, key: str, user_id: int) -> Recording | None:  # noqa: ANN001
+def _replay(session, key: str, user_id: int, assignment_id: int) -> Recording | None:  # noqa: ANN001
+    """The recording an earlier upload with this key stored, if any; a key of another user or
+    another task is refused (its upload is not this one)."""
     rec = session.scalars(select(Recording).where(Recording.idempotency_key == key)).first()
-    if rec is not None and rec.user_id != user_id:
+    if rec is not None and (rec.user_id != user_id or rec.assignment_id != assignment_id):
         raise UploadRejected("key_in_use", "This idempotency key belongs to another upload.", 409)
     return rec
 
@@ -120,7 +122,7 @@ def submit_recording(
     """Validate and store a spoken caption for a leased caption task."""
     key = check_idempotency_key(idempotency_key)
     with db.session() as session:
-        first = _replay(session, key, user_id)
+        first = _replay(session, key, user_id, assignment_id)
         if first is not None:
             return RecordingResult(first, replayed=True)
         assignment = get_assignment(session, assignment_id, user_id)
@@ -136,11 +138,17 @@ def submit_recording(
     now = utcnow()
     try:
         with db.session(write_lock=True) as session:
-            assignment, _ = _claimed(session, assignment_id, user_id, "caption", now)
-            # a concurrent replay may have won the race while this one decoded
-            first = _replay(session, key, user_id)
+            # a concurrent upload with this key may have submitted the task while this one decoded
+            first = _replay(session, key, user_id, assignment_id)
             if first is not None:
                 return RecordingResult(first, replayed=True)
+            try:
+                assignment, _ = _claimed(session, assignment_id, user_id, "caption", now)
+            except LeaseError:
+                first = _replay(session, key, user_id, assignment_id)  # it committed while we waited for the lock
+                if first is not None:
+                    return RecordingResult(first, replayed=True)
+                raise
             rec = Recording(
                 project_id=assignment.project_id, image_id=assignment.image_id, user_id=user_id,
                 assignment_id=assignment.id, storage_key=put.key, sha256=put.sha256, mime=mime,
@@ -152,7 +160,7 @@ def submit_recording(
             return RecordingResult(rec, replayed=False)
     except IntegrityError:
         with db.session() as session:
-            first = _replay(session, key, user_id)
+            first = _replay(session, key, user_id, assignment_id)
         if first is None:
             raise
         return RecordingResult(first, replayed=True)

@@ -271,6 +271,42 @@ def test_upload_within_tolerance_and_replay_returns_first_result(env):
     assert env["c"]["ann2"].get(f"/api/recordings/{recs[0].id}").status_code == 404
 
 
+def test_a_key_is_bound_to_its_task_and_retries_at_once_all_get_the_first_recording(env):
+    import threading
+
+    from pixmo.db.models import User
+    from pixmo.submissions import submit_recording
+
+    first, other = lease(env, "caption"), None
+    assert _upload(env, first["id"], audio_bytes(3), "bound-key-0001").status_code == 201
+    other = lease(env, "caption")
+    # the key of the first task, on another task: refused, and the other task is untouched
+    r = _upload(env, other["id"], audio_bytes(4), "bound-key-0001")
+    assert r.status_code == 409 and "belongs to another upload" in r.json()["detail"]
+    with env["db"].session() as s:
+        assert s.get(Assignment, other["id"]).status == "leased"
+        user_id = s.scalars(select(User.id).where(User.username == "ann")).one()
+    # four retries of one upload at once (a flaky network): one stores it, the others replay it
+    barrier, outcomes = threading.Barrier(4), []
+
+    def retry() -> None:
+        barrier.wait()
+        try:
+            result = submit_recording(env["db"], env["store"], assignment_id=other["id"], user_id=user_id,
+                                      data=audio_bytes(3), idempotency_key="retried-key-0001", max_bytes=MAX_UPLOAD)
+            outcomes.append((result.replayed, result.recording.id))
+        except Exception as exc:  # noqa: BLE001 - a failure is what the test looks for
+            outcomes.append((type(exc).__name__, str(exc)))
+
+    threads = [threading.Thread(target=retry) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(str(o[0]) for o in outcomes) == ["False", "True", "True", "True"], outcomes  # not LeaseError
+    assert len({o[1] for o in outcomes}) == 1
+
+
 def test_missing_idempotency_key_is_refused(env):
     a = lease(env, "caption")
     r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/recording",
