@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from annotation_app.routes import ask, assignments, auth, blobs, points, projects, recordings, reviews, users
@@ -67,6 +68,18 @@ def _install_error_handlers(app: FastAPI) -> None:
                 return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
             return render(request, "error.html", exc.status_code, status=exc.status_code, message=exc.detail)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def out_of_range(request: Request, exc: Exception):  # noqa: ANN202
+        # an id or number beyond what the database (SQLite: OverflowError; PostgreSQL: DataError)
+        # or a date can hold: no such row, and the request's fault, not the server's
+        if isinstance(exc, DataError) and "out of range" not in str(exc.orig):
+            raise exc
+        message = "a number in the request is out of range"
+        if _wants_html(request):
+            return render(request, "error.html", 422, status=422, message=message)
+        return JSONResponse({"detail": message}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):  # noqa: ANN202

@@ -307,6 +307,22 @@ def test_a_key_is_bound_to_its_task_and_retries_at_once_all_get_the_first_record
     assert len({o[1] for o in outcomes}) == 1
 
 
+def test_numbers_beyond_the_database_are_a_422_not_a_500(env):
+    big = 99999999999999999999
+    for who, method, path, body in [
+        ("reviewer", "get", f"/api/projects/{big}", None),
+        ("reviewer", "get", f"/api/reviews/queue?project={2**63}", None),
+        ("annotator", "get", f"/api/assignments/{big}", None),
+        ("reviewer", "post", "/api/reviews", {"target_type": "recording", "target_id": big, "verdict": "approved"}),
+    ]:
+        r = getattr(env["c"][who], method)(path, **({"json": body} if body is not None else {}))
+        assert r.status_code in (404, 422), (path, r.status_code, r.text)
+    a = lease(env, "points")
+    r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/points",
+                                   json={"label": "dog", "points": [[10**400, 0.2]], "method": "pointing"})
+    assert r.status_code == 422 and "out of range" in r.json()["detail"]
+
+
 def test_missing_idempotency_key_is_refused(env):
     a = lease(env, "caption")
     r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/recording",

@@ -84,7 +84,10 @@ def _coord(value: object, what: str) -> float:
             value = float(value)  # numpy scalars, Decimal, numeric strings
         except (TypeError, ValueError):
             raise ValidationError(f"{what} is not a number: {value!r}") from None
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise ValidationError(f"{what} is far out of range: {str(value)[:20]}…") from None
     if not math.isfinite(v):
         raise ValidationError(f"{what} is not finite: {value!r}")
     return v
