@@ -137,7 +137,9 @@ class Stage(Generic[Item, Result]):
         """Add what the stats lack before they are stored, whether the run ended or failed."""
 
     def _write(self, results: list[Result], bar: Progress) -> None:
-        with self.db.session() as session:
+        # the write lock up front: a batch reads, then writes, and on SQLite a concurrent run's
+        # commit in between would fail it ("database is locked") instead of making it wait
+        with self.db.session(write_lock=True) as session:
             self.write(session, results)
         bar.advance(self.progress_advance(results))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,12 +53,17 @@ class FileResult:
 
 
 def walk_files(root: Path) -> Iterator[Path]:
-    """Every regular file below ``root`` in a stable order (hidden names skipped)."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    """Every file below ``root`` in a stable order (hidden names skipped), then every folder that
+    could not be listed (so that it is reported, not silently skipped)."""
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath) / name
+    for exc in unlisted:
+        if exc.filename:
+            yield Path(exc.filename)
 
 
 class IngestFolder(Stage[Path, FileResult]):
@@ -95,9 +101,15 @@ class IngestFolder(Stage[Path, FileResult]):
         return list(self._pool.map(self._one, batch))
 
     def _one(self, path: Path) -> FileResult:
-        ref = str(path.relative_to(self.root))
+        # a name that is not UTF-8 is kept readable (and storable) with \x escapes
+        ref = os.fsencode(path.relative_to(self.root)).decode("utf-8", "backslashreplace")
         try:
-            size = path.stat().st_size
+            st = path.stat()  # follows links: what would be read
+            if stat.S_ISDIR(st.st_mode):
+                os.listdir(path)  # a folder that could not be listed says why
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, a device never end it
+                return FileResult(ref, "rejected", "not_a_file", "a folder, FIFO, device or socket")
+            size = st.st_size
             if size > self.params.max_bytes:
                 return FileResult(ref, "rejected", "too_large", f"{size} bytes", size=size)
             data = path.read_bytes()

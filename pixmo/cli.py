@@ -165,7 +165,7 @@ def project_list() -> None:
 def ingest_folder_cmd(
     path: Annotated[Path, typer.Argument(help="Folder to walk (recursively).")],
     project: Annotated[Optional[str], typer.Option(help="Attach the images to this project.")] = None,
-    workers: Annotated[int, typer.Option(help="Worker threads (decoding and blob writes overlap).")] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="Worker threads (decoding and blob writes overlap).")] = 4,
     json_out: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
 ) -> None:
     """Validate every file below PATH with Pillow, dedupe by sha256, store the good images."""

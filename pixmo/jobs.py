@@ -68,7 +68,7 @@ def reap_stale_jobs(db: Database) -> list[int]:
 def start_job(db: Database, kind: str, params: dict[str, Any]) -> int:
     """Insert a running ``jobs`` row owned by this process (reaping this host's stale ones first)."""
     reap_stale_jobs(db)
-    with db.session() as session:
+    with db.session(write_lock=True) as session:
         job = Job(kind=kind, params=params, host=this_host(), pid=os.getpid())
         session.add(job)
         session.flush()
@@ -79,7 +79,7 @@ def finish_job(
     db: Database, job_id: int, status: str, stats: dict[str, Any] | None = None, error: str | None = None
 ) -> None:
     """Mark the job ``succeeded`` or ``failed``, with its stats or error."""
-    with db.session() as session:
+    with db.session(write_lock=True) as session:  # read then write: wait for other writers (SQLite)
         job = session.get(Job, job_id)
         job.status = status
         job.error = error

@@ -11,6 +11,7 @@ from PIL import UnidentifiedImageError
 
 MIME_BY_FORMAT = {
     "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",  # a JPEG with more pictures after the first (phones, stereo cameras); browsers show the first
     "PNG": "image/png",
     "WEBP": "image/webp",
     "GIF": "image/gif",
@@ -57,6 +58,9 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
     """
     if not data:
         raise ImageRejected("empty", "zero-byte file")
+    if max_pixels > (PILImage.MAX_IMAGE_PIXELS or 0):
+        # Pillow refuses twice its own limit before the check below can apply a larger one
+        PILImage.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             # the explicit max_pixels check below decides; Pillow's own limit only errors at 2x
@@ -85,9 +89,13 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
         # verify() uses the image up, so the EXIF below is read from a freshly opened one
         im = PILImage.open(io.BytesIO(data))
         if fmt != "PNG":
-            if fmt == "JPEG":
+            if fmt in ("JPEG", "MPO"):
                 im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             im.load()
+            if fmt in ("GIF", "WEBP"):  # an animation cut short fails on a later frame
+                for frame in range(1, getattr(im, "n_frames", 1)):
+                    im.seek(frame)
+                    im.load()
     except Exception as exc:  # noqa: BLE001
         raise ImageRejected(_decode_failure(exc), str(exc)) from exc
     # EXIF orientations 5-8 rotate by 90°: browsers show (and annotators point on) the rotated

@@ -149,3 +149,66 @@ def test_loader_decodes_rotated_jpegs_as_displayed():
     buf = io.BytesIO()
     im.save(buf, "JPEG", exif=exif)
     assert decode_image(buf.getvalue(), mode="pil").size == (48, 64)
+
+
+def test_odd_files_and_names_are_reported_not_fatal(sqlite_db, store, tmp_path):
+    """A FIFO (whose read would block), a link to an endless device, a name that is not UTF-8:
+    each gets a row; the good files are stored."""
+    import io
+    import os
+
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(image_bytes(fmt="PNG", seed=1))
+    os.mkfifo(folder / "pipe.jpg")
+    os.symlink("/dev/zero", folder / "zero.jpg")
+    (folder / os.fsdecode(b"bad\xffname.png")).write_bytes(image_bytes(fmt="PNG", seed=2))
+    mpo = io.BytesIO()  # a phone's multi-picture JPEG
+    PILImage.new("RGB", (40, 30), (200, 10, 10)).save(mpo, "MPO", save_all=True,
+                                                       append_images=[PILImage.new("RGB", (40, 30))])
+    (folder / "camera.jpg").write_bytes(mpo.getvalue())
+    frames = [PILImage.new("P", (60, 60), i * 40) for i in range(4)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    (folder / "cut.gif").write_bytes(gif.getvalue()[: len(gif.getvalue()) * 6 // 10])
+
+    stats = ingest_folder(sqlite_db, store, folder)
+    assert stats["statuses"] == {"stored": 3, "rejected": 3}
+    with sqlite_db.session() as s:
+        items = {i.source_ref: (i.status, (i.reason or "").split(":")[0]) for i in s.scalars(select(IngestItem))}
+        mimes = sorted(s.scalars(select(Image.mime)))
+    assert items == {
+        "good.png": ("stored", ""), "bad\\xffname.png": ("stored", ""), "camera.jpg": ("stored", ""),
+        "pipe.jpg": ("rejected", "not_a_file"), "zero.jpg": ("rejected", "not_a_file"),
+        "cut.gif": ("rejected", "truncated"),
+    }
+    assert mimes == ["image/jpeg", "image/png", "image/png"]
+
+
+def test_two_ingests_of_one_folder_at_once_both_finish(sqlite_db, store, tmp_path):
+    import threading
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"{i:04d}.png").write_bytes(image_bytes(fmt="PNG", seed=100 + i))
+    outcomes = []
+
+    def run() -> None:
+        try:
+            outcomes.append(ingest_folder(sqlite_db, store, folder, workers=2)["statuses"])
+        except Exception as exc:  # noqa: BLE001 - a failure is what the test looks for
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(o, dict) for o in outcomes), outcomes
+    assert sum(o.get("stored", 0) for o in outcomes) == 300
+    with sqlite_db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Image)) == 300
+        assert set(s.scalars(select(Job.status).where(Job.kind == "ingest"))) == {"succeeded"}
