@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError as PydanticValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError as PydanticValidationError, field_validator, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,14 @@ class ProjectConfig(BaseModel):
     gold_fraction: float = Field(0.0, ge=0, le=1)
     language: str = "en"
     max_points: int = Field(100, ge=1)
-    lease_minutes: float = Field(30.0, gt=0)
+    lease_minutes: float = Field(30.0, gt=0, le=60 * 24 * 365)
+
+    @field_validator("labels")
+    @classmethod
+    def _clean_labels(cls, labels: list[str]) -> list[str]:
+        # as a submitted label is cleaned: spaces collapsed, blanks dropped (else no answer could match)
+        cleaned = (" ".join(label.split()) for label in labels)
+        return list(dict.fromkeys(label for label in cleaned if label))
 
     @model_validator(mode="after")
     def _check_range(self) -> ProjectConfig:

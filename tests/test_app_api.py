@@ -490,3 +490,14 @@ def test_signed_blob_urls(env):
     assert env["c"]["anonymous"].get(url).headers["content-type"] == "image/png"
     assert env["c"]["anonymous"].get(url.replace("sig=", "sig=0")).status_code == 403
     assert env["c"]["anonymous"].get(url.split("?")[0]).status_code == 403
+
+
+def test_project_labels_are_cleaned_as_answers_are_and_leases_stay_in_range():
+    from pixmo.projects import ProjectConfig
+    from pixmo.submissions import check_points
+
+    cfg = ProjectConfig(labels=["big  dog", " ", "big dog", "\tcat "])
+    assert cfg.labels == ["big dog", "cat"]  # a label with two spaces could never be answered
+    assert check_points(cfg, "big  dog", [[0.5, 0.5]], False, "pointing")[0] == "big dog"
+    with pytest.raises(Exception, match="less than or equal"):
+        ProjectConfig(lease_minutes=1e12)  # every next-task request failed on the date arithmetic
