@@ -37,8 +37,12 @@ class DecodedAudio:
         return float(np.sqrt(np.mean(np.square(self.samples)))) if len(self.samples) else 0.0
 
 
-def decode_audio(data: bytes | str, sample_rate: int = SAMPLE_RATE) -> DecodedAudio:
-    """Decode audio bytes (or a path) to mono float32 at ``sample_rate``; AudioError if impossible."""
+def decode_audio(data: bytes | str, sample_rate: int = SAMPLE_RATE, *, max_seconds: float | None = None) -> DecodedAudio:
+    """Decode audio bytes (or a path) to mono float32 at ``sample_rate``; AudioError if impossible.
+
+    With ``max_seconds``, decoding stops as soon as the audio is longer (AudioError ``too_long``):
+    a small file of compressed silence can hold hours, which decoded would fill the memory.
+    """
     import av
 
     if isinstance(data, (bytes, bytearray)) and not data:
@@ -53,9 +57,14 @@ def decode_audio(data: bytes | str, sample_rate: int = SAMPLE_RATE) -> DecodedAu
             stream = streams[0]
             codec = stream.codec_context.name
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            limit = None if max_seconds is None else int(max_seconds * sample_rate)
+            decoded = 0
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
+                    decoded += len(chunks[-1])
+                if limit is not None and decoded > limit:
+                    raise AudioError("too_long", f"longer than {max_seconds:g} s")
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
             fmt = container.format.name

@@ -66,9 +66,12 @@ def check_audio(data: bytes, cfg: ProjectConfig, max_bytes: int) -> DecodedAudio
     """Decode and validate one recording for a project; UploadRejected says what is wrong."""
     if len(data) > max_bytes:
         raise UploadRejected("too_big", f"The recording is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB.", 413)
+    limit = cfg.max_seconds + DURATION_TOLERANCE_S
     try:
-        audio = decode_audio(data)
+        audio = decode_audio(data, max_seconds=limit)
     except AudioError as exc:
+        if exc.reason == "too_long":
+            raise UploadRejected("too_long", f"The recording is longer than {limit:g} s; the limit is {cfg.max_seconds:g} s.") from exc
         what = "empty" if exc.reason == "empty" else "not_audio"
         raise UploadRejected(what, "The upload is not audio that can be decoded." if what == "not_audio"
                              else "The upload is empty.") from exc

@@ -501,3 +501,27 @@ def test_project_labels_are_cleaned_as_answers_are_and_leases_stay_in_range():
     assert check_points(cfg, "big  dog", [[0.5, 0.5]], False, "pointing")[0] == "big dog"
     with pytest.raises(Exception, match="less than or equal"):
         ProjectConfig(lease_minutes=1e12)  # every next-task request failed on the date arithmetic
+
+
+def test_a_small_file_of_long_silence_is_refused_without_decoding_it_all():
+    """3 minutes of silence compress to a few kB of FLAC; decoding it all took memory in
+    proportion to its length (hours fit in an upload), the length being checked only afterwards."""
+    import tracemalloc
+
+    import numpy as np
+
+    from pixmo.audio import encode_audio
+    from pixmo.projects import ProjectConfig
+    from pixmo.submissions import UploadRejected, check_audio
+
+    data = encode_audio(np.zeros(16_000 * 180, np.float32), fmt="flac", codec="flac")
+    assert len(data) < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(UploadRejected) as refused:
+            check_audio(data, ProjectConfig(min_seconds=2, max_seconds=6), max_bytes=MAX_UPLOAD)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.reason == "too_long" and "the limit is 6 s" in str(refused.value)
+    assert peak < 4_000_000  # the whole decode would hold 180 s x 16 kHz x 4 B = 11.5 MB, twice
