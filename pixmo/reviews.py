@@ -128,6 +128,10 @@ def add_review(
     image_id, annotator_id = target_owner(session, target_type, int(target_id))
     if annotator_id is not None and annotator_id == reviewer_id:
         raise ValidationError("nobody reviews their own work")
+    if target_type == "qa_pair":
+        source, status = session.execute(select(QAPair.source, QAPair.status).where(QAPair.id == int(target_id))).one()
+        if source == "ask" and status != "accepted":  # its verdict would land on the whole task
+            raise ValidationError(f"only the accepted answer of an ask-the-model exchange is reviewed; this one is {status}")
     review = Review(target_type=target_type, target_id=int(target_id), image_id=image_id, reviewer_id=reviewer_id,
                     verdict=verdict, reason=reason)
     session.add(review)

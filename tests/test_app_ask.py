@@ -86,3 +86,18 @@ def test_ask_revise_accept(sqlite_db, store, tmp_path, ask_model):
         assert s.scalars(select(QAPair).where(QAPair.status == "accepted")).one().answer == revised["answer"]
     queue = rev.get("/api/reviews/queue").json()
     assert [(q["target_type"], q["details"]["question"]) for q in queue] == [("qa_pair", "What does the sign say?")]
+    # a question the annotator dropped for another one is not reviewed: its verdict would land on
+    # the whole task (and free the image) while the accepted answer waits in the queue
+    with db.session() as s:
+        dropped = QAPair(image_id=row.image_id, project_id=row.project_id, user_id=row.user_id,
+                         assignment_id=task["id"], source="ask", status="rejected", question="Old?", answer="Old.")
+        s.add(dropped)
+        s.flush()
+        dropped_id = dropped.id
+    r = rev.post("/api/reviews", json={"target_type": "qa_pair", "target_id": dropped_id, "verdict": "rejected",
+                                       "reason": "wrong"})
+    assert r.status_code == 422 and "accepted answer" in r.json()["detail"]
+    with db.session() as s:
+        assert s.get(Assignment, task["id"]).review_verdict is None
+    r = rev.post("/api/reviews", json={"target_type": "qa_pair", "target_id": qa["id"], "verdict": "approved"})
+    assert r.status_code == 201, r.text
