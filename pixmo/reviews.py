@@ -153,6 +153,9 @@ def sync_assignment_verdict(session: Session, target_type: str, target_id: int, 
 
     Whoever writes a ``reviews`` row (the app, the dashboard) calls this in the same transaction.
     """
+    if target_type == "assignment":  # a verdict on the task itself
+        session.execute(update(Assignment).where(Assignment.id == target_id).values(review_verdict=verdict))
+        return
     model = TARGETS.get(target_type)
     if model is None:
         return

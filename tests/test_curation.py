@@ -202,6 +202,9 @@ def test_gold_matching_rules():
     assert curation.gold_points({"label": "cat", "points": []}, "cat") == []
     assert curation.gold_points({"points": {"cat": []}}, "dog") is None
     assert curation.gold_points(None, "cat") is None
+    # typed in by hand and malformed: unscored, not a crash of the Annotators page
+    assert curation.gold_points({"label": "cat", "points": [0.5, 0.5]}, "cat") is None
+    assert curation.gold_points({"points": {"dog": "ab"}}, "dog") is None
 
 
 # ------------------------------------------------------------------ browse
@@ -466,6 +469,10 @@ def test_review_actions_write_verdicts(db, review_world):
         assert len(curation.image_detail(s, w["image"])["reviews"]) == 3
         stats = {r.username: r for r in curation.annotator_stats(s)}
         assert (stats["ann"].approved, stats["ann"].rejected, stats["ann"].flagged) == (1, 0, 1)
+    # a verdict on the assignment itself is the assignment's verdict too (it was left as it was)
+    with db.session() as s:
+        curation.submit_review(s, w["users"]["rev"], "assignment", w["assignment"], "rejected", "off-task")
+        assert s.get(Assignment, w["assignment"]).review_verdict == "rejected"
 
 
 @pytest.mark.parametrize(

@@ -148,6 +148,8 @@ def test_project_and_limit_select_the_work(sqlite_db, scripted):
 
     with pytest.raises(ValidationError, match="no project"):
         rewrite(sqlite_db, "clean", project="nope", **openai_opts(scripted))
+    with pytest.raises(ValidationError, match="limit must be 0 or more"):  # a negative slice kept all but the last
+        rewrite(sqlite_db, "clean", limit=-1, **openai_opts(scripted))
 
 
 # -- through `pixmo llm serve`: kill and resume, Ray ---------------------------------------------

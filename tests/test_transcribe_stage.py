@@ -160,3 +160,10 @@ def test_ray_actor_count_follows_cpus_and_caps_by_gpus():
     assert actor_count({"CPU": 8, "GPU": 2}, actors=6, gpus_per_actor=1.0) == 2
     assert actor_count({"CPU": 8, "GPU": 2}, gpus_per_actor=0.5) == 4
     assert actor_count({"CPU": 8}, gpus_per_actor=1.0) == 1  # no GPU seen: one, Ray queues it
+
+
+def test_a_negative_limit_is_refused(sqlite_db, store):
+    from pixmo.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="limit must be 0 or more"):  # SQLite read LIMIT -1 as no limit
+        transcribe_recordings(sqlite_db, store, limit=-1)

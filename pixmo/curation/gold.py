@@ -42,7 +42,10 @@ def gold_points(gold_answer: dict[str, Any] | None, label: str) -> list[tuple[fl
         return None
     if found is None:
         return None
-    return [(float(p[0]), float(p[1])) for p in found]
+    try:  # typed in by hand: a point that is not [x, y] leaves the image unscored rather than the page down
+        return [(float(p[0]), float(p[1])) for p in found]
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
 
 
 def _within(a: Point, b: Point, tolerance: float) -> bool:
