@@ -162,6 +162,8 @@ class ASRModel(ABC):
         info.speech_s = sum(speech)
         info.windows = len(windows)
 
+        if not self.is_multilingual:  # an English-only model decodes English whatever is asked: record that
+            langs = ["en" if lang is not None else None for lang in langs]
         lang_probs: list[float | None] = [1.0 if lang else None for lang in langs]
         for i in range(n):
             if langs[i] is None:
