@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.orm import Session
 
 from pixmo.db.session import Database
+from pixmo.errors import ValidationError
 from pixmo.jobs import job_run
 from pixmo.progress import Progress
 
@@ -31,7 +32,6 @@ class StageStats:
     """Counts by status, failures by reason, sizes and timing of one run."""
 
     statuses: Counter = field(default_factory=Counter)
-    reasons: Counter = field(default_factory=Counter)
     status_reasons: Counter = field(default_factory=Counter)  # (status, reason) -> count
     examples: dict[str, str] = field(default_factory=dict)
     bytes: int = 0
@@ -42,7 +42,6 @@ class StageStats:
         self.statuses[status] += 1
         self.bytes += nbytes
         if reason:
-            self.reasons[reason] += 1
             self.status_reasons[status, reason] += 1
             if ref is not None:
                 self.examples.setdefault(reason, ref)
@@ -51,17 +50,27 @@ class StageStats:
     def total(self) -> int:
         return sum(self.statuses.values())
 
+    @property
+    def reasons(self) -> Counter:
+        """Count per reason, whichever status it led to."""
+        out: Counter = Counter()
+        for (_, reason), n in self.status_reasons.items():
+            out[reason] += n
+        return out
+
     def finish(self) -> None:
         self.elapsed_s = time.perf_counter() - self.started
 
     def as_dict(self) -> dict[str, Any]:
         elapsed = self.elapsed_s or (time.perf_counter() - self.started)
+        by_status: dict[str, dict[str, int]] = {}
+        for (status, reason), n in sorted(self.status_reasons.items()):
+            by_status.setdefault(status, {})[reason] = n
         return {
             "total": self.total,
             "statuses": dict(self.statuses),
             "reasons": dict(self.reasons),
-            "reasons_by_status": {st: {r: n for (st2, r), n in sorted(self.status_reasons.items()) if st2 == st}
-                                  for st in sorted({st for st, _ in self.status_reasons})},
+            "reasons_by_status": by_status,
             "examples": dict(self.examples),
             "bytes": self.bytes,
             "elapsed_s": round(elapsed, 3),
@@ -88,6 +97,9 @@ class Stage(Generic[Item, Result]):
     workers = 2
 
     def __init__(self, db: Database, params: Any = None):
+        limit = getattr(params, "limit", None)
+        if limit is not None and limit < 0:  # SQLite reads LIMIT -1 as no limit, a negative slice drops the end
+            raise ValidationError("limit must be 0 or more")
         self.db = db
         self.params = params
         self.stats = StageStats()
@@ -152,13 +164,9 @@ def stats_table(title: str, stats: dict[str, Any]):  # noqa: ANN201
     table.add_column("status / reason")
     table.add_column("count", justify="right")
     table.add_column("example")
-    by_status = stats.get("reasons_by_status") or {}
     for status, n in sorted(stats["statuses"].items()):
         table.add_row(f"[bold]{status}", str(n), "")
-        for reason, m in by_status.get(status, {}).items():  # each reason under the status it led to
+        for reason, m in stats["reasons_by_status"].get(status, {}).items():  # under the status it led to
             table.add_row(f"  {reason}", str(m), stats["examples"].get(reason, ""))
-    if not by_status:  # stats of a run recorded before reasons were kept per status
-        for reason, n in sorted(stats["reasons"].items()):
-            table.add_row(f"  {reason}", str(n), stats["examples"].get(reason, ""))
     table.caption = f"{stats['total']} items in {stats['elapsed_s']:.1f} s ({stats['items_per_s'] or 0:.1f}/s)"
     return table

@@ -155,8 +155,6 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
             raise ValidationError(f"{type(self).__name__} runs {self.task!r}, not {params.task!r}")
         if params.batch_size < 1:
             raise ValidationError("batch size must be at least 1")
-        if params.limit is not None and params.limit < 0:
-            raise ValidationError("limit must be 0 or more")  # a negative slice would drop items from the end
         super().__init__(db, params)
         self.kind = f"rewrite.{self.task}"
         self.batch_size = params.batch_size

@@ -182,8 +182,6 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
             raise ConfigError(f"unknown executor {params.executor!r}; use one of {', '.join(EXECUTORS)}")
         if params.batch_size < 1:
             raise ValidationError("batch size must be at least 1")
-        if params.limit is not None and params.limit < 0:
-            raise ValidationError("limit must be 0 or more")  # SQLite reads LIMIT -1 as no limit at all
         params = replace(params, asr_model=asr_model_id(params.backend, params.model))
         super().__init__(db, params)
         self.stats = TranscribeStats()

@@ -25,8 +25,14 @@ AllImages = Annotated[bool, typer.Option("--all-images", help="Also export image
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
 
 
-def _filters(project, review_status, exclude_flag, since, until, all_images):  # noqa: ANN001, ANN202
+def _warn(*messages: str) -> None:
     from pixmo import cli
+
+    for message in messages:
+        cli.err.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def _filters(project, review_status, exclude_flag, since, until, all_images):  # noqa: ANN001, ANN202
     from pixmo.curation.sql import KNOWN_FLAGS
     from pixmo.export import ExportFilters
 
@@ -36,8 +42,8 @@ def _filters(project, review_status, exclude_flag, since, until, all_images):  #
     )
     for flag in filters.exclude_flags:
         if flag not in KNOWN_FLAGS:  # most likely a typo, which would silently exclude nothing
-            cli.err.print(f"[yellow]warning:[/yellow] no toolkit step writes the flag {flag!r} (its flags: "
-                          f"{', '.join(KNOWN_FLAGS)}); only rows that carry it by hand are left out")
+            _warn(f"no toolkit step writes the flag {flag!r} (its flags: {', '.join(KNOWN_FLAGS)}); "
+                  "only rows that carry it by hand are left out")
     return filters
 
 
@@ -79,10 +85,8 @@ def webdataset_cmd(
                                "warnings": result.warnings}, indent=2))
     else:
         cli.console.print(export_table(result))
-    if result.samples == 0:
-        cli.err.print(f"[yellow]warning:[/yellow] the filters selected no image: {result.out} now holds an empty export")
-    for warning in result.warnings:
-        cli.err.print(f"[yellow]warning:[/yellow] {warning}")
+    empty = [f"the filters selected no image: {result.out} now holds an empty export"] if result.samples == 0 else []
+    _warn(*empty, *result.warnings)
 
 
 @export_app.command("hf")
@@ -115,10 +119,8 @@ def hf_cmd(
                                "warnings": result.warnings}, indent=2))
     else:
         cli.console.print(hf_table(result))
-    if result.rows == 0:
-        cli.err.print(f"[yellow]warning:[/yellow] the filters selected no row: {result.out} holds one empty {subset} file")
-    for warning in result.warnings:
-        cli.err.print(f"[yellow]warning:[/yellow] {warning}")
+    empty = [f"the filters selected no row: {result.out} holds one empty {subset} file"] if result.rows == 0 else []
+    _warn(*empty, *result.warnings)
 
 
 def verify_cmd(

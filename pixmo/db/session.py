@@ -13,6 +13,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
+SQLITE_BUSY_TIMEOUT_S = 60  # how long a SQLite connection waits for another writer's lock
+
+
 def _prepare_sqlite(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -29,7 +32,7 @@ def create_db_engine(url: str, *, sqlite_begin: str = "DEFERRED", echo: bool = F
         return create_engine(url, echo=echo, pool_pre_ping=True, future=True)
 
     _prepare_sqlite(url)
-    engine = create_engine(url, echo=echo, connect_args={"timeout": 60, "check_same_thread": False})
+    engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
@@ -38,7 +41,7 @@ def create_db_engine(url: str, *, sqlite_begin: str = "DEFERRED", echo: bool = F
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
@@ -118,7 +121,7 @@ class Database:
                     raise
                 return False
             finally:
-                con.execute("PRAGMA busy_timeout=60000")
+                con.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         finally:
             raw.close()
         return True
