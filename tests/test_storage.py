@@ -121,6 +121,31 @@ def test_put_get_round_trip(store):
     assert store.get_bytes("empty") == b""
 
 
+@pytest.mark.parametrize("size", [1, 65_535, 65_536, 65_537, 3 * 1024 * 1024 + 7])
+def test_local_get_bytes_reads_whole_file(tmp_path, size):
+    store = LocalStore(tmp_path / "blobs", secret="s", public_url="http://x")
+    data = os.urandom(size)
+    store.put_bytes(data, "k/blob.bin")
+    assert store.get_bytes("k/blob.bin") == data
+
+
+def test_local_get_bytes_reads_past_a_stale_size(tmp_path, monkeypatch):
+    """A file that grew between fstat and the read is read to its end, not cut at the old size."""
+    store = LocalStore(tmp_path / "blobs", secret="s", public_url="http://x")
+    data = os.urandom(200_000)
+    store.put_bytes(data, "k/grown.bin")
+    real_fstat = os.fstat
+
+    def stale_fstat(fd):
+        st = real_fstat(fd)
+        fields = list(st)
+        fields[6] = 10  # st_size as it was before the file grew
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "fstat", stale_fstat)
+    assert store.get_bytes("k/grown.bin") == data
+
+
 def test_put_file_from_path_and_stream(store, tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(b"from a path")
