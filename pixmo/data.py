@@ -134,11 +134,12 @@ def decode_image(data: bytes, mode: str = "tensor"):  # noqa: ANN201
         return data
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        # as browsers show it, which is what the points were clicked on
-        im = ImageOps.exif_transpose(im)
-        rgb = _as_rgb(im)
+    # not closed: closing an image read from memory frees nothing and makes it unusable, so it
+    # would have to be copied out first (a copy of every image, as exif_transpose without in_place makes)
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    ImageOps.exif_transpose(im, in_place=True)  # as browsers show it, which is what the points were clicked on
+    rgb = _as_rgb(im)
     if mode == "pil":
         return rgb
     import numpy as np
