@@ -233,11 +233,11 @@ def test_a_place_that_cannot_be_written_fails_clearly_and_the_job_says_so(demo, 
 
     db, store = demo
     (tmp_path / "a_file").write_text("keep me")
-    with pytest.raises(StorageError, match="cannot write cap/train-00000.parquet"):
+    with pytest.raises(StorageError, match="cannot create the folder .*a_file/sub: Not a directory"):
         export_hf(db, store, tmp_path / "a_file" / "sub", "cap")
     with db.session() as s:
         job = s.scalars(select(Job).order_by(Job.id.desc())).first()
-        assert job.kind == "export-hf-cap" and job.status == "failed" and "cannot write" in job.error
+        assert job.kind == "export-hf-cap" and job.status == "failed" and "cannot create" in job.error
     assert (tmp_path / "a_file").read_text() == "keep me"
 
 

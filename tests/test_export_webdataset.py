@@ -696,8 +696,8 @@ def test_cli_export_then_verify(tmp_path, monkeypatch):
         (tmp_path / "a_file").write_text("keep me")
         for args, message in [
             (["export", "webdataset", "a_file"], "exists and is not a folder"),
-            (["export", "webdataset", "a_file/sub"], "cannot remove manifest.json"),
-            (["export", "hf", "a_file/sub", "--subset", "cap"], "cannot write cap/train-00000.parquet"),
+            (["export", "webdataset", "a_file/sub"], "cannot create the folder"),
+            (["export", "hf", "a_file/sub", "--subset", "cap"], "cannot create the folder"),
             (["export", "webdataset", ""], "no export location given"),
             (["export", "webdataset", "out3", "--maxsize", "1e400"], "not a size"),
             (["export", "webdataset", "out3", "--workers", "0"], "workers"),
@@ -786,3 +786,65 @@ def test_an_empty_selection_gives_a_valid_empty_export(demo, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST_NAME]
     report = verify_export(tmp_path / "out")
     assert report.ok and report.samples == 0
+
+
+def test_a_second_export_into_a_folder_being_written_fails_and_touches_nothing(demo, tmp_path):
+    """Two exports into one folder at once: the second is refused before it deletes anything (it would
+    otherwise remove the first one's temporary files and manifest as leftovers); HF subsets into that
+    folder wait their turn too, while different subsets may be written side by side."""
+    import threading
+
+    from pixmo.db.models import Job
+    from pixmo.errors import StorageError
+    from pixmo.export import export_hf
+
+    db, store = demo
+    out = tmp_path / "out"
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=2, workers=1))
+    before = _files(out)
+    started, go, errors = threading.Event(), threading.Event(), []
+
+    def slow_progress(_n: int) -> None:
+        started.set()
+        go.wait(30)
+
+    def first() -> None:
+        try:
+            export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=2, workers=1), progress=slow_progress)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert started.wait(30), "the first export never wrote a sample"
+        for second in (
+            lambda: export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=3, workers=1)),
+            lambda: export_hf(db, store, out, "cap"),
+        ):
+            with pytest.raises(StorageError, match="another export is writing to .*out now"):
+                second()
+        assert not (out / "cap").exists() or not any((out / "cap").iterdir())
+    finally:
+        go.set()
+        thread.join(60)
+    assert not errors, errors
+    assert _files(out) == before  # the first run rewrote the same bytes; the refused ones removed nothing
+    assert verify_export(out).ok
+    with db.session() as s:
+        failed = s.scalars(select(Job).where(Job.status == "failed")).all()
+        assert sorted(j.kind for j in failed) == ["export", "export-hf-cap"]
+        assert all("another export is writing" in j.error for j in failed)
+
+    # HF subsets: one subset at a time, different subsets side by side
+    from pixmo.export.target import open_target
+
+    target = open_target(tmp_path / "hf")
+    with target.writing("cap"):
+        with pytest.raises(StorageError, match="another export is writing to .*cap now"):
+            export_hf(db, store, tmp_path / "hf", "cap")
+        export_hf(db, store, tmp_path / "hf", "points")
+        with pytest.raises(StorageError, match="another export is writing to .*hf now"):
+            export_webdataset(db, store, tmp_path / "hf")
+    export_hf(db, store, tmp_path / "hf", "cap")
+    assert list((tmp_path / "hf" / "cap").glob("*.parquet")) and list((tmp_path / "hf" / "points").glob("*.parquet"))

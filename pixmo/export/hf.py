@@ -273,7 +273,7 @@ def export_hf(
     check_apart(target, store)
     started = time.perf_counter()
     params = {"out": target.url, "subset": subset, "filters": filters.as_dict(), "rows_per_file": rows_per_file}
-    with job_run(db, f"export-hf-{subset}", params) as job:
+    with job_run(db, f"export-hf-{subset}", params) as job, target.writing(subset):
         for name in target.temp_names():  # what a killed run of this subset left
             if name.startswith(f"{subset}/"):
                 target.delete(name)

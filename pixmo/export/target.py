@@ -18,6 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 from pixmo.errors import StorageError
 from pixmo.storage import TMP_PREFIX, BlobStore, LocalStore, S3Store, fsync_dir, open_store
 
@@ -104,6 +109,40 @@ class ExportTarget(ABC):
     def absent_because(self) -> str | None:
         """Why nothing can be there at all (no such folder or bucket), else None."""
         return None
+
+    @contextlib.contextmanager
+    def writing(self, part: str | None = None) -> Iterator[None]:
+        """Hold the target while an export writes to it, so that a second export into the same place
+        fails at once (StorageError) instead of deleting the first one's files as leftovers.
+
+        ``part`` (a subfolder, as an HF subset) is held alone while the rest is shared with other
+        parts; without it the whole target is held. Only folders can be held: a blob store is not.
+        """
+        yield
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, *, shared: bool) -> Iterator[None]:
+    """An advisory lock (flock) on ``folder`` itself, made if missing, held until the block ends."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the folder {folder}: {exc.strerror or exc}") from exc
+    if fcntl is None:  # no flock (Windows): nothing is held
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StorageError(f"another export is writing to {folder} now; wait for it to finish "
+                               "or export to another folder") from None
+        except OSError:
+            pass  # a file system without flock: the export goes on unheld, as before
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
@@ -212,6 +251,14 @@ class LocalTarget(ExportTarget):
 
     def absent_because(self) -> str | None:
         return None if self.root.is_dir() else "no such folder"
+
+    @contextlib.contextmanager
+    def writing(self, part: str | None = None) -> Iterator[None]:
+        with contextlib.ExitStack() as held:
+            held.enter_context(_folder_lock(self.root, shared=part is not None))
+            if part is not None:
+                held.enter_context(_folder_lock(self._path(part), shared=False))
+            yield
 
 
 class StoreTarget(ExportTarget):

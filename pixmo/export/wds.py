@@ -189,7 +189,7 @@ def export_webdataset(
     check_apart(target, store)
     started = time.perf_counter()
     params = {"out": target.url, "filters": filters.as_dict(), "options": asdict(options)}
-    with job_run(db, "export", params) as job:
+    with job_run(db, "export", params) as job, target.writing():
         as_of, warnings = snapshot_time(db, filters)
         with db.session() as session:
             candidates = select_images(session, filters, as_of=as_of, with_audio=options.with_audio)
