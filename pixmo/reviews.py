@@ -148,20 +148,46 @@ def record_review(
         return add_review(session, reviewer_id, target_type, target_id, verdict, reason, targets=tuple(TARGETS))
 
 
-def sync_assignment_verdict(session: Session, target_type: str, target_id: int, verdict: str) -> None:
-    """Copy a new verdict onto the submission's assignment, so a rejection frees the image's slot.
+# what a submission's verdict is when its items were judged differently: one rejected item sends the
+# whole task back (its slot is freed for another annotator), a flagged one holds it for a look
+_ASSIGNMENT_VERDICT_ORDER = ("rejected", "flagged", "approved")
 
-    Whoever writes a ``reviews`` row (the app, the dashboard) calls this in the same transaction.
+
+def sync_assignment_verdict(session: Session, target_type: str, target_id: int, verdict: str) -> None:
+    """Keep the submission's assignment verdict in step with a new verdict, so a rejection frees the image's slot.
+
+    The assignment's verdict is that of its worst current verdict: over the task itself and every item
+    of the submission (recordings, point sets, QA pairs), each judged by its newest review, so approving
+    one item does not undo the rejection of another. Whoever writes a ``reviews`` row (the app, the
+    dashboard) calls this in the same transaction, after adding the row.
     """
     if target_type == "assignment":  # a verdict on the task itself
-        session.execute(update(Assignment).where(Assignment.id == target_id).values(review_verdict=verdict))
+        assignment_id: int | None = target_id
+    elif (model := TARGETS.get(target_type)) is not None:
+        assignment_id = session.scalar(select(model.assignment_id).where(model.id == target_id))
+    else:
         return
-    model = TARGETS.get(target_type)
-    if model is None:
+    if assignment_id is None:
         return
-    assignment_id = session.scalar(select(model.assignment_id).where(model.id == target_id))
-    if assignment_id is not None:
-        session.execute(update(Assignment).where(Assignment.id == assignment_id).values(review_verdict=verdict))
+    session.flush()  # the new review counts
+    targets = [("assignment", assignment_id)] + [
+        (name, item_id)
+        for name, model in TARGETS.items()
+        for item_id in session.scalars(select(model.id).where(model.assignment_id == assignment_id))
+    ]
+    newest: dict[tuple[str, int], str] = {}
+    for name in {t for t, _ in targets}:
+        ids = [i for t, i in targets if t == name]
+        rows = session.execute(
+            select(Review.target_id, Review.verdict)
+            .where(Review.target_type == name, Review.target_id.in_(ids))
+            .order_by(Review.created_at, Review.id)
+        )
+        for item_id, v in rows:
+            newest[(name, item_id)] = v  # in time order: the last one wins
+    current = set(newest.values()) or {verdict}
+    combined = next((v for v in _ASSIGNMENT_VERDICT_ORDER if v in current), verdict)
+    session.execute(update(Assignment).where(Assignment.id == assignment_id).values(review_verdict=combined))
 
 
 def recent_rejections(session: Session, user_id: int, limit: int = 5) -> list[dict[str, Any]]:

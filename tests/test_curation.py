@@ -475,6 +475,47 @@ def test_review_actions_write_verdicts(db, review_world):
         assert s.get(Assignment, w["assignment"]).review_verdict == "rejected"
 
 
+def test_assignment_verdict_is_its_worst_current_item_verdict(db, review_world):
+    """Approving one item of a submission does not undo the rejection of another: the task stays
+    rejected (its slot free) until the rejected item itself is approved."""
+    w = review_world
+    with db.session() as s:
+        ps = PointSet(image_id=w["image"], user_id=w["users"]["ann"], assignment_id=w["assignment"], label="cat",
+                      points=[[0.5, 0.5]], method="pointing")
+        s.add(ps)
+        s.flush()
+        ps_id = ps.id
+    rev = w["users"]["rev"]
+    steps = [
+        ("recording", w["recording"], "rejected", "rejected"),
+        ("point_set", ps_id, "approved", "rejected"),  # was: approved (the last verdict won)
+        ("assignment", w["assignment"], "approved", "rejected"),
+        ("recording", w["recording"], "flagged", "flagged"),
+        ("recording", w["recording"], "approved", "approved"),
+        ("point_set", ps_id, "rejected", "rejected"),
+        ("assignment", w["assignment"], "rejected", "rejected"),
+        ("point_set", ps_id, "approved", "rejected"),  # the task itself is still rejected
+        ("assignment", w["assignment"], "approved", "approved"),
+    ]
+    for target, target_id, verdict, expected in steps:
+        with db.session() as s:
+            curation.submit_review(s, rev, target, target_id, verdict, "why" if verdict == "rejected" else "")
+        with db.session() as s:
+            assert s.get(Assignment, w["assignment"]).review_verdict == expected, (target, verdict)
+
+
+def test_speech_per_recording_counts_only_transcribed_recordings(db, review_world):
+    w = review_world
+    with db.session() as s:
+        s.get(Transcript, w["transcript"]).metrics = {"speech_s": 6.0, "wpm": 120.0}
+        s.add(Recording(image_id=w["image"], user_id=w["users"]["ann"], storage_key="r3", sha256="c" * 64,
+                        mime="audio/ogg", duration_s=3.0, bytes=10))  # not transcribed yet
+    with db.session() as s:
+        ann = {r.username: r for r in curation.annotator_stats(s)}["ann"]
+    assert (ann.recordings, ann.speech_s) == (2, 6.0)
+    assert ann.speech_s_per_recording == 6.0  # was 3.0: the untranscribed recording counted as silence
+
+
 @pytest.mark.parametrize(
     ("who", "target", "verdict", "reason", "error"),
     [

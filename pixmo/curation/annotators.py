@@ -38,6 +38,7 @@ class AnnotatorStats:
     recordings: int = 0
     audio_s: float = 0.0
     speech_s: float = 0.0
+    speech_recordings: int = 0  # recordings with a measured speech time (transcribed), what speech_s sums over
     wpm_mean: float | None = None
     point_sets: int = 0
     qa_pairs: int = 0
@@ -63,7 +64,9 @@ class AnnotatorStats:
 
     @property
     def speech_s_per_recording(self) -> float | None:
-        return round(self.speech_s / self.recordings, 1) if self.recordings else None
+        """Speech per transcribed recording: one not transcribed yet (or whose ASR failed) has no speech time,
+        not a speech time of zero."""
+        return round(self.speech_s / self.speech_recordings, 1) if self.speech_recordings else None
 
     @property
     def rejection_rate(self) -> float | None:
@@ -174,13 +177,14 @@ def annotator_stats(
         .subquery()
     )
     stmt = (
-        select(Recording.user_id, func.sum(per_recording.c.speech_s), func.avg(per_recording.c.wpm))
+        select(Recording.user_id, func.sum(per_recording.c.speech_s), func.count(per_recording.c.speech_s),
+               func.avg(per_recording.c.wpm))
         .join(per_recording, per_recording.c.recording_id == Recording.id)
         .group_by(Recording.user_id)
     )
-    for user_id, speech, wpm in session.execute(stmt.where(*in_project(Recording.project_id, project_id))):
+    for user_id, speech, measured, wpm in session.execute(stmt.where(*in_project(Recording.project_id, project_id))):
         if user_id is not None:
-            row(user_id).speech_s = float(speech or 0.0)
+            row(user_id).speech_s, row(user_id).speech_recordings = float(speech or 0.0), int(measured or 0)
             row(user_id).wpm_mean = round(float(wpm), 1) if wpm is not None else None
 
     stmt = select(PointSet.user_id, func.count()).group_by(PointSet.user_id)
