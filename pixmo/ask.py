@@ -220,10 +220,10 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
 def accept_answer(db: Database, *, qa_id: int, user_id: int, active_seconds: float | None = None,
                   now: dt.datetime | None = None) -> QAPair:
     """Accept the current answer: the pair becomes an accepted QA row and the task is submitted."""
-    now = now or utcnow()
     with db.session(write_lock=True) as session:
         qa = _pending(session, qa_id, user_id, lock=True)
         assignment = get_assignment(session, qa.assignment_id, user_id, lock=True)
+        now = now or utcnow()  # after the locks: waiting for them may outlast the lease
         claim_for_submission(session, assignment, now)
         qa.status = "accepted"
         mark_submitted(assignment, active_seconds, now)

@@ -236,9 +236,9 @@ def mark_submitted(assignment: Assignment, active_seconds: float | None, now: dt
 
 def skip_assignment(db: Database, assignment_id: int, user_id: int, reason: str = "", *, active_seconds: float | None = None) -> Assignment:
     """Give a leased image back, recording why; the user will not be offered it again."""
-    now = utcnow()
     with db.session(write_lock=True) as session:
         assignment = get_assignment(session, assignment_id, user_id, lock=True)
+        now = utcnow()  # after the lock: waiting for it may outlast the lease
         if assignment.status != "leased":
             raise LeaseError(f"only a leased task can be skipped (this one is {assignment.status})")
         _add_active(assignment, active_seconds, now)
@@ -250,9 +250,9 @@ def skip_assignment(db: Database, assignment_id: int, user_id: int, reason: str 
 
 def heartbeat(db: Database, assignment_id: int, user_id: int, active_seconds: float | None = None) -> Assignment:
     """Record active time and extend a live lease by the project's lease length."""
-    now = utcnow()
     with db.session(write_lock=True) as session:
         assignment = get_assignment(session, assignment_id, user_id, lock=True)
+        now = utcnow()  # after the lock: waiting for it may outlast the lease
         if assignment.status != "leased" or as_utc(assignment.expires_at) <= now:
             raise LeaseError("this task is no longer leased to you")
         _add_active(assignment, active_seconds, now)

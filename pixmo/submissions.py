@@ -101,14 +101,18 @@ def _replay(session, key: str, user_id: int, assignment_id: int) -> Recording | 
     return rec
 
 
-def _claimed(session, assignment_id: int, user_id: int, kind: str | tuple[str, ...], now: dt.datetime) -> tuple[Assignment, Project]:  # noqa: ANN001
+def _claimed(session, assignment_id: int, user_id: int, kind: str | tuple[str, ...]) -> tuple[Assignment, Project, dt.datetime]:  # noqa: ANN001
+    """The locked assignment, claimed for a submission, its project, and the time of the claim."""
     assignment = get_assignment(session, assignment_id, user_id, lock=True)
+    # the time is read once the row is locked: waiting for the lock may outlast the lease, which
+    # another annotator may then have taken over
+    now = utcnow()
     project = session.get(Project, assignment.project_id)
     kinds = (kind,) if isinstance(kind, str) else kind
     if project.kind not in kinds:
         raise ValidationError(f"this is a {project.kind} task, not a {kinds[0]} task")
     claim_for_submission(session, assignment, now)
-    return assignment, project
+    return assignment, project, now
 
 
 def submit_recording(
@@ -138,7 +142,6 @@ def submit_recording(
     audio = check_audio(data, cfg, max_bytes)  # outside any transaction: decoding takes a while
     mime = MIME_BY_CONTAINER.get(audio.container, "application/octet-stream")
     put = store.put_bytes(data, content_type=mime, ext=EXT_BY_MIME.get(mime, "bin"))
-    now = utcnow()
     try:
         with db.session(write_lock=True) as session:
             # a concurrent upload with this key may have submitted the task while this one decoded
@@ -146,7 +149,7 @@ def submit_recording(
             if first is not None:
                 return RecordingResult(first, replayed=True)
             try:
-                assignment, _ = _claimed(session, assignment_id, user_id, "caption", now)
+                assignment, _, now = _claimed(session, assignment_id, user_id, "caption")
             except LeaseError:
                 first = _replay(session, key, user_id, assignment_id)  # it committed while we waited for the lock
                 if first is not None:
@@ -217,9 +220,8 @@ def submit_points(
         project = session.get(Project, assignment.project_id)
         cfg = project_config(project)
     label, clean = check_points(cfg, label, points, not_present, method)
-    now = utcnow()
     with db.session(write_lock=True) as session:
-        assignment, _ = _claimed(session, assignment_id, user_id, ("points", "point_explain"), now)
+        assignment, _, now = _claimed(session, assignment_id, user_id, ("points", "point_explain"))
         ps = PointSet(
             image_id=assignment.image_id, project_id=assignment.project_id, user_id=user_id,
             assignment_id=assignment.id, label=label, points=clean, not_present=bool(not_present), method=method,

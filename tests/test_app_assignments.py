@@ -132,3 +132,37 @@ def test_a_late_submission_never_doubles_an_annotator(db, store):
     with pytest.raises(LeaseError, match="newer task"):
         submit_points(db, assignment_id=old.assignment.id, user_id=uid, label="x", points=[[0.5, 0.5]])
     submit_points(db, assignment_id=new.assignment.id, user_id=uid, label="x", points=[[0.5, 0.5]])
+
+
+def test_a_submission_that_waited_for_the_lock_past_its_lease_is_checked_at_the_time_it_got_it(db, store, monkeypatch):
+    """The clock is read once the assignment row is locked: a submission that computed 'now' before
+    waiting would find its lease still live, skip the capacity check and put a second annotator on an
+    image of overlap 1 that someone else took over meanwhile."""
+    import pixmo.submissions as submissions
+
+    project_id, _ = make_project(db, store, "p", "points", n_images=1, overlap=1, labels=["cat"])
+    users = add_users(db, [("a", "annotator"), ("b", "annotator")], password=None)
+    lease = next_assignment(db, project_id, users["a"])
+    real_now = utcnow()
+    with db.session() as s:  # a's lease ran out while the submission waited; b took the image over
+        a = s.get(Assignment, lease.assignment.id)
+        a.expires_at = real_now - dt.timedelta(minutes=1)
+        s.add(Assignment(project_id=project_id, image_id=a.image_id, user_id=users["b"], status="leased",
+                         expires_at=real_now + dt.timedelta(minutes=30)))
+    locked = []
+    real_get = submissions.get_assignment
+
+    def get_assignment(session, assignment_id, user_id, lock=False):
+        row = real_get(session, assignment_id, user_id, lock=lock)
+        locked.append(lock)
+        return row
+
+    # before the lock is held the clock reads a time when a's lease was still live
+    monkeypatch.setattr(submissions, "utcnow",
+                        lambda: utcnow() if any(locked) else real_now - dt.timedelta(minutes=2))
+    monkeypatch.setattr(submissions, "get_assignment", get_assignment)
+    with pytest.raises(LeaseError, match="went to someone else"):
+        submit_points(db, assignment_id=lease.assignment.id, user_id=users["a"], label="cat", points=[[0.5, 0.5]])
+    with db.session() as s:
+        statuses = dict(s.execute(select(Assignment.user_id, Assignment.status)).all())
+    assert statuses == {users["a"]: "leased", users["b"]: "leased"}
