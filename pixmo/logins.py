@@ -12,7 +12,7 @@ import datetime as dt
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from pixmo.auth import authenticate, token_hash
@@ -64,6 +64,17 @@ def check_throttle(session: Session, username: str, ip: str, now: dt.datetime | 
             raise LoginThrottled(max(1, int(wait.total_seconds()) + 1))
 
 
+def _serialise_per_ip(session: Session, ip: str) -> None:
+    """Logins from one address wait for each other until their transactions end (PostgreSQL).
+
+    Otherwise parallel tries would all count the failures before any of them is written and all get
+    through: as many guesses as an attacker can send at once. SQLite's callers hold its one write
+    lock already (``write_lock=True``).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"pixmo-login|{ip}"})
+
+
 def check_credentials(
     session: Session, username: str, password: str, ip: str | None, now: dt.datetime | None = None
 ) -> User | None:
@@ -75,6 +86,7 @@ def check_credentials(
     now = now or utcnow()
     username = username.strip()[:64]
     ip = (ip or "unknown")[:64]
+    _serialise_per_ip(session, ip)
     check_throttle(session, username, ip, now)
     user = authenticate(session, username, password)
     session.add(LoginAttempt(username=username, ip=ip, ok=user is not None, created_at=now))

@@ -72,3 +72,35 @@ def test_tokens_are_stored_hashed(db):
         assert token not in stored.token_hash and len(stored.token_hash) == 64
         assert user_for_token(s, token).username == "carol"
         assert user_for_token(s, token + "x") is None
+
+
+def test_parallel_wrong_passwords_get_only_the_allowed_tries(db):
+    """16 wrong passwords for one user from one address at once: 5 are checked, the rest throttled, on
+    PostgreSQL too (where the tries used to count the failures in parallel, before any was written)."""
+    import threading
+
+    from pixmo.logins import MAX_FAILURES_PER_USER_IP, LoginThrottled, check_credentials
+
+    with db.session() as s:
+        create_user(s, "victim", "correct horse battery", "annotator")
+    barrier = threading.Barrier(16)
+    outcomes, errors = [], []
+
+    def guess() -> None:
+        try:
+            barrier.wait()
+            with db.session(write_lock=True) as s:
+                outcomes.append(check_credentials(s, "victim", "wrong-guess", "6.6.6.6"))
+        except LoginThrottled:
+            outcomes.append("throttled")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guess) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert outcomes.count(None) == MAX_FAILURES_PER_USER_IP
+    assert outcomes.count("throttled") == 16 - MAX_FAILURES_PER_USER_IP
