@@ -73,10 +73,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DataError)
     async def out_of_range(request: Request, exc: Exception):  # noqa: ANN202
         # an id or number beyond what the database (SQLite: OverflowError; PostgreSQL: DataError)
-        # or a date can hold: no such row, and the request's fault, not the server's
-        if isinstance(exc, DataError) and "out of range" not in str(exc.orig):
+        # or a date can hold: no such row, and the request's fault, not the server's; likewise a NUL
+        # character, which PostgreSQL's text columns cannot hold
+        if isinstance(exc, DataError) and "NUL (0x00)" in str(exc.orig):
+            message = "text in the request may not contain NUL characters"
+        elif isinstance(exc, DataError) and "out of range" not in str(exc.orig):
             raise exc
-        message = "a number in the request is out of range"
+        else:
+            message = "a number in the request is out of range"
         if _wants_html(request):
             return render(request, "error.html", 422, status=422, message=message)
         return JSONResponse({"detail": message}, status_code=422)

@@ -243,7 +243,7 @@ def skip_assignment(db: Database, assignment_id: int, user_id: int, reason: str 
             raise LeaseError(f"only a leased task can be skipped (this one is {assignment.status})")
         _add_active(assignment, active_seconds, now)
         assignment.status = "skipped"
-        assignment.skip_reason = (reason or "").strip()[:500] or None
+        assignment.skip_reason = (reason or "").replace("\0", "").strip()[:500] or None
         assignment.submitted_at = now
         return assignment
 

@@ -84,11 +84,13 @@ def check_credentials(
     password check of the app and the dashboard.
     """
     now = now or utcnow()
-    username = username.strip()[:64]
-    ip = (ip or "unknown")[:64]
+    # no name or password holds a NUL (PostgreSQL's text cannot): such a try is a failure, recorded without it
+    has_nul = "\0" in username or "\0" in password
+    username = username.replace("\0", "").strip()[:64]
+    ip = (ip or "unknown").replace("\0", "")[:64]
     _serialise_per_ip(session, ip)
     check_throttle(session, username, ip, now)
-    user = authenticate(session, username, password)
+    user = None if has_nul else authenticate(session, username, password)
     session.add(LoginAttempt(username=username, ip=ip, ok=user is not None, created_at=now))
     if user is None:
         session.flush()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError as PydanticValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError, field_validator, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -23,8 +23,24 @@ GUIDING_QUESTIONS = [
 ]
 
 
+def _has_control_chars(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def clean_label(label: str | None) -> str:
+    """A label as it is stored and compared: spaces collapsed; ValueError on a control character
+    (a NUL, which PostgreSQL's text cannot hold, among them)."""
+    label = " ".join((label or "").split())
+    if _has_control_chars(label):
+        raise ValueError("a label may not hold control characters")
+    return label
+
+
 class ProjectConfig(BaseModel):
     """Per-project settings (stored as JSON on the project row)."""
+
+    # inf or NaN is no length or count, and not JSON: PostgreSQL refuses it, SQLite stores invalid JSON
+    model_config = ConfigDict(allow_inf_nan=False)
 
     min_seconds: float = Field(60.0, ge=0)
     max_seconds: float = Field(90.0, gt=0)
@@ -40,7 +56,7 @@ class ProjectConfig(BaseModel):
     @classmethod
     def _clean_labels(cls, labels: list[str]) -> list[str]:
         # as a submitted label is cleaned: spaces collapsed, blanks dropped (else no answer could match)
-        cleaned = (" ".join(label.split()) for label in labels)
+        cleaned = (clean_label(label) for label in labels)
         return list(dict.fromkeys(label for label in cleaned if label))
 
     @model_validator(mode="after")
@@ -58,6 +74,8 @@ def create_project(
         raise ValidationError(f"kind must be one of {', '.join(PROJECT_KINDS)}, not {kind!r}")
     if not name.strip():
         raise ValidationError("a project needs a name")
+    if _has_control_chars(name):
+        raise ValidationError("a project name may not hold control characters")
     if session.scalars(select(Project).where(Project.name == name)).first():
         raise ValidationError(f"project {name!r} exists already")
     try:

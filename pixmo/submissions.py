@@ -25,7 +25,7 @@ from pixmo.db.models import POINT_METHODS, Assignment, PointSet, Project, Record
 from pixmo.db.session import Database
 from pixmo.errors import ValidationError
 from pixmo.formats.points import validate_points
-from pixmo.projects import ProjectConfig, project_config
+from pixmo.projects import ProjectConfig, clean_label, project_config
 from pixmo.storage import BlobStore
 
 # MediaRecorder's first and last chunks and container overhead blur the length a little
@@ -176,7 +176,10 @@ def check_points(
     cfg: ProjectConfig, label: str, points: list[Any], not_present: bool, method: str
 ) -> tuple[str, list[list[float]]]:
     """The cleaned label and points (normalised, rounded); ValidationError says what is wrong."""
-    label = " ".join((label or "").split())
+    try:
+        label = clean_label(label)
+    except ValueError:
+        raise ValidationError("The label may not hold control characters.") from None
     if not label:
         raise ValidationError("Say what you pointed at: the label is empty.")
     if len(label) > MAX_LABEL_CHARS:

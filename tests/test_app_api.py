@@ -525,3 +525,35 @@ def test_a_small_file_of_long_silence_is_refused_without_decoding_it_all():
         tracemalloc.stop()
     assert refused.value.reason == "too_long" and "the limit is 6 s" in str(refused.value)
     assert peak < 4_000_000  # the whole decode would hold 180 s x 16 kHz x 4 B = 11.5 MB, twice
+
+
+def test_nul_characters_and_infinities_are_refused_clearly_on_both_backends(env):
+    """PostgreSQL's text and JSON cannot hold a NUL or inf: each used to be a 500 there (and was stored
+    on SQLite). Now the same answer on both backends, or a 422 where PostgreSQL alone refuses."""
+    db = env["db"]
+    r = _login(TestClient(env["app"]), "ann\x00", PASSWORD)  # anyone can send this
+    assert r.status_code == 401
+    with db.session() as s:
+        assert s.scalar(select(LoginAttempt.username).order_by(LoginAttempt.id.desc())) == "ann"
+    a = lease(env, "free")
+    r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/points",
+                                   json={"label": "cat\u0000dog", "points": [[0.5, 0.5]], "method": "pointing"})
+    assert r.status_code == 422 and "control characters" in r.json()["detail"]
+    r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/skip", json={"reason": "blurry\u0000"})
+    assert r.status_code == 200
+    with db.session() as s:
+        assert s.get(Assignment, a["id"]).skip_reason == "blurry"
+    for body in ('{"name": "endless", "kind": "caption", "max_seconds": Infinity}',
+                 '{"name": "nul\\u0000name", "kind": "caption"}',
+                 '{"name": "lbl", "kind": "points", "labels": ["a\\u0000b"]}'):
+        r = env["c"]["admin"].post("/api/projects", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, (body, r.status_code, r.text)
+    # free text that only PostgreSQL refuses: a clear 422 there, never a 500
+    a = lease(env, "caption")
+    rec = _upload(env, a["id"], audio_bytes(3), "nul-key-00001").json()
+    r = env["c"]["reviewer"].post("/api/reviews", json={"target_type": "recording", "target_id": rec["id"],
+                                                        "verdict": "rejected", "reason": "bad\u0000"})
+    if db.is_sqlite:
+        assert r.status_code == 201
+    else:
+        assert r.status_code == 422 and "NUL" in r.json()["detail"]
