@@ -557,3 +557,10 @@ def test_nul_characters_and_infinities_are_refused_clearly_on_both_backends(env)
         assert r.status_code == 201
     else:
         assert r.status_code == 422 and "NUL" in r.json()["detail"]
+
+
+def test_api_times_carry_their_zone(env):
+    a = lease(env, "caption")
+    body = env["c"]["annotator"].get(f"/api/assignments/{a['id']}").json()
+    expires = dt.datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
+    assert expires.utcoffset() == dt.timedelta(0), body["expires_at"]  # was naive on SQLite

@@ -130,3 +130,28 @@ def test_wait_for_writers_waits_for_a_write_in_flight_and_gives_up_at_its_timeou
     assert time.monotonic() - start >= 0.25
     writer.join()
     assert db.wait_for_writers(1) is True  # nothing in flight: at once
+
+
+def test_times_are_aware_utc_on_every_backend(db):
+    """Every stored time comes back as an aware UTC datetime (SQLite used to give naive ones, which
+    the API wrote out without a zone), and a time given in another zone is stored as the same instant."""
+    import datetime as dt
+
+    from pixmo.db.models import Job
+
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    with db.session() as s:
+        im = _image(s)
+        im.created_at = dt.datetime(2026, 1, 1, 12, 0, tzinfo=plus_two)
+        job = Job(kind="export", params={})
+        s.add(job)
+        s.flush()
+        image_id, job_id = im.id, job.id
+    with db.session() as s:
+        created = s.get(Image, image_id).created_at
+        started = s.get(Job, job_id).started_at
+        # filtering by an instant given in any zone finds it
+        found = s.scalar(select(Image.id).where(Image.created_at == dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone.utc)))
+    assert created == dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone.utc) and created.utcoffset() == dt.timedelta(0)
+    assert started.tzinfo is not None and started.utcoffset() == dt.timedelta(0)
+    assert found == image_id
