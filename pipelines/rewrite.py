@@ -28,6 +28,7 @@ from pixmo.errors import ValidationError
 from pixmo.llm import LLMBackend, get_backend
 from pixmo.llm.backend import Completion, Messages, Usage
 from pixmo.llm.cache import CachedBackend
+from pixmo.llm.errors import LLMError
 from pixmo.llm.prompts import load_prompt
 from pixmo.llm.tasks import TaskResult, run_task
 from pipelines.base import Stage, StageStats
@@ -166,6 +167,7 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
         self.backend: LLMBackend = CachedBackend(inner, db) if params.cache else inner
         self.model_id = self.backend.model_id
         self._items: list[WorkItem] | None = None
+        self._answered = False  # whether any request of this run was answered (not refused)
 
     def _project_id(self, name: str | None) -> int | None:
         if not name:
@@ -198,6 +200,14 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
 
     def process_batch(self, batch: Sequence[WorkItem]) -> list[tuple[WorkItem, TaskResult]]:
         results = run_task(self.backend, self.task, [w.inputs for w in batch], **self.task_options())
+        refused = [r for r in results if _refused(r)]
+        if not self._answered and len(batch) > 1 and len(refused) == len(results):
+            # a server that refuses every request of a first batch is misconfigured (no structured
+            # outputs under --json-mode schema, say), not fed bad prompts: stop before writing a
+            # failed row for each item
+            raise LLMError(f"the server refused every request of the first batch, so nothing was written: "
+                           f"{refused[0].error}")
+        self._answered = self._answered or len(refused) < len(results)
         return list(zip(batch, results))
 
     def run(self, *, progress: bool = True, pipeline_depth: int = 2) -> dict[str, Any]:
@@ -229,6 +239,11 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
             self.stats.record("rule", f"llm {r.faithfulness.get('fallback_reason', 'failed')}", w.ref)
         else:
             self.stats.record("llm", ",".join(r.flags) or None, w.ref)
+
+
+def _refused(r: TaskResult) -> bool:
+    """Whether the server refused the request of this item (whatever took its place: a rule caption)."""
+    return r.reason == "request_refused" or (r.faithfulness or {}).get("fallback_reason") == "request_refused"
 
 
 class _CaptionStage(RewriteStage):

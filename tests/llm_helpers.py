@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -121,6 +121,8 @@ class ScriptedServer:
     def __init__(self) -> None:
         self.script: list[Reply] = []
         self.requests: list[dict] = []
+        # a request this says yes to gets a 400, as a server refuses a prompt beyond its context
+        self.refuse_if: Callable[[dict], bool] | None = None
         self.lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -148,6 +150,11 @@ class ScriptedServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if outer.refuse_if is not None and outer.refuse_if(body):
+                    with outer.lock:
+                        outer.requests.append(body)
+                    self._send(400, {"error": {"message": "This model's maximum context length is 8192 tokens"}})
+                    return
                 with outer.lock:
                     outer.requests.append(body)
                     reply = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]

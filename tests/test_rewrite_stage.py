@@ -123,6 +123,53 @@ def test_a_batch_with_good_and_failed_capqa_stores_both(sqlite_db, scripted):
     assert "pairs.0.answer: Field required" in rows["failed"].error and rows["failed"].revisions[0]["attempts"] == 3
 
 
+def test_a_request_the_server_refuses_fails_alone_and_the_run_goes_on(sqlite_db, scripted):
+    """A prompt beyond the model's context gets HTTP 400: that item fails on its own (clean falls back
+    to the rule cleaner, merge and capqa store a failed row) instead of failing the run, on every rerun."""
+    too_long = " ".join(f"a car with {i} doors" for i in range(1500))  # nothing the rule cleaner drops
+    ids = add_transcripts(sqlite_db, [["a blue bus"], [too_long], ["a green tree"], [too_long, "a red car"]])
+    long_prompt = lambda body: len(json.dumps(body["messages"])) > 20_000  # noqa: E731
+    scripted.set("A caption.")
+    scripted.refuse_if = long_prompt
+    stats = rewrite(sqlite_db, "clean", batch_size=8, **openai_opts(scripted))
+    assert stats["total"] == 5 and "failed" not in stats["statuses"]
+    by_source = {c.source_transcript_ids[0]: c for c in captions(sqlite_db)}
+    assert len(by_source) == 5
+    for tid in (ids[1][0], ids[3][0]):
+        c = by_source[tid]
+        assert c.produced_by == "rule" and c.faithfulness["fallback_reason"] == "request_refused"
+        assert "maximum context length" in c.faithfulness["llm_error"]
+    assert by_source[ids[0][0]].faithfulness.get("fallback_reason") != "request_refused"
+    # 3 short prompts and the long one (asked once for both): the answered ones were not sent again
+    assert len(scripted.requests) == 4
+    assert rewrite(sqlite_db, "clean", **openai_opts(scripted))["total"] == 0
+
+    merged = rewrite(sqlite_db, "merge", **openai_opts(scripted))
+    assert merged["statuses"] == {"failed": 1} and merged["reasons"] == {"request_refused": 1}
+    (m,) = captions(sqlite_db, "merged")
+    assert m.status == "failed" and "HTTP 400" in m.error and m.source_transcript_ids == ids[3]
+
+    scripted.set('{"pairs": [{"question": "What is there?", "answer": "A caption."}]}')
+    qa = rewrite(sqlite_db, "capqa", pairs=1, batch_size=8, **openai_opts(scripted))
+    assert qa["statuses"] == {"llm": 3, "failed": 2} and qa["reasons"]["request_refused"] == 2
+    # a refused prompt is tried with the schema and once more asking for JSON in the prompt; the
+    # refusal does not make the backend give up structured outputs for the others
+    assert sum(map(long_prompt, scripted.requests)) == 2  # the two long captions are the same request
+    short = [r for r in scripted.requests if not long_prompt(r)]
+    assert len(short) == 3 and all("response_format" in r for r in short)
+
+
+def test_a_server_that_refuses_a_whole_first_batch_stops_the_run_and_writes_nothing(sqlite_db, scripted):
+    from pixmo.llm import LLMError
+
+    add_transcripts(sqlite_db, [["a blue bus"], ["a green tree"]])
+    scripted.set("A caption.")
+    scripted.refuse_if = lambda body: True  # e.g. --json-mode schema on a server without structured outputs
+    with pytest.raises(LLMError, match="refused every request of the first batch"):
+        rewrite(sqlite_db, "clean", batch_size=4, **openai_opts(scripted))
+    assert captions(sqlite_db) == []
+
+
 def test_identical_requests_are_answered_once(sqlite_db, scripted):
     add_transcripts(sqlite_db, [["a red car"], ["a red car"], ["a blue bus"]])
     scripted.set(Reply(echo=True))
@@ -236,3 +283,12 @@ def test_cli_rewrites_text_and_runs_the_stage(tmp_path, monkeypatch, scripted):
     for database in _databases.values():
         database.dispose()
     _databases.clear()
+
+
+def test_with_batches_of_one_a_refused_first_item_does_not_block_the_rest(sqlite_db, scripted):
+    ids = add_transcripts(sqlite_db, [["a red car " * 3000], ["a blue bus"]])
+    scripted.set("A caption.")
+    scripted.refuse_if = lambda body: len(json.dumps(body["messages"])) > 20_000
+    stats = rewrite(sqlite_db, "clean", batch_size=1, **openai_opts(scripted))
+    assert stats["total"] == 2 and len(captions(sqlite_db)) == 2 and len(scripted.requests) == 2
+    assert {c.source_transcript_ids[0] for c in captions(sqlite_db)} == {ids[0][0], ids[1][0]}

@@ -17,6 +17,7 @@ from pixmo.db.models import LLMCacheEntry
 from pixmo.db.queries import insert_ignore
 from pixmo.db.session import Database
 from pixmo.llm.backend import Completion, LLMBackend, Messages
+from pixmo.llm.errors import RequestRefused
 
 
 def request_key(model_id: str, messages: Messages, *, max_tokens: int, temperature: float,
@@ -69,15 +70,24 @@ class CachedBackend(LLMBackend):
         missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            fresh = self.inner.complete_batch([conversations[first[k]] for k in missing], **kw)
+            refused = None
+            try:
+                fresh = self.inner.complete_batch([conversations[first[k]] for k in missing], **kw)
+            except RequestRefused as exc:
+                if exc.replies is None:
+                    raise
+                refused, fresh = exc, exc.replies
+            answered = [(k, c) for k, c in zip(missing, fresh) if isinstance(c, Completion)]
             with self.db.session() as session:
                 insert_ignore(session, LLMCacheEntry, [
                     {"request_hash": k, "model": self.model_id, "response": c.text, "finish_reason": c.finish_reason,
                      "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
-                    for k, c in zip(missing, fresh)
+                    for k, c in answered
                 ], ["request_hash"])
             found.update(zip(missing, fresh))
-            self._count(fresh)
+            self._count([c for _, c in answered])
+            if refused is not None:  # the answered ones are kept (and cached); the refused are the caller's to fail
+                raise RequestRefused(str(refused), [found[k] for k in keys])
         out = []
         seen: set[str] = set()
         for k in keys:

@@ -17,9 +17,12 @@ from functools import cached_property
 from typing import Any
 
 from pixmo.llm.backend import Completion, LLMBackend, Messages, with_schema_instruction
-from pixmo.llm.errors import LLMError
+from pixmo.llm.errors import LLMError, RequestRefused
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
+# refusals of the request itself (too long, malformed); any other (401, 403, 404: a wrong key, URL or
+# model) is the configuration's fault and stops the run
+REQUEST_FAULTS = {400, 413, 422}
 
 
 def normalise_base_url(url: str) -> str:
@@ -131,15 +134,25 @@ class OpenAIBackend(LLMBackend):
                 return _parse(self._request("POST", "/chat/completions", body))
             except _HTTPRefused as exc:
                 if self.json_mode == "schema" or exc.status not in (400, 422):
-                    raise LLMError(f"{self.base_url} refused the request: HTTP {exc.status}: {exc.text}") from None
-                self._schema_ok = False  # this server has no structured outputs: ask in the prompt
-                del body["response_format"]
+                    raise self._refused(exc) from None
+            del body["response_format"]  # this server may have no structured outputs: ask in the prompt
+            body["messages"] = with_schema_instruction(messages, json_schema)
+            try:
+                done = _parse(self._request("POST", "/chat/completions", body))
+            except _HTTPRefused as exc:
+                raise self._refused(exc) from None  # refused either way: the request, not the schema
+            self._schema_ok = False
+            return done
         if json_schema is not None:
             body["messages"] = with_schema_instruction(messages, json_schema)
         try:
             return _parse(self._request("POST", "/chat/completions", body))
         except _HTTPRefused as exc:
-            raise LLMError(f"{self.base_url} refused the request: HTTP {exc.status}: {exc.text}") from None
+            raise self._refused(exc) from None
+
+    def _refused(self, exc: _HTTPRefused) -> LLMError:
+        error = RequestRefused if exc.status in REQUEST_FAULTS else LLMError
+        return error(f"{self.base_url} refused the request: HTTP {exc.status}: {exc.text}")
 
     def complete_batch(
         self,
@@ -152,15 +165,25 @@ class OpenAIBackend(LLMBackend):
         if not conversations:
             return []
         self.model_id  # noqa: B018 - resolve once before the threads start
+
+        def one(messages: Messages) -> Completion | RequestRefused:
+            try:
+                return self._complete_one(messages, max_tokens, temperature, json_schema)
+            except RequestRefused as exc:
+                return exc
+
         if len(conversations) == 1:
-            done = [self._complete_one(conversations[0], max_tokens, temperature, json_schema)]
+            replies = [one(conversations[0])]
         else:
             with self._pool_lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="llm-http")
-            done = list(self._pool.map(lambda m: self._complete_one(m, max_tokens, temperature, json_schema),
-                                       conversations))
+            replies = list(self._pool.map(one, conversations))
+        done = [r for r in replies if isinstance(r, Completion)]
         self._count(done)
+        if len(done) < len(replies):
+            first = next(r for r in replies if isinstance(r, RequestRefused))
+            raise RequestRefused(str(first), replies)
         return done
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pixmo.errors import ValidationError
 from pixmo.llm.backend import Completion, LLMBackend, strict_schema
 from pixmo.llm.cleaner import clean_transcript
-from pixmo.llm.errors import OutputInvalid
+from pixmo.llm.errors import OutputInvalid, RequestRefused
 from pixmo.llm.faithfulness import check_faithfulness
 from pixmo.llm.outputs import AnswerOutput, CapQAOutput, CaptionOutput, PointExplainOutput
 from pixmo.llm.prompts import load_prompt
@@ -271,10 +271,18 @@ def run_task(
     for attempt in range(1, retries + 2):
         if not pending:
             break
-        replies = backend.complete_batch([conversations[i] for i in pending], max_tokens=limit,
-                                         temperature=temperature, json_schema=schema)
+        options = dict(max_tokens=limit, temperature=temperature, json_schema=schema)
+        try:
+            replies = backend.complete_batch([conversations[i] for i in pending], **options)
+        except RequestRefused as exc:  # some request of the batch is at fault: it fails, the others go on
+            replies = exc.replies or _complete_each(backend, [conversations[i] for i in pending], options)
         again = []
         for i, reply in zip(pending, replies):
+            if isinstance(reply, RequestRefused):
+                results[i] = TaskResult(task=task, status="failed", text="", output=None, model_id=backend.model_id,
+                                        prompt_version=prompt.version, error=str(reply), reason="request_refused",
+                                        attempts=attempt, completion_tokens=tokens[i])
+                continue
             tokens[i] += reply.completion_tokens
             base = dict(task=task, model_id=backend.model_id, prompt_version=prompt.version, attempts=attempt,
                         raw=reply.text, completion_tokens=tokens[i])
@@ -298,6 +306,17 @@ def run_task(
             sources = [x["transcript"]] if task == "clean" else list(x["transcripts"])
             _check(r, sources, threshold=threshold, min_coverage=min_coverage, fallback=fallback and task == "clean")
     return done
+
+
+def _complete_each(backend: LLMBackend, conversations: list, options: dict[str, Any]) -> list[Completion | RequestRefused]:
+    """Each conversation on its own: its reply, or the refusal of its request."""
+    out: list[Completion | RequestRefused] = []
+    for conversation in conversations:
+        try:
+            out.append(backend.complete_batch([conversation], **options)[0])
+        except RequestRefused as exc:
+            out.append(exc)
+    return out
 
 
 def _check(r: TaskResult, sources: list[str], *, threshold: float, min_coverage: float, fallback: bool) -> None:
