@@ -292,3 +292,56 @@ def test_with_batches_of_one_a_refused_first_item_does_not_block_the_rest(sqlite
     stats = rewrite(sqlite_db, "clean", batch_size=1, **openai_opts(scripted))
     assert stats["total"] == 2 and len(captions(sqlite_db)) == 2 and len(scripted.requests) == 2
     assert {c.source_transcript_ids[0] for c in captions(sqlite_db)} == {ids[0][0], ids[1][0]}
+
+
+def test_rejected_or_flagged_transcripts_are_not_rewritten(sqlite_db, scripted):
+    """A merge that took in a transcript of a rejected recording would be dropped by the export, and
+    its key would block the merge of the good ones for ever; clean leaves such transcripts out too."""
+    from pixmo.db.models import Review, Transcript, User
+
+    ids = add_transcripts(sqlite_db, [["a red car", "a red car by a tree", "a cat on a sofa", "a red car again"]])[0]
+    with sqlite_db.session() as s:
+        rev = User(username="rev", role="reviewer")
+        s.add(rev)
+        s.flush()
+        bad_rec = s.get(Transcript, ids[2]).recording_id
+        s.add_all([
+            Review(target_type="recording", target_id=bad_rec, image_id=1, reviewer_id=rev.id, verdict="rejected",
+                   reason="describes another image"),
+            Review(target_type="transcript", target_id=ids[3], image_id=1, reviewer_id=rev.id, verdict="flagged"),
+        ])
+    scripted.set("A caption.")
+    assert rewrite(sqlite_db, "clean", **openai_opts(scripted))["total"] == 2
+    assert sorted(c.source_transcript_ids[0] for c in captions(sqlite_db)) == ids[:2]
+    assert rewrite(sqlite_db, "merge", **openai_opts(scripted))["total"] == 1
+    (m,) = captions(sqlite_db, "merged")
+    assert m.source_transcript_ids == ids[:2]
+
+
+def test_rows_another_run_wrote_meanwhile_count_as_exists(sqlite_db, scripted):
+    from pipelines.rewrite import CleanStage, RewriteParams
+
+    add_transcripts(sqlite_db, [["a red car"], ["a blue bus"]])
+    scripted.set("A caption.")
+    late = CleanStage(sqlite_db, RewriteParams(task="clean", **openai_opts(scripted)))
+    assert len(late.items()) == 2  # planned before the other run wrote anything
+    assert rewrite(sqlite_db, "clean", **openai_opts(scripted))["total"] == 2
+    stats = late.run(progress=False)
+    assert stats["statuses"] == {"exists": 2}  # was counted as written (llm/rule) though nothing was
+    assert len(captions(sqlite_db)) == 2
+
+
+def test_zero_pairs_is_refused(sqlite_db, scripted):
+    from pixmo.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="pairs must be at least 1"):
+        rewrite(sqlite_db, "capqa", pairs=0, **openai_opts(scripted))
+
+
+def test_a_reply_with_a_nul_is_stored_without_it(db, scripted):
+    """PostgreSQL's text cannot hold a NUL: a reply with one failed the whole batch's insert there."""
+    add_transcripts(db, [["a red car"], ["a blue bus"]])
+    scripted.set("A red\u0000 car.")
+    stats = rewrite(db, "clean", **openai_opts(scripted))
+    assert stats["total"] == 2
+    assert all("\x00" not in c.text for c in captions(db))

@@ -27,6 +27,12 @@ class Completion:
     finish_reason: str = "stop"
     cached: bool = False
 
+    def __post_init__(self) -> None:
+        # a NUL is never text a caption or answer needs, and PostgreSQL's text cannot hold one:
+        # a reply with it would fail the whole batch's insert there (and of the cache)
+        if "\0" in self.text:
+            self.text = self.text.replace("\0", "")
+
 
 @dataclass
 class Usage:
