@@ -87,7 +87,8 @@ class RecordingResult:
 
 @dataclass
 class TranscribeStats(StageStats):
-    """StageStats plus audio seconds, ×realtime and flag counts."""
+    """StageStats plus audio seconds (of the recordings transcribed, not of failed or existing
+    ones), ×realtime and flag counts."""
 
     audio_s: float = 0.0
     speech_s: float = 0.0
@@ -272,8 +273,8 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
             inserted = insert_ignore(session, Transcript, [row], ["recording_id", "asr_model"])
             status = r.status if inserted else "exists"
             self.stats.record(status, r.reason if inserted else None, f"recording {r.ref.id}")
-            self.stats.audio_s += r.ref.duration_s
-            if r.transcription is not None and inserted:
+            if r.transcription is not None and inserted:  # audio this run decoded and transcribed
+                self.stats.audio_s += r.ref.duration_s
                 self.stats.speech_s += r.transcription.metrics["speech_s"]
                 self.stats.flags.update(r.transcription.flags)
         if self._bar is not None:

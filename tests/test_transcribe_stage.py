@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from pipelines.transcribe import transcribe_recordings
-from pixmo.db.models import Job, Transcript
+from pixmo.db.models import Job, Recording, Transcript
 from pixmo.projects import create_project
 from tests.asr_helpers import add_image, add_recording, encode, silence, speech_clips, wer  # noqa: F401
 
@@ -67,6 +67,10 @@ def test_stage_transcribes_flags_and_fails_per_recording(db, store, speech_clips
     assert stats["audio_s"] > 20 and stats["x_realtime"] > 0
     rows = _transcripts(db)
     assert len(rows) == len(ids)
+    with db.session() as s:  # the audio transcribed: not the failed recordings' stored durations
+        ok_audio = s.scalar(select(func.sum(Recording.duration_s)).join(Transcript, Transcript.recording_id == Recording.id)
+                            .where(Transcript.status == "ok"))
+    assert stats["audio_s"] == pytest.approx(ok_audio, abs=0.1)
     for clip in speech_clips[:3]:
         t = rows[ids[f"{clip.voice}#0"]]
         assert t.status == "ok" and t.asr_model == MODEL and t.job_id == stats["job_id"]
