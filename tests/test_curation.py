@@ -346,6 +346,47 @@ def test_histograms_match_rows(seeded):
             curation.histogram(s, "loudness")
 
 
+def test_a_small_projects_histogram_is_exact_however_high_the_ids(db):
+    """Sampling used to follow the whole table's highest id: a project of 3 captions in a table of
+    23 showed 1 of them (every 5th id) with max_rows=5."""
+    with db.session() as s:
+        im = Image(sha256="d" * 64, storage_key="k", width=4, height=4, mime="image/png", bytes=1)
+        s.add(im)
+        s.flush()
+        big, small = create_project(s, "big", "caption"), create_project(s, "small", "caption")
+        for project, texts in ((big, ["a b"] * 20), (small, ["one two three", "one two three four five", "one two"])):
+            for i, text in enumerate(texts):
+                s.add(Caption(image_id=im.id, project_id=project.id, kind="cleaned", text=text, model=f"{project.name}{i}",
+                              prompt_version="v1", produced_by="llm", source_key=""))
+        small_id = small.id
+    with db.session() as s:
+        h = curation.histogram(s, "caption_words", small_id, max_rows=5)
+        everything = curation.histogram(s, "caption_words", max_rows=5)
+    assert (h.sample_every, h.total, h.mean) == (1, 3, pytest.approx(10 / 3))
+    assert everything.sample_every == 5  # 23 rows: still sampled
+
+
+def test_browse_text_search_ignores_case_in_every_script_and_shows_ok_captions(db):
+    with db.session() as s:
+        im = Image(sha256="c" * 64, storage_key="k", width=4, height=4, mime="image/png", bytes=1)
+        s.add(im)
+        s.flush()
+        project = create_project(s, "cafes", "caption")
+        s.add(Caption(image_id=im.id, project_id=project.id, kind="cleaned", status="failed", error="LLM timeout",
+                      text="", model="other", prompt_version="v0"))  # the first caption row: a failed rewrite
+        s.flush()
+        s.add(Caption(image_id=im.id, project_id=project.id, kind="cleaned", text="Ein Straßencafé mit ÜBERDACHUNG in Köln",
+                      model="m", prompt_version="v1"))
+        image_id = im.id
+    with db.session() as s:
+        for query in ("straßencafé", "überdachung", "ÜBERDACHUNG", "köln", "KÖLN", "Café"):
+            found = curation.browse_images(s, curation.BrowseFilters(text=query)).items
+            assert [i.image_id for i in found] == [image_id], query  # SQLite's LIKE folded only A-Z
+        assert curation.browse_images(s, curation.BrowseFilters(text="zürich")).items == []
+        (item,) = curation.browse_images(s, curation.BrowseFilters()).items
+    assert item.captions == 1 and item.caption.startswith("Ein Straßencafé")  # not the failed row's ''
+
+
 def test_faithfulness_is_the_score_or_a_numeric_supported(db):
     with db.session() as s:
         im = Image(sha256="9" * 64, storage_key="k", width=4, height=4, mime="image/png", bytes=1)

@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session, aliased
 from pixmo.curation.sql import (
     KNOWN_FLAGS,
     check_flag,
+    contains_text,
     has_any_flag,
     has_flag,
     in_project,
     is_current_review,
     keyset_page,
-    like_pattern,
     review_in_project,
 )
 from pixmo.db.models import (
@@ -168,7 +168,7 @@ def browse_images(session: Session, filters: BrowseFilters | None = None, after_
         stmt = stmt.where(_annotator_clause(f.annotator_id, f.project_id))
     if f.text and f.text.strip():
         stmt = stmt.where(exists(select(literal(1)).where(
-            Caption.image_id == Image.id, Caption.text.ilike(like_pattern(f.text.strip()), escape="\\"),
+            Caption.image_id == Image.id, contains_text(session, Caption.text, f.text.strip()),
             *in_project(Caption.project_id, f.project_id),
         )))
     images, more = keyset_page(session, stmt, key, after_id, limit, descending=f.newest_first, scalars=True)
@@ -176,8 +176,9 @@ def browse_images(session: Session, filters: BrowseFilters | None = None, after_
     return BrowsePage(items, images[-1].id if more else None)
 
 
-def _count_by_image(session: Session, model, ids: list[int], project_id: int | None) -> dict[int, int]:  # noqa: ANN001
-    stmt = select(model.image_id, func.count()).where(model.image_id.in_(ids), *in_project(model.project_id, project_id))
+def _count_by_image(session: Session, model, ids: list[int], project_id: int | None, *where) -> dict[int, int]:  # noqa: ANN001
+    stmt = select(model.image_id, func.count()).where(model.image_id.in_(ids), *in_project(model.project_id, project_id),
+                                                      *where)
     return dict(session.execute(stmt.group_by(model.image_id)).all())
 
 
@@ -186,7 +187,7 @@ def _summaries(session: Session, images: list[Image], project_id: int | None) ->
     if not ids:
         return []
     recordings = _count_by_image(session, Recording, ids, project_id)
-    captions = _count_by_image(session, Caption, ids, project_id)
+    captions = _count_by_image(session, Caption, ids, project_id, Caption.status == "ok")  # not failed rewrites
     point_sets = _count_by_image(session, PointSet, ids, project_id)
     qa = _count_by_image(session, QAPair, ids, project_id)
     of_project = review_in_project(project_id)
@@ -207,10 +208,11 @@ def _summaries(session: Session, images: list[Image], project_id: int | None) ->
     first_caption: dict[int, str] = {}
     for image_id, cflags, text in session.execute(
         select(Caption.image_id, Caption.flags, Caption.text)
-        .where(Caption.image_id.in_(ids), *in_project(Caption.project_id, project_id)).order_by(Caption.id)
+        .where(Caption.image_id.in_(ids), Caption.status == "ok", *in_project(Caption.project_id, project_id))
+        .order_by(Caption.id)
     ):
         flags[image_id].update(cflags or [])
-        first_caption.setdefault(image_id, text)
+        first_caption.setdefault(image_id, text)  # a failed rewrite has no text to show
     return [
         BrowseItem(
             im.id, im.sha256, im.width, im.height, im.mime, im.created_at,

@@ -88,7 +88,8 @@ def histogram(
 
     One statement: the values are computed once into a materialised CTE, which gives the range
     and the per-bin counts. Past ``max_rows`` rows the histogram is drawn from a systematic
-    sample, the rows whose id is a multiple of k (at most about ``max_rows`` of them): the ids
+    sample, the rows whose id is a multiple of k (at most about ``max_rows`` of them; a count that
+    stops at ``max_rows + 1`` decides, so a filter matching fewer rows is never sampled): the ids
     are generated and looked up by primary key, so the cost stays that of ``max_rows`` rows
     however large the table, and a histogram of 50,000 values looks like one of ten million.
     ``sample_every`` tells which k was used; ``max_rows=None`` never samples.
@@ -98,7 +99,9 @@ def histogram(
     value, base, key = _metric_source(session, metric, project_id)
     title, unit = METRICS[metric]
     hist = Histogram(metric, title, unit)
-    if max_rows:
+    # sampled only when more than max_rows rows match (a count that stops there): a small project's
+    # histogram is exact however large the table's ids grew through other projects
+    if max_rows and session.scalar(select(func.count()).select_from(base.add_columns(key).limit(max_rows + 1).subquery())) > max_rows:
         highest = session.scalar(select(func.max(key))) or 0  # the primary key index answers this at once
         hist.sample_every = max(1, -(-highest // max_rows))
         if hist.sample_every > 1:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, aliased
 
 from pixmo.db.models import REVIEW_TARGETS, Review
 from pixmo.db.queries import review_target
+from pixmo.db.session import UNICODE_LOWER
 from pixmo.errors import ValidationError
 
 _FLAG_RE = re.compile(r"^[a-z0-9_:.-]{1,64}$")
@@ -78,6 +79,14 @@ def like_pattern(text: str) -> str:
     """A LIKE pattern matching ``text`` anywhere, with %, _ and \\ escaped (use escape='\\')."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def contains_text(session: Session, column, text: str) -> ColumnElement[bool]:  # noqa: ANN001
+    """``column`` holds ``text``, ignoring case in every script: PostgreSQL's ILIKE folds all of
+    them, SQLite's LIKE only A-Z, so there both sides go through Python's ``str.lower``."""
+    if session.get_bind().dialect.name == "sqlite":
+        return getattr(func, UNICODE_LOWER)(column).like(like_pattern(text.lower()), escape="\\")
+    return column.ilike(like_pattern(text), escape="\\")
 
 
 def is_current_review(review=Review) -> ColumnElement[bool]:  # noqa: ANN001

@@ -22,6 +22,13 @@ def _prepare_sqlite(url: str) -> None:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
+UNICODE_LOWER = "unicode_lower"  # an SQL function on SQLite connections: Python's str.lower
+
+
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 def create_db_engine(url: str, *, sqlite_begin: str = "DEFERRED", echo: bool = False) -> Engine:
     """An engine for ``url``; on SQLite: WAL, foreign keys, a busy timeout and explicit BEGINs.
 
@@ -44,6 +51,8 @@ def create_db_engine(url: str, *, sqlite_begin: str = "DEFERRED", echo: bool = F
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
+        # SQLite's lower() folds only A-Z: text search calls this one, which folds as PostgreSQL's does
+        dbapi_conn.create_function(UNICODE_LOWER, 1, _unicode_lower, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
