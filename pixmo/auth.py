@@ -63,7 +63,11 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
         # spend the same time as a real check so names cannot be probed by timing
         verify_password(_dummy_hash(), password)
         return None
-    return user if verify_password(user.password_hash, password) else None
+    if not verify_password(user.password_hash, password):
+        return None
+    if _hasher.check_needs_rehash(user.password_hash):  # made with weaker parameters than today's
+        user.password_hash = hash_password(password)
+    return user
 
 
 def token_hash(token: str) -> str:

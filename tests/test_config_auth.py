@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from pixmo.auth import authenticate, create_token, create_user, user_for_token
 from pixmo.config import Settings
-from pixmo.db.models import ApiToken
+from pixmo.db.models import ApiToken, User
 from pixmo.errors import ConfigError, ValidationError
 
 
@@ -104,3 +104,23 @@ def test_parallel_wrong_passwords_get_only_the_allowed_tries(db):
     assert not errors, errors
     assert outcomes.count(None) == MAX_FAILURES_PER_USER_IP
     assert outcomes.count("throttled") == 16 - MAX_FAILURES_PER_USER_IP
+
+
+def test_a_hash_with_weaker_parameters_is_upgraded_at_the_next_login(db):
+    from argon2 import PasswordHasher
+
+    from pixmo.auth import _hasher
+
+    with db.session() as s:
+        user = create_user(s, "old-timer", None, "annotator")
+        user.password_hash = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("s3cret-enough")
+        old = user.password_hash
+    with db.session() as s:
+        assert authenticate(s, "old-timer", "wrong") is None
+        assert s.scalar(select(User.password_hash).where(User.username == "old-timer")) == old  # not on a failure
+        assert authenticate(s, "old-timer", "s3cret-enough") is not None
+    with db.session() as s:
+        new = s.scalar(select(User.password_hash).where(User.username == "old-timer"))
+    assert new != old and not _hasher.check_needs_rehash(new)
+    with db.session() as s:
+        assert authenticate(s, "old-timer", "s3cret-enough") is not None
