@@ -9,6 +9,7 @@ from functools import cache
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pixmo.db.models import ROLES, ApiToken, User, utcnow
@@ -44,8 +45,11 @@ def create_user(session: Session, username: str, password: str | None, role: str
     if session.scalars(select(User).where(User.username == username)).first():
         raise ValidationError(f"user {username!r} exists already")
     user = User(username=username, role=role, password_hash=hash_password(password) if password else None)
-    session.add(user)
-    session.flush()
+    try:
+        with session.begin_nested():  # another admin may have taken the name since the check above
+            session.add(user)
+    except IntegrityError:
+        raise ValidationError(f"user {username!r} exists already") from None
     return user
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError, field_validator, model_validator
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pixmo.db.models import PROJECT_KINDS, Image, Project, ProjectImage
@@ -83,8 +84,11 @@ def create_project(
     except PydanticValidationError as exc:
         raise ValidationError(f"bad project config: {exc.errors()[0]['msg']}") from exc
     project = Project(name=name, kind=kind, instructions=instructions, config=cfg.model_dump())
-    session.add(project)
-    session.flush()
+    try:
+        with session.begin_nested():  # another admin may have taken the name since the check above
+            session.add(project)
+    except IntegrityError:
+        raise ValidationError(f"project {name!r} exists already") from None
     return project
 
 

@@ -124,3 +124,35 @@ def test_a_hash_with_weaker_parameters_is_upgraded_at_the_next_login(db):
     assert new != old and not _hasher.check_needs_rehash(new)
     with db.session() as s:
         assert authenticate(s, "old-timer", "s3cret-enough") is not None
+
+
+def test_two_admins_creating_one_name_at_once_get_a_clear_error(db):
+    """The name check runs before the insert: the second of two simultaneous creates used to fail
+    with the database's IntegrityError (a 500 in the app) instead of 'exists already'."""
+    import threading
+
+    from pixmo.projects import create_project
+
+    for create, what in ((lambda s: create_user(s, "dup", None, "annotator"), "user 'dup' exists already"),
+                         (lambda s: create_project(s, "dup", "caption"), "project 'dup' exists already")):
+        checked, outcome = threading.Event(), []
+
+        def second():
+            try:
+                with db.session(write_lock=True) as s:  # as the app does (SQLite: wait for the writer)
+                    checked.set()  # on PostgreSQL its check sees nothing: the first create is not committed yet
+                    create(s)
+                outcome.append("created")
+            except ValidationError as exc:
+                outcome.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - the test names it
+                outcome.append(repr(exc))
+
+        with db.session(write_lock=True) as s:
+            create(s)
+            thread = threading.Thread(target=second)
+            thread.start()
+            checked.wait(10)
+            thread.join(0.5)  # it checks, then waits on the first one's row (or SQLite's lock)
+        thread.join(30)
+        assert outcome == [what], outcome
