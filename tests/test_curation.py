@@ -311,6 +311,16 @@ def test_browse_items_and_detail(seeded):
     assert {t for t, _, _ in targets} >= {"recording", "transcript", "caption", "point_set"}
 
 
+def test_review_targets_offer_only_reviewable_qa_pairs():
+    detail = {"recordings": [], "captions": [], "point_sets": [], "assignments": [], "qa_pairs": [
+        {"id": 1, "source": "ask", "status": "pending", "question": "what?"},  # an exchange still going on
+        {"id": 2, "source": "ask", "status": "rejected", "question": "what else?"},
+        {"id": 3, "source": "ask", "status": "accepted", "question": "which one?"},
+        {"id": 4, "source": "capqa", "status": "pending", "question": "how many?"},
+    ]}
+    assert [i for _, i, _ in curation.review_targets(detail)] == [3, 4]
+
+
 # ------------------------------------------------------------------ quality
 
 
