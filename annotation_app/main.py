@@ -91,6 +91,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ())[1:])
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
+        if _wants_html(request):  # a hand-edited page address, say: a page, not raw JSON
+            return render(request, "error.html", 422, status=422, message=message)
         return JSONResponse({"detail": message, "errors": jsonable(errors)}, status_code=422)
 
 

@@ -24,8 +24,14 @@ GUIDING_QUESTIONS = [
 ]
 
 
+MAX_NAME_CHARS = 128  # the projects.name column
+MAX_LABEL_CHARS = 200
+MAX_OVERLAP = 100
+MAX_POINTS = 10_000
+
+
 def _has_control_chars(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)  # C0, DEL and C1
 
 
 def clean_label(label: str | None) -> str:
@@ -34,6 +40,8 @@ def clean_label(label: str | None) -> str:
     label = " ".join((label or "").split())
     if _has_control_chars(label):
         raise ValueError("a label may not hold control characters")
+    if len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"a label is at most {MAX_LABEL_CHARS} characters")
     return label
 
 
@@ -45,12 +53,12 @@ class ProjectConfig(BaseModel):
 
     min_seconds: float = Field(60.0, ge=0)
     max_seconds: float = Field(90.0, gt=0)
-    overlap: int = Field(1, ge=1, description="distinct annotators per image")
+    overlap: int = Field(1, ge=1, le=MAX_OVERLAP, description="distinct annotators per image")
     labels: list[str] = Field(default_factory=list, description="referring expressions for pointing")
     guiding_questions: list[str] = Field(default_factory=lambda: list(GUIDING_QUESTIONS))
     gold_fraction: float = Field(0.0, ge=0, le=1)
     language: str = "en"
-    max_points: int = Field(100, ge=1)
+    max_points: int = Field(100, ge=1, le=MAX_POINTS)
     lease_minutes: float = Field(30.0, gt=0, le=60 * 24 * 365)
 
     @field_validator("labels")
@@ -73,8 +81,11 @@ def create_project(
     """Add a project; ValidationError on a bad kind, config or a taken name."""
     if kind not in PROJECT_KINDS:
         raise ValidationError(f"kind must be one of {', '.join(PROJECT_KINDS)}, not {kind!r}")
-    if not name.strip():
+    name = name.strip()
+    if not name:
         raise ValidationError("a project needs a name")
+    if len(name) > MAX_NAME_CHARS:
+        raise ValidationError(f"a project name is at most {MAX_NAME_CHARS} characters")
     if _has_control_chars(name):
         raise ValidationError("a project name may not hold control characters")
     if session.scalars(select(Project).where(Project.name == name)).first():
@@ -82,7 +93,9 @@ def create_project(
     try:
         cfg = ProjectConfig(**config)
     except PydanticValidationError as exc:
-        raise ValidationError(f"bad project config: {exc.errors()[0]['msg']}") from exc
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ValidationError(f"bad project config: {where + ': ' if where else ''}{first['msg']}") from exc
     project = Project(name=name, kind=kind, instructions=instructions, config=cfg.model_dump())
     try:
         with session.begin_nested():  # another admin may have taken the name since the check above
@@ -100,7 +113,13 @@ def get_project(session: Session, name: str) -> Project:
 
 
 def project_config(project: Project) -> ProjectConfig:
-    return ProjectConfig(**(project.config or {}))
+    """The project's settings; a row stored under older, looser rules (an overlap over 100, say) is
+    read as it is rather than break every page of its project."""
+    config = project.config or {}
+    try:
+        return ProjectConfig(**config)
+    except PydanticValidationError:
+        return ProjectConfig.model_construct(**{**ProjectConfig().model_dump(), **config})
 
 
 def attach_images(session: Session, project: Project, image_ids: list[int], gold: bool = False) -> int:

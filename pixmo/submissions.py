@@ -32,7 +32,6 @@ from pixmo.storage import BlobStore
 DURATION_TOLERANCE_S = 1.0
 # a recording is silent when even its loud parts (95th percentile of 50 ms frames) stay below this
 SILENCE_DBFS = -45.0
-MAX_LABEL_CHARS = 200
 _KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
 
@@ -178,12 +177,10 @@ def check_points(
     """The cleaned label and points (normalised, rounded); ValidationError says what is wrong."""
     try:
         label = clean_label(label)
-    except ValueError:
-        raise ValidationError("The label may not hold control characters.") from None
+    except ValueError as exc:  # control characters, or longer than MAX_LABEL_CHARS
+        raise ValidationError(f"The label is refused: {exc}.") from None
     if not label:
         raise ValidationError("Say what you pointed at: the label is empty.")
-    if len(label) > MAX_LABEL_CHARS:
-        raise ValidationError(f"The label is longer than {MAX_LABEL_CHARS} characters.")
     if cfg.labels and label not in cfg.labels:
         raise ValidationError("The label is not one of this project's labels.")
     if method not in POINT_METHODS:

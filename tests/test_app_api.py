@@ -193,11 +193,20 @@ def test_login_is_rate_limited(env):
     for _ in range(5):
         assert _login(client, "ann", "not-the-password").status_code == 401
     r = _login(client, "ann")  # even the right password waits now
-    assert r.status_code == 429 and "too many failed logins" in r.text
+    assert r.status_code == 429 and "too many failed logins" in r.text and int(r.headers["retry-after"]) > 0
     # another user from the same address is not locked out by ann's failures
     assert _login(TestClient(env["app"]), "rev").status_code == 303
     with env["db"].session() as s:
         assert s.scalar(select(func.count()).select_from(LoginAttempt).where(LoginAttempt.ok.is_(False))) == 5
+
+
+def test_a_bad_page_address_is_an_html_page_for_a_browser(env):
+    client = TestClient(env["app"])
+    _login(client, "rev")
+    r = client.get("/review?project=abc", headers={"Accept": "text/html"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("text/html") and "project" in r.text
+    api = env["c"]["reviewer"].get("/api/reviews/queue?project=abc")
+    assert api.status_code == 422 and api.json()["detail"].startswith("project")
 
 
 def test_cross_site_login_is_refused(env):
@@ -482,6 +491,38 @@ def test_admin_pages_create_project_and_show_errors(env):
     assert r.status_code == 422 and "exists already" in r.text
     r = client.post("/admin/users", data={"csrf_token": token, "username": "bad name!", "password": "long-enough-pw"})
     assert r.status_code == 422 and "must be 1-64 letters" in r.text
+
+
+def test_project_settings_that_could_never_work_are_refused_everywhere(env):
+    """The admin form had no bounds (the JSON API had some): a 300-character label could never be
+    submitted (every task of the project ended up asking for it), a huge overlap broke the admin
+    projects page for good, and a 200-character name was a 500 on PostgreSQL."""
+    client = TestClient(env["app"])
+    _login(client, "adm")
+    token = _csrf(client)
+    for data, message in [
+        ({"name": "long-label", "kind": "points", "labels": "a\n" + "L" * 300}, "at most 200 characters"),
+        ({"name": "huge-overlap", "kind": "caption", "overlap": "99999999999999999999999"}, "overlap"),
+        ({"name": "many-points", "kind": "points", "max_points": "20000"}, "max_points"),
+        ({"name": "N" * 200, "kind": "caption"}, "at most 128 characters"),
+        ({"name": "c1\u0085name", "kind": "caption"}, "control characters"),
+    ]:
+        r = client.post("/admin/projects", data={"csrf_token": token, **data}, follow_redirects=False)
+        assert r.status_code == 422 and message in r.text, (data, r.status_code, r.text[-300:])
+    assert client.get("/admin/projects").status_code == 200
+    api = env["c"]["admin"]
+    assert api.post("/api/projects", json={"name": "p", "kind": "points", "labels": ["a", "L" * 300]}).status_code == 422
+    r = api.post("/api/projects", json={"name": "  spaced  ", "kind": "caption"})
+    assert r.status_code == 201 and r.json()["name"] == "spaced"  # trimmed, as the form trims
+    # a project stored under the older, looser rules still loads
+    from pixmo.db.models import Project
+    from pixmo.projects import project_config
+
+    with env["db"].session() as s:
+        old = Project(name="old", kind="caption", config={"overlap": 150, "labels": ["x" * 300]})
+        s.add(old)
+        s.flush()
+        assert (project_config(old).overlap, project_config(old).labels) == (150, ["x" * 300])
 
 
 def test_signed_blob_urls(env):

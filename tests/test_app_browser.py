@@ -3,6 +3,7 @@ capture device), the app runs in a real uvicorn server on 127.0.0.1 with a temp 
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -205,3 +206,26 @@ def _user_id(session, name: str) -> int:
     from pixmo.db.models import User
 
     return session.scalars(select(User.id).where(User.username == name)).one()
+
+
+def test_a_reloaded_task_page_counts_active_time_on_from_what_was_recorded(browser, site):
+    """The timer started again from zero on a reload and the server keeps the larger of the two
+    values, so the time before the reload was lost. The task page is not cached for Back either."""
+    page = login(browser, site, "bob")
+    start(page, "quiet")
+    task_id = int(page.url.rsplit("/", 1)[1])
+    with site["db"].session() as s:  # 40 s recorded by heartbeats before the reload
+        a = s.get(Assignment, task_id)
+        a.active_seconds, a.created_at = 40.0, a.created_at - dt.timedelta(minutes=5)
+    response = page.reload()
+    assert "no-store" in response.headers.get("cache-control", "")
+    page.wait_for_load_state("load")
+    page.mouse.move(100, 100)
+    page.wait_for_timeout(3500)
+    page.on("dialog", lambda d: d.accept("blurry"))
+    page.click("#skip")
+    page.wait_for_selector("text=Nothing left for you")
+    with site["db"].session() as s:
+        a = s.get(Assignment, task_id)
+    assert a.status == "skipped" and a.active_seconds >= 42, a.active_seconds  # was 40: the 3 s were lost
+    page.context.close()

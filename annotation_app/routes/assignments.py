@@ -62,7 +62,10 @@ def task_page(request: Request, assignment_id: int, db: DbDep, store: StoreDep, 
             from pixmo.ask import exchange_for
 
             context["exchange"] = exchange_for(session, assignment)
-    return render(request, TEMPLATES[project.kind], **context)
+    response = render(request, TEMPLATES[project.kind], **context)
+    # not kept for Back: a cached copy of a submitted task showed live controls
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @router.get("/api/assignments/{assignment_id}", response_model=AssignmentOut)

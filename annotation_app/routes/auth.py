@@ -45,7 +45,9 @@ def login_submit(
         with db.session(write_lock=True) as session:
             result = login(session, username, password, ip)
     except LoginThrottled as exc:
-        return render(request, "login.html", 429, next=_safe_next(next), username=username, error=str(exc))
+        page = render(request, "login.html", 429, next=_safe_next(next), username=username, error=str(exc))
+        page.headers["Retry-After"] = str(exc.retry_after)
+        return page
     if result is None:
         return render(request, "login.html", 401, next=_safe_next(next), username=username,
                       error="Wrong username or password.")

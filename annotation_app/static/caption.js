@@ -4,7 +4,7 @@ import { Viewer } from "./viewer.js";
 
 const task = taskData();
 new Viewer(document.getElementById("viewer"));
-const timer = new ActiveTimer();
+const timer = new ActiveTimer(60, task.active_seconds);
 startHeartbeat(task, timer);
 wireSkip(task, timer);
 

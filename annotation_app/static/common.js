@@ -28,10 +28,12 @@ export function randomId() {
 
 export const taskData = () => JSON.parse(document.getElementById("task-data").textContent);
 
-/** Counts seconds while the page is visible and the annotator did something in the last minute. */
+/** Counts seconds while the page is visible and the annotator did something in the last minute,
+ *  on from ``start`` (what the task holds already: a reload must not start again from zero, as the
+ *  server keeps the larger of what it has and what it is sent). */
 export class ActiveTimer {
-  constructor(idleSeconds = 60) {
-    this.seconds = 0; this.last = Date.now(); this.busy = false;
+  constructor(idleSeconds = 60, start = 0) {
+    this.seconds = start; this.last = Date.now(); this.busy = false;
     const touch = () => { this.last = Date.now(); };
     for (const ev of ["pointerdown", "pointermove", "keydown", "wheel"]) addEventListener(ev, touch, { passive: true });
     setInterval(() => {
