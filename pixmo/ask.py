@@ -158,6 +158,8 @@ def ask_question(db: Database, store: BlobStore, model: AskModel, *, assignment_
         try:
             with db.session(write_lock=True) as session:
                 assignment = get_assignment(session, assignment_id, user_id, lock=True)
+                if assignment.status != "leased":  # submitted or skipped (another tab) while the model answered
+                    raise ValidationError(f"this task is {assignment.status}; take the next one")
                 for old in exchange_for(session, assignment):
                     if old.status == "pending":
                         old.status = "rejected"
