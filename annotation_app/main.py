@@ -23,6 +23,9 @@ from pixmo.logins import LoginThrottled
 from pixmo.storage import BlobStore, open_store
 from pixmo.submissions import UploadRejected
 
+# how PostgreSQL refuses a NUL: in a text column, and inside a JSON value (as \u0000)
+_NUL_MESSAGES = ("NUL (0x00)", "unsupported Unicode escape sequence")
+
 
 def _wants_html(request: Request) -> bool:
     return (
@@ -75,7 +78,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         # an id or number beyond what the database (SQLite: OverflowError; PostgreSQL: DataError)
         # or a date can hold: no such row, and the request's fault, not the server's; likewise a NUL
         # character, which PostgreSQL's text columns cannot hold
-        if isinstance(exc, DataError) and "NUL (0x00)" in str(exc.orig):
+        if isinstance(exc, DataError) and any(m in str(exc.orig) for m in _NUL_MESSAGES):
             message = "text in the request may not contain NUL characters"
         elif isinstance(exc, DataError) and "out of range" not in str(exc.orig):
             raise exc

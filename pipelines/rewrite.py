@@ -28,9 +28,9 @@ from pixmo.errors import ValidationError
 from pixmo.llm import LLMBackend, get_backend
 from pixmo.llm.backend import Completion, Messages, Usage
 from pixmo.llm.cache import CachedBackend
-from pixmo.llm.errors import LLMError
+from pixmo.llm.errors import LLMError, RequestRefused
 from pixmo.llm.prompts import load_prompt
-from pixmo.llm.tasks import TaskResult, run_task
+from pixmo.llm.tasks import SPECS, TaskResult, run_task
 from pixmo.verdicts import is_usable
 from pipelines.base import Stage, StageStats
 from pipelines.ray_pool import RayPool, import_ray
@@ -204,14 +204,25 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
     def process_batch(self, batch: Sequence[WorkItem]) -> list[tuple[WorkItem, TaskResult]]:
         results = run_task(self.backend, self.task, [w.inputs for w in batch], **self.task_options())
         refused = [r for r in results if _refused(r)]
-        if not self._answered and len(batch) > 1 and len(refused) == len(results):
-            # a server that refuses every request of a first batch is misconfigured (no structured
-            # outputs under --json-mode schema, say), not fed bad prompts: stop before writing a
+        if not self._answered and len(refused) == len(results) and not self._probe_answered():
+            # the server refuses even a tiny request of this task: it is misconfigured (no structured
+            # outputs under --json-mode schema, say), not fed bad prompts, so stop before writing a
             # failed row for each item
-            raise LLMError(f"the server refused every request of the first batch, so nothing was written: "
+            raise LLMError(f"the server refused every request, even a tiny one, so nothing was written: "
                            f"{refused[0].error}")
         self._answered = self._answered or len(refused) < len(results)
         return list(zip(batch, results))
+
+    def _probe_answered(self) -> bool:
+        """Whether the server answers a tiny request of this task (same output schema), uncached."""
+        backend = getattr(self.backend, "inner", self.backend)
+        try:
+            backend.complete_batch([[{"role": "user", "content": "Reply with an empty answer."}]], max_tokens=8,
+                                   json_schema=SPECS[self.task].json_schema())
+        except RequestRefused:
+            return False
+        self._answered = True
+        return True
 
     def run(self, *, progress: bool = True, pipeline_depth: int = 2) -> dict[str, Any]:
         """Process every pending item; returns the stats (also stored on the job row)."""
@@ -285,9 +296,17 @@ class _CaptionStage(RewriteStage):
         return [r for r in session.execute(self._transcripts(session)).all()
                 if is_usable(newest, "transcript", r.id) and is_usable(newest, "recording", r.recording_id)]
 
+    @staticmethod
+    def _texts(session: Session, ids: list[int]) -> dict[int, str]:
+        """The texts of these transcripts only: the candidates are listed without them, as most are done."""
+        out: dict[int, str] = {}
+        for i in range(0, len(ids), 900):
+            out.update(session.execute(select(Transcript.id, Transcript.text).where(Transcript.id.in_(ids[i:i + 900]))).all())
+        return out
+
     def _transcripts(self, session: Session):  # noqa: ANN202
         q = (
-            select(Transcript.id, Transcript.text, Transcript.recording_id, Recording.image_id, Recording.project_id)
+            select(Transcript.id, Transcript.recording_id, Recording.image_id, Recording.project_id)
             .join(Recording, Recording.id == Transcript.recording_id)
             .where(Transcript.status == "ok", func.length(func.trim(Transcript.text)) > 0)
             .order_by(Transcript.id)
@@ -309,8 +328,10 @@ class CleanStage(_CaptionStage):
         # the done keys as one set: a NOT EXISTS on source_key = CAST(transcript id) has no index to
         # use, so SQLite scanned the captions once per transcript (4x the time for 2x the rows)
         done = self._existing_keys(session)
-        return [WorkItem(f"transcript {r.id}", r.image_id, r.project_id, {"transcript": r.text}, [r.id])
-                for r in self._usable(session) if str(r.id) not in done]
+        rows = [r for r in self._usable(session) if str(r.id) not in done]
+        texts = self._texts(session, [r.id for r in rows])
+        return [WorkItem(f"transcript {r.id}", r.image_id, r.project_id, {"transcript": texts[r.id]}, [r.id])
+                for r in rows]
 
 
 class MergeStage(_CaptionStage):
@@ -328,15 +349,14 @@ class MergeStage(_CaptionStage):
         for row in latest.values():
             groups[(row.image_id, row.project_id)].append(row)
         done = self._existing_keys(session)
-        items = []
+        todo = []
         for (image_id, project_id), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-            rows.sort(key=lambda r: r.id)
-            ids = [r.id for r in rows]
-            if len(ids) < self.params.min_transcripts or ",".join(map(str, ids)) in done:
-                continue
-            items.append(WorkItem(f"image {image_id}", image_id, project_id,
-                                  {"transcripts": [r.text for r in rows]}, ids))
-        return items
+            ids = sorted(r.id for r in rows)
+            if len(ids) >= self.params.min_transcripts and ",".join(map(str, ids)) not in done:
+                todo.append((image_id, project_id, ids))
+        texts = self._texts(session, [i for *_, ids in todo for i in ids])
+        return [WorkItem(f"image {image_id}", image_id, project_id, {"transcripts": [texts[i] for i in ids]}, ids)
+                for image_id, project_id, ids in todo]
 
 
 class CapQAStage(RewriteStage):

@@ -605,3 +605,15 @@ def test_api_times_carry_their_zone(env):
     body = env["c"]["annotator"].get(f"/api/assignments/{a['id']}").json()
     expires = dt.datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
     assert expires.utcoffset() == dt.timedelta(0), body["expires_at"]  # was naive on SQLite
+
+
+def test_a_nul_postgresql_refuses_in_a_json_value_is_a_422(env):
+    """PostgreSQL refuses a NUL inside JSONB with another message than in text: also a 422, not a 500."""
+    from sqlalchemy.exc import DataError
+
+    def boom():
+        raise DataError("INSERT ...", {}, Exception("unsupported Unicode escape sequence\nDETAIL: \\u0000 cannot be converted to text."))
+
+    env["app"].add_api_route("/api/test-nul-json", boom)
+    r = TestClient(env["app"], raise_server_exceptions=False).get("/api/test-nul-json")
+    assert r.status_code == 422 and "NUL" in r.json()["detail"]

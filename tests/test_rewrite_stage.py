@@ -165,9 +165,21 @@ def test_a_server_that_refuses_a_whole_first_batch_stops_the_run_and_writes_noth
     add_transcripts(sqlite_db, [["a blue bus"], ["a green tree"]])
     scripted.set("A caption.")
     scripted.refuse_if = lambda body: True  # e.g. --json-mode schema on a server without structured outputs
-    with pytest.raises(LLMError, match="refused every request of the first batch"):
+    with pytest.raises(LLMError, match="refused every request, even a tiny one"):
         rewrite(sqlite_db, "clean", batch_size=4, **openai_opts(scripted))
     assert captions(sqlite_db) == []
+
+
+def test_a_first_batch_of_only_too_long_prompts_fails_item_by_item(sqlite_db, scripted):
+    """Every prompt of the first batch too long: a tiny probe request is answered, so the server is
+    fine and the items fail one by one (they used to stop the run, on every rerun)."""
+    too_long = " ".join(f"a car with {i} doors" for i in range(1500))
+    add_transcripts(sqlite_db, [[too_long, too_long + " and a tree"]] * 3)
+    scripted.set("A caption.")
+    scripted.refuse_if = lambda body: len(json.dumps(body["messages"])) > 20_000
+    stats = rewrite(sqlite_db, "merge", **openai_opts(scripted))
+    assert stats["statuses"] == {"failed": 3} and stats["reasons"] == {"request_refused": 3}
+    assert rewrite(sqlite_db, "merge", **openai_opts(scripted))["total"] == 0
 
 
 def test_identical_requests_are_answered_once(sqlite_db, scripted):
@@ -290,7 +302,8 @@ def test_with_batches_of_one_a_refused_first_item_does_not_block_the_rest(sqlite
     scripted.set("A caption.")
     scripted.refuse_if = lambda body: len(json.dumps(body["messages"])) > 20_000
     stats = rewrite(sqlite_db, "clean", batch_size=1, **openai_opts(scripted))
-    assert stats["total"] == 2 and len(captions(sqlite_db)) == 2 and len(scripted.requests) == 2
+    # the refused one, a tiny probe (is the server fine?), the second one
+    assert stats["total"] == 2 and len(captions(sqlite_db)) == 2 and len(scripted.requests) == 3
     assert {c.source_transcript_ids[0] for c in captions(sqlite_db)} == {ids[0][0], ids[1][0]}
 
 
