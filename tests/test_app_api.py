@@ -523,6 +523,9 @@ def test_project_settings_that_could_never_work_are_refused_everywhere(env):
         s.add(old)
         s.flush()
         assert (project_config(old).overlap, project_config(old).labels) == (150, ["x" * 300])
+    # what SQLite could hold from before (inf; a label with a control character) loads too
+    legacy = project_config(Project(name="legacy", kind="points", config={"max_seconds": float("inf"), "labels": ["cup\x01"]}))
+    assert legacy.max_seconds == float("inf") and legacy.labels == ["cup\x01"] and legacy.overlap == 1
 
 
 def test_signed_blob_urls(env):
