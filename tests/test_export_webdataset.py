@@ -848,3 +848,47 @@ def test_a_second_export_into_a_folder_being_written_fails_and_touches_nothing(d
             export_webdataset(db, store, tmp_path / "hf")
     export_hf(db, store, tmp_path / "hf", "cap")
     assert list((tmp_path / "hf" / "cap").glob("*.parquet")) and list((tmp_path / "hf" / "points").glob("*.parquet"))
+
+
+def test_temporary_files_of_subfolders_are_left_to_their_own_exports(demo, tmp_path):
+    """Only an export's own (top-level) temporary files are its leftovers: an HF subset being written
+    into the same folder, or another export into a subfolder, kept theirs until they were deleted
+    from under them (and verify failed an intact export for them)."""
+    from pixmo.export.target import open_target
+
+    db, store = demo
+    out = tmp_path / "out"
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=3, workers=1))
+    inner = open_target(out / "v1")
+    with open_target(out).writing("cap"), inner.writing():
+        f, hf_part = open_target(out).stage("cap/train-00000.parquet")
+        f.close()
+        f, inner_part = inner.stage("train-000000.tar")
+        f.close()
+        report = verify_export(out)
+        assert report.ok, [str(p) for p in report.problems]
+        (out / f"{TMP_PREFIX}train-000000.tar.killed.part").write_bytes(b"x")  # a killed run of this export's own
+        assert [p.message for p in verify_export(out).problems] == ["leftover temporary file from an interrupted export"]
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=3, workers=1))
+    assert os.path.exists(hf_part) and os.path.exists(inner_part)
+    assert not (out / f"{TMP_PREFIX}train-000000.tar.killed.part").exists()
+
+
+def test_a_refused_export_leaves_no_folder_behind(demo, tmp_path):
+    db, store = demo
+    with pytest.raises(ValidationError, match="no project named"):
+        export_webdataset(db, store, tmp_path / "new" / "out", ExportFilters(projects=("nosuch",)))
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ValidationError, match="no project named"):
+        from pixmo.export import export_hf
+
+        export_hf(db, store, tmp_path / "new2", "cap", ExportFilters(projects=("nosuch",)))
+    assert not (tmp_path / "new2").exists()
+
+
+def test_shard_names_past_a_million_are_shard_names():
+    from pixmo.export.manifest import SHARD_NAME_RE
+    from pixmo.export.shards import shard_name
+
+    assert SHARD_NAME_RE.match(shard_name("train", 1_000_000)) and SHARD_NAME_RE.match(shard_name("validation", 0))
+    assert not SHARD_NAME_RE.match("train-00001.tar")

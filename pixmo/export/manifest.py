@@ -24,7 +24,7 @@ from schemas.export import EXPORT_SCHEMA_VERSION
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "pixmo-webdataset"
 MANIFEST_VERSION = 1
-SHARD_NAME_RE = re.compile(r"^(train|validation)-[0-9]{6}\.tar$")
+SHARD_NAME_RE = re.compile(r"^(train|validation)-[0-9]{6,}\.tar$")  # more digits past a million shards
 
 
 def _canonical(data: Any) -> bytes:

@@ -123,11 +123,30 @@ class ExportTarget(ABC):
 
 @contextlib.contextmanager
 def _folder_lock(folder: Path, *, shared: bool) -> Iterator[None]:
-    """An advisory lock (flock) on ``folder`` itself, made if missing, held until the block ends."""
+    """An advisory lock (flock) on ``folder`` itself, held until the block ends. A missing folder is
+    made, and removed again (while still empty) when the block fails: a refused export leaves nothing."""
+    made, parent = [], folder
+    while not parent.exists() and parent != parent.parent:
+        made.append(parent)  # deepest first
+        parent = parent.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create the folder {folder}: {exc.strerror or exc}") from exc
+    try:
+        with _flock(folder, shared):
+            yield
+    except BaseException:
+        for path in made:
+            try:
+                path.rmdir()
+            except OSError:
+                break  # not empty (or not ours to remove): kept
+        raise
+
+
+@contextlib.contextmanager
+def _flock(folder: Path, shared: bool) -> Iterator[None]:
     if fcntl is None:  # no flock (Windows): nothing is held
         yield
         return

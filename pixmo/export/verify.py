@@ -327,7 +327,8 @@ def verify_export(
         if SHARD_NAME_RE.match(name) and name not in listed:
             report.problems.append(Problem(name, None, "shard file is not listed in the manifest"))
     for name in target.temp_names():
-        report.problems.append(Problem(name, None, "leftover temporary file from an interrupted export"))
+        if "/" not in name:  # shards live at the top; a subfolder's are an HF subset's (or another export's)
+            report.problems.append(Problem(name, None, "leftover temporary file from an interrupted export"))
     total = manifest["counts"].get("samples")  # a bad count is reported by _check_totals, not trusted here
     with Progress("verify", total if is_count(total) else None, progress) as bar:
         with ThreadPoolExecutor(max(1, workers)) as pool:

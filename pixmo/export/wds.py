@@ -123,7 +123,8 @@ def _clear_previous(target: ExportTarget, plans: list[ShardPlan]) -> None:
     """Remove the old manifest first (the export is incomplete from now on), then leftovers."""
     target.delete(MANIFEST_NAME)
     for name in target.temp_names():
-        target.delete(name)
+        if "/" not in name:  # its own: a subfolder's belong to an HF subset or another export, maybe running
+            target.delete(name)
     planned = {p.name for p in plans}
     for name in target.names():
         if SHARD_NAME_RE.match(name) and name not in planned:
