@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pixmo.db.models import Image, IngestItem, Project
-from pixmo.db.queries import insert_ignore
+from pixmo.db.queries import insert_ignore_returning
 from pixmo.db.session import Database
 from pixmo.errors import ValidationError
 from pixmo.media import ImageInfo, ImageRejected, probe_image
@@ -149,7 +149,11 @@ class IngestFolder(Stage[Path, FileResult]):
                     }
                 )
             self._seen.add(r.sha256)
-        insert_ignore(session, Image, rows, ["sha256"])
+        # a concurrent run may have stored some meanwhile (PostgreSQL takes no lock up front): theirs, not ours
+        inserted = set(insert_ignore_returning(session, Image, rows, ["sha256"], "sha256"))
+        for r in good:
+            if r.status == "stored" and r.sha256 not in inserted:
+                r.status = "exists"
         ids = {sha: i for sha, i in session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(shas)))} if shas else {}
         if self.project_id is not None and ids:
             attach_images(session, session.get(Project, self.project_id), sorted(ids.values()))

@@ -52,9 +52,10 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
     """Validate encoded image bytes and return their size and mime type.
 
     Raises ImageRejected with reason ``empty``, ``not_an_image``, ``unsupported_format``,
-    ``decompression_bomb``, ``corrupt`` or ``truncated``. The whole file is decoded (JPEG at
-    reduced scale, which still reads every byte), so truncated files are caught, not just
-    bad headers.
+    ``decompression_bomb``, ``corrupt`` or ``truncated``. Every byte is checked, so truncated
+    files are caught, not just bad headers: a PNG by the CRC of every chunk, other formats by a
+    decode (JPEG at reduced scale, which still reads every byte; every frame or page of a GIF,
+    WebP or TIFF, each held to ``max_pixels`` before it is decoded).
     """
     if not data:
         raise ImageRejected("empty", "zero-byte file")
@@ -92,10 +93,18 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
             if fmt in ("JPEG", "MPO"):
                 im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             im.load()
-            if fmt in ("GIF", "WEBP"):  # an animation cut short fails on a later frame
+            if fmt in ("GIF", "WEBP", "TIFF"):  # an animation or a multi-page file cut short fails on a later frame
                 for frame in range(1, getattr(im, "n_frames", 1)):
                     im.seek(frame)
+                    # a later GIF frame may grow the canvas past the header's size: checked before it is decoded
+                    if im.size[0] * im.size[1] > max_pixels:
+                        raise ImageRejected("decompression_bomb", f"frame {frame} is {im.size[0]}x{im.size[1]}, "
+                                                                  f"over {max_pixels} pixels")
                     im.load()
+    except ImageRejected:
+        raise
+    except PILImage.DecompressionBombError as exc:
+        raise ImageRejected("decompression_bomb", str(exc)) from exc
     except Exception as exc:  # noqa: BLE001
         raise ImageRejected(_decode_failure(exc), str(exc)) from exc
     # EXIF orientations 5-8 rotate by 90°: browsers show (and annotators point on) the rotated

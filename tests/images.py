@@ -27,6 +27,40 @@ def bomb_png(width: int = 12_000, height: int = 12_000) -> bytes:
     return buf.getvalue()
 
 
+def _gif_blocks(data: bytes) -> tuple[bytes, list[bytes]]:
+    """A GIF's head (header, screen descriptor, global colour table) and its blocks (extensions, images)."""
+    flags = data[10]
+    pos = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    head, blocks = data[:pos], []
+    while data[pos] != 0x3B:  # the trailer
+        start = pos
+        if data[pos] == 0x21:  # extension: label, then sub-blocks
+            pos += 2
+        else:  # image: descriptor, local colour table, LZW code size, then sub-blocks
+            local = data[pos + 9]
+            pos += 10 + (3 * 2 ** ((local & 7) + 1) if local & 0x80 else 0) + 1
+        while data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+        blocks.append(data[start:pos])
+    return head, blocks
+
+
+def gif_with_growing_frame(screen: tuple[int, int] = (10, 10), frame: tuple[int, int] = (200, 200)) -> bytes:
+    """A two-frame GIF whose logical screen is ``screen`` and whose second frame is ``frame``: Pillow
+    grows the canvas for it, so only a check of each frame sees its real size."""
+    def gif(size: tuple[int, int]) -> bytes:
+        im = Image.new("P", size, 1)
+        im.putpalette([0, 0, 0, 255, 0, 0])
+        buf = io.BytesIO()
+        im.save(buf, "GIF")
+        return buf.getvalue()
+
+    head, first = _gif_blocks(gif(screen))
+    _, second = _gif_blocks(gif(frame))
+    return head + b"".join(first) + b"".join(second) + b"\x3b"
+
+
 def mixed_folder(root: Path) -> dict[str, str | None]:
     """Write good and bad files below ``root``; returns name -> expected reject reason (None if good)."""
     root.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
 import pytest
 from sqlalchemy import func, select
@@ -12,7 +13,7 @@ from pixmo.db.models import Image, IngestItem, Job, ProjectImage
 from pixmo.errors import ValidationError
 from pixmo.media import ImageRejected, probe_image
 from pixmo.projects import create_project
-from tests.images import bomb_png, image_bytes, mixed_folder
+from tests.images import bomb_png, gif_with_growing_frame, image_bytes, mixed_folder
 
 
 def test_probe_reports_size_and_mime():
@@ -33,6 +34,22 @@ def test_probe_rejects_bad_bytes(data, reason):
     with pytest.raises(ImageRejected) as err:
         probe_image(data, max_pixels=50_000_000)
     assert err.value.reason == reason
+
+
+def test_a_gif_frame_larger_than_its_screen_is_held_to_max_pixels():
+    """The screen size passed the check while a later frame grew the canvas (Pillow decodes it):
+    a 146 KB GIF decoded 200 million pixels and was stored as 10x10."""
+    data = gif_with_growing_frame((10, 10), (200, 200))
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(data)) as im:  # the file is what it says: a small screen, a big frame
+        assert im.size == (10, 10) and im.n_frames == 2
+        im.seek(1)
+        assert im.size == (200, 200)
+    assert probe_image(data, max_pixels=50_000).width == 10  # within the limit: a valid GIF
+    with pytest.raises(ImageRejected) as err:
+        probe_image(data, max_pixels=10_000)
+    assert err.value.reason == "decompression_bomb" and "frame 1" in str(err.value)
 
 
 def test_ingest_mixed_folder_then_rerun_adds_nothing(db, store, tmp_path):
@@ -187,7 +204,9 @@ def test_odd_files_and_names_are_reported_not_fatal(sqlite_db, store, tmp_path):
     assert mimes == ["image/jpeg", "image/png", "image/png"]
 
 
-def test_two_ingests_of_one_folder_at_once_both_finish(sqlite_db, store, tmp_path):
+def test_two_ingests_of_one_folder_at_once_both_finish(db, store, tmp_path):
+    """Each image counts as stored by one run only (on PostgreSQL both runs counted the images they
+    both inserted as stored: 3,920 stored for 2,000 images)."""
     import threading
 
     folder = tmp_path / "many"
@@ -198,7 +217,7 @@ def test_two_ingests_of_one_folder_at_once_both_finish(sqlite_db, store, tmp_pat
 
     def run() -> None:
         try:
-            outcomes.append(ingest_folder(sqlite_db, store, folder, workers=2)["statuses"])
+            outcomes.append(ingest_folder(db, store, folder, workers=2)["statuses"])
         except Exception as exc:  # noqa: BLE001 - a failure is what the test looks for
             outcomes.append(exc)
 
@@ -209,6 +228,6 @@ def test_two_ingests_of_one_folder_at_once_both_finish(sqlite_db, store, tmp_pat
         t.join()
     assert all(isinstance(o, dict) for o in outcomes), outcomes
     assert sum(o.get("stored", 0) for o in outcomes) == 300
-    with sqlite_db.session() as s:
+    with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Image)) == 300
         assert set(s.scalars(select(Job.status).where(Job.kind == "ingest"))) == {"succeeded"}

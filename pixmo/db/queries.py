@@ -43,15 +43,23 @@ def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict[str, 
     never duplicate and never fail. Rows may name different columns (the others get their
     defaults). Returns how many rows were inserted.
     """
-    pk = list(model.__table__.primary_key.columns)
+    return len(insert_ignore_returning(session, model, rows, conflict))
+
+
+def insert_ignore_returning(
+    session: Session, model: type[Base], rows: Sequence[dict[str, Any]], conflict: Iterable[str], column: str | None = None
+) -> list[Any]:
+    """`insert_ignore`, returning ``column`` (default: the primary key) of each row actually inserted,
+    so a caller can tell its rows from those a concurrent writer inserted first."""
+    returned = model.__table__.c[column] if column else next(iter(model.__table__.primary_key.columns))
     # RETURNING yields only the rows that were inserted; rowcount is unreliable for executemany
-    stmt = _dialect_insert(session, model).on_conflict_do_nothing(index_elements=list(conflict)).returning(*pk)
+    stmt = _dialect_insert(session, model).on_conflict_do_nothing(index_elements=list(conflict)).returning(returned)
     # one executemany per set of columns: it takes its columns from the first row, so a later row's
     # extra values would be dropped and a missing one fail the whole batch
     by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
     for row in rows:
         by_columns.setdefault(frozenset(row), []).append(row)
-    return sum(len(session.connection().execute(stmt, group).all()) for group in by_columns.values())
+    return [value for group in by_columns.values() for value in session.connection().execute(stmt, group).scalars()]
 
 
 def get_by(session: Session, model: type[Base], **where: Any):  # noqa: ANN201
