@@ -54,9 +54,20 @@ class FileResult:
 
 def walk_files(root: Path) -> Iterator[Path]:
     """Every file below ``root`` in a stable order (hidden names skipped), then every folder that
-    could not be listed (so that it is reported, not silently skipped)."""
+    could not be listed (so that it is reported, not silently skipped). Links to folders are
+    followed, as links to files are; a folder reached twice (a link loop, two links to one place)
+    is walked once."""
     unlisted: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append):
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):

@@ -167,6 +167,8 @@ def _open_source(src: Source) -> Iterator[BinaryIO]:
             f = open(src, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError as exc:
             raise StorageError(f"source file not found: {src}") from exc
+        except OSError as exc:  # no permission, a folder
+            raise StorageError(f"cannot read source file {src}: {exc.strerror or exc}") from exc
         with f:
             yield f
     else:
@@ -331,7 +333,10 @@ class LocalStore(BlobStore):
     def path_for(self, key: str) -> Path:
         """The file path of ``key``, guaranteed to lie inside the root."""
         validate_key(key)
-        path = (self.root / key).resolve()
+        try:
+            path = (self.root / key).resolve()
+        except (OSError, RuntimeError) as exc:  # a link loop (RuntimeError before Python 3.13), no permission
+            raise StorageError(f"cannot resolve blob {key}: {exc}") from exc
         if path == self.root or not path.is_relative_to(self.root):
             raise InvalidKeyError(f"blob key {key!r} resolves outside the store root")
         return path
@@ -422,10 +427,11 @@ class LocalStore(BlobStore):
         try:
             # one byte more than fstat said, then on to the end (a file that grew); later reads stay
             # small, as os.read allocates what it is asked for and a MiB per call costs more than the read
-            parts, want = [], size + 1
-            while chunk := os.read(fd, want):
+            parts, want, got = [], size + 1, 0
+            while chunk := os.read(fd, want):  # one call reads at most ~2 GiB on Linux: a larger file takes more
                 parts.append(chunk)
-                want = _TAIL_READ
+                got += len(chunk)
+                want = max(_TAIL_READ, size + 1 - got)
             return parts[0] if len(parts) == 1 else b"".join(parts)
         except OSError as exc:
             raise StorageError(f"cannot read blob {key}: {exc}") from exc
@@ -433,7 +439,11 @@ class LocalStore(BlobStore):
             os.close(fd)
 
     def exists(self, key: str) -> bool:
-        return self.path_for(key).is_file()
+        path = self.path_for(key)
+        try:
+            return path.is_file()
+        except OSError as exc:  # no permission to look (is_file answers False only for a missing file)
+            raise StorageError(f"cannot check blob {key}: {exc.strerror or exc}") from exc
 
     def delete(self, key: str) -> None:
         path = self.path_for(key)
@@ -450,7 +460,9 @@ class LocalStore(BlobStore):
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise BlobNotFoundError(key) from exc
-        if not path.is_file():
+        except OSError as exc:
+            raise StorageError(f"cannot read blob {key}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(st.st_mode):
             raise BlobNotFoundError(key)
         return st.st_size
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import pytest
 from sqlalchemy import func, select
@@ -231,3 +232,19 @@ def test_two_ingests_of_one_folder_at_once_both_finish(db, store, tmp_path):
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Image)) == 300
         assert set(s.scalars(select(Job.status).where(Job.kind == "ingest"))) == {"succeeded"}
+
+
+def test_linked_folders_are_walked_once(db, store, tmp_path):
+    """Links to files were followed but links to folders skipped without a word; a loop or two links
+    to one folder must not walk it twice."""
+    real = tmp_path / "real"
+    real.mkdir()
+    for i in range(3):
+        (real / f"{i}.png").write_bytes(image_bytes(fmt="PNG", seed=300 + i))
+    root = tmp_path / "in"
+    root.mkdir()
+    os.symlink(real, root / "photos")
+    os.symlink(real, root / "again")
+    os.symlink(root, real / "back-up")  # a loop
+    stats = ingest_folder(db, store, root)
+    assert stats["statuses"] == {"stored": 3} and stats["total"] == 3
