@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 
 class UserIn(BaseModel):
@@ -24,7 +24,7 @@ class UserOut(BaseModel):
 
 
 class ProjectIn(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]  # trimmed first
     kind: Literal["caption", "points", "ask", "point_explain"]
     instructions: str = ""
     min_seconds: float = Field(60.0, ge=0)

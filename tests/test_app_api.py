@@ -514,6 +514,8 @@ def test_project_settings_that_could_never_work_are_refused_everywhere(env):
     assert api.post("/api/projects", json={"name": "p", "kind": "points", "labels": ["a", "L" * 300]}).status_code == 422
     r = api.post("/api/projects", json={"name": "  spaced  ", "kind": "caption"})
     assert r.status_code == 201 and r.json()["name"] == "spaced"  # trimmed, as the form trims
+    r = api.post("/api/projects", json={"name": "  " + "b" * 128 + "  ", "kind": "caption"})
+    assert r.status_code == 201 and r.json()["name"] == "b" * 128  # trimmed before its length is checked
     # a project stored under the older, looser rules still loads
     from pixmo.db.models import Project
     from pixmo.projects import project_config

@@ -892,3 +892,21 @@ def test_shard_names_past_a_million_are_shard_names():
 
     assert SHARD_NAME_RE.match(shard_name("train", 1_000_000)) and SHARD_NAME_RE.match(shard_name("validation", 0))
     assert not SHARD_NAME_RE.match("train-00001.tar")
+
+
+def test_the_manifest_counts_samples_per_project_and_the_funnel_reads_them(demo, tmp_path):
+    """A whole-database export counted for no project in the dashboard's funnel ('exported' stayed
+    0 after the README's loop): the manifest now says how many samples each project has."""
+    from collections import Counter
+
+    from pixmo import curation
+
+    db, store = demo
+    out = tmp_path / "out"
+    result = export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=3, workers=1))
+    held = Counter(p for members in _samples(out).values() for p in json.loads(members["json"])["projects"])
+    assert result.manifest["counts"]["projects"] == dict(sorted(held.items())) and len(held) >= 2
+    assert verify_export(out).ok
+    with db.session() as s:
+        exported = {f.name: next(st.count for st in f.stages if st.name == "exported") for f in curation.funnel(s)}
+    assert {name: exported[name] for name in held} == dict(held)

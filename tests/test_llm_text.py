@@ -106,8 +106,15 @@ def test_a_prompt_file_of_your_own(tmp_path):
     path = tmp_path / "clean.v7.toml"
     path.write_text('task = "clean"\nversion = 7\nsystem = "Be brief."\nuser = "T: $transcript {json}"\n')
     p = load_prompt("clean", str(path))
-    assert p.version == "clean-v7"
+    assert p.version == f"clean-v7-{p.sha256[:8]}"  # not taken for a bundled clean-v7
     assert p.messages(transcript="x")[-1]["content"] == "T: x {json}"
+    # an edited copy of the bundled prompt records a version of its own (it found every output done)
+    from pixmo.llm.prompts import PROMPTS_DIR
+
+    copy = tmp_path / "my-clean.toml"
+    copy.write_bytes((PROMPTS_DIR / "clean.v1.toml").read_bytes() + b"\n# edited\n")
+    edited = load_prompt("clean", str(copy))
+    assert edited.version.startswith("clean-v1-") and edited.version != load_prompt("clean").version
 
 
 def test_schema_helpers():

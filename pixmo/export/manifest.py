@@ -52,11 +52,14 @@ def build_manifest(filters: ExportFilters, options: WebDatasetOptions, results: 
     results = sorted(results, key=lambda r: (SPLITS.index(r.split), r.index))
     rows = dict.fromkeys(ROW_KINDS, 0)
     statuses: dict[str, int] = {}
+    projects: dict[str, int] = {}
     for r in results:
         for k, v in r.rows.items():
             rows[k] = rows.get(k, 0) + v
         for k, v in r.review_status.items():
             statuses[k] = statuses.get(k, 0) + v
+        for k, v in r.projects.items():
+            projects[k] = projects.get(k, 0) + v
     splits = {}
     for split in SPLITS:
         names = [r.name for r in results if r.split == split]
@@ -74,6 +77,7 @@ def build_manifest(filters: ExportFilters, options: WebDatasetOptions, results: 
         "audio_files": sum(r.audio_files for r in results),
         "reencoded_images": sum(r.reencoded for r in results),
         "review_status": dict(sorted(statuses.items())),
+        "projects": dict(sorted(projects.items())),  # samples per project (a sample may be in several)
         **{split: splits[split]["samples"] for split in SPLITS},
         **rows,
     }

@@ -166,6 +166,7 @@ class ShardResult:
     reencoded: int = 0  # images resized or converted instead of copied
     rows: dict[str, int] = field(default_factory=dict)
     review_status: dict[str, int] = field(default_factory=dict)
+    projects: dict[str, int] = field(default_factory=dict)  # samples per project name
     asr_models: list[str] = field(default_factory=list)
     llm_models: list[str] = field(default_factory=list)
     prompt_versions: list[str] = field(default_factory=list)
@@ -247,6 +248,7 @@ def _write_shard(
         raise ExportError(f"{plan.name}: {plan.samples - len(samples)} image(s) disappeared from the database during the export")
     result = ShardResult(plan.name, plan.split, plan.index, plan.samples, 0, "", plan.first_key, plan.last_key)
     statuses: dict[str, int] = {}
+    projects: dict[str, int] = {}
     asr, llm, prompts = set(), set(), set()
     with target.writer(plan.name) as raw:
         out = HashingWriter(raw, plan.name, target.url)
@@ -273,6 +275,8 @@ def _write_shard(
             result.image_bytes += len(image)
             rec = s.data
             statuses[rec["review_status"]] = statuses.get(rec["review_status"], 0) + 1
+            for name in rec["projects"]:
+                projects[name] = projects.get(name, 0) + 1
             lineage = rec["lineage"]
             asr.update(lineage["asr_models"])
             llm.update(lineage["llm_models"])
@@ -283,5 +287,6 @@ def _write_shard(
     result.bytes, result.sha256 = out.size, out.hash.hexdigest()
     result.rows = count_rows(s.data for s in samples)
     result.review_status = dict(sorted(statuses.items()))
+    result.projects = dict(sorted(projects.items()))
     result.asr_models, result.llm_models, result.prompt_versions = sorted(asr), sorted(llm), sorted(prompts)
     return result

@@ -72,6 +72,7 @@ class _ShardCheck:
     sha256: str = ""
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROW_KINDS, 0))
     review_status: dict[str, int] = field(default_factory=dict)
+    projects: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -183,6 +184,8 @@ def _check_sample(
     for kind in ROW_KINDS:
         check.rows[kind] += len(record[kind])
     check.review_status[record["review_status"]] = check.review_status.get(record["review_status"], 0) + 1
+    for name in record["projects"]:
+        check.projects[name] = check.projects.get(name, 0) + 1
     ext = record["image"]["ext"]
     if ext not in members:
         bad(f"no .{ext} image member")
@@ -305,6 +308,12 @@ def _check_totals(manifest: dict[str, Any], checks: dict[str, _ShardCheck], repo
             statuses[k] = statuses.get(k, 0) + v
     if counts.get("review_status") != dict(sorted(statuses.items())):
         bad(f"counts.review_status is {counts.get('review_status')} but the samples say {dict(sorted(statuses.items()))}")
+    projects: dict[str, int] = {}
+    for c in checks.values():
+        for k, v in c.projects.items():
+            projects[k] = projects.get(k, 0) + v
+    if "projects" in counts and counts["projects"] != dict(sorted(projects.items())):  # absent before 2026-12
+        bad(f"counts.projects is {counts['projects']} but the samples say {dict(sorted(projects.items()))}")
 
 
 def verify_export(

@@ -48,8 +48,11 @@ class Prompt:
 
     @property
     def version(self) -> str:
-        """The version recorded on outputs, e.g. ``clean-v1``."""
-        return f"{self.task}-v{self.number}"
+        """The version recorded on outputs, e.g. ``clean-v1``; a file of your own adds the start of
+        its sha256 (``clean-v1-3fa2c1d4``), so an edited copy of a bundled prompt is not taken for it
+        (its outputs would count as done already) and each edit writes rows of its own."""
+        base = f"{self.task}-v{self.number}"
+        return base if self.path.parent.resolve() == PROMPTS_DIR.resolve() else f"{base}-{self.sha256[:8]}"
 
     @property
     def fields(self) -> set[str]:
