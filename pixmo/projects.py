@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError, field_validator, model_validator
@@ -112,14 +113,50 @@ def get_project(session: Session, name: str) -> Project:
     return project
 
 
+# bounds that settings stored under older, looser rules are brought within when read
+_LEGACY_BOUNDS = {
+    "overlap": (1, MAX_OVERLAP), "max_points": (1, MAX_POINTS), "gold_fraction": (0.0, 1.0),
+    "lease_minutes": (1.0, 60.0 * 24 * 365), "min_seconds": (0.0, 86_400.0), "max_seconds": (1.0, 86_400.0),
+}
+
+
 def project_config(project: Project) -> ProjectConfig:
-    """The project's settings; a row stored under older, looser rules (an overlap over 100, say) is
-    read as it is rather than break every page of its project."""
+    """The project's settings. A row stored under older, looser rules is read as the nearest valid
+    settings (numbers brought within bounds, inf as the upper one; labels cleaned, those that could
+    never be submitted dropped) rather than break every page that lists its project."""
     config = project.config or {}
     try:
         return ProjectConfig(**config)
     except PydanticValidationError:
-        return ProjectConfig.model_construct(**{**ProjectConfig().model_dump(), **config})
+        return _legacy_config(config)
+
+
+def _legacy_config(config: dict[str, Any]) -> ProjectConfig:
+    fixed = dict(config)
+    defaults = ProjectConfig().model_dump()
+    for name, (low, high) in _LEGACY_BOUNDS.items():
+        value = fixed.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isnan(value):
+            value = defaults[name]
+        value = min(max(value, low), high)
+        fixed[name] = int(value) if isinstance(defaults[name], int) else float(value)
+    labels: list[str] = []
+    for label in fixed.get("labels") or []:
+        try:
+            label = clean_label(str(label))
+        except ValueError:
+            continue  # a label no answer could be submitted for
+        if label and label not in labels:
+            labels.append(label)
+    fixed["labels"] = labels
+    if isinstance(fixed.get("min_seconds"), float) and isinstance(fixed.get("max_seconds"), float):
+        fixed["min_seconds"] = min(fixed["min_seconds"], fixed["max_seconds"])
+    try:
+        return ProjectConfig(**fixed)
+    except PydanticValidationError:  # something else still odd: the defaults for what is not valid
+        return ProjectConfig.model_construct(**{**defaults, **{k: v for k, v in fixed.items() if k in defaults}})
 
 
 def attach_images(session: Session, project: Project, image_ids: list[int], gold: bool = False) -> int:

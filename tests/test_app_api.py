@@ -519,15 +519,21 @@ def test_project_settings_that_could_never_work_are_refused_everywhere(env):
     # a project stored under the older, looser rules still loads
     from pixmo.db.models import Project
     from pixmo.projects import project_config
+    from pixmo.submissions import check_points
 
     with env["db"].session() as s:
-        old = Project(name="old", kind="caption", config={"overlap": 150, "labels": ["x" * 300]})
+        old = Project(name="old", kind="points", config={"overlap": 10**20, "labels": ["x" * 300, "red  cup", " mug "]})
         s.add(old)
         s.flush()
-        assert (project_config(old).overlap, project_config(old).labels) == (150, ["x" * 300])
+        cfg = project_config(old)  # the nearest valid settings: within bounds, labels that can be submitted
+        assert (cfg.overlap, cfg.labels) == (100, ["red cup", "mug"])
+        assert check_points(cfg, "red  cup", [[0.5, 0.5]], False, "pointing")[0] == "red cup"
+        from pixmo.assignments import project_progress
+
+        project_progress(s, old)  # an overlap of 10**20 overflowed here, and broke the admin projects page
     # what SQLite could hold from before (inf; a label with a control character) loads too
-    legacy = project_config(Project(name="legacy", kind="points", config={"max_seconds": float("inf"), "labels": ["cup\x01"]}))
-    assert legacy.max_seconds == float("inf") and legacy.labels == ["cup\x01"] and legacy.overlap == 1
+    legacy = project_config(Project(name="legacy", kind="points", config={"max_seconds": float("inf"), "labels": ["cup\x01", "dog"]}))
+    assert legacy.max_seconds == 86_400.0 and legacy.labels == ["dog"] and legacy.overlap == 1
 
 
 def test_signed_blob_urls(env):

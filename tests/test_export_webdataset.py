@@ -910,3 +910,45 @@ def test_the_manifest_counts_samples_per_project_and_the_funnel_reads_them(demo,
     with db.session() as s:
         exported = {f.name: next(st.count for st in f.stages if st.name == "exported") for f in curation.funnel(s)}
     assert {name: exported[name] for name in held} == dict(held)
+
+
+def test_a_refused_export_never_removes_the_folder_another_one_holds(tmp_path, monkeypatch):
+    """Two exports start into one new folder at once: the refused one used to remove the folder (it
+    had seen it missing), leaving the first one's lock on a deleted folder, so a third export got the
+    lock on the new one while the first was still writing."""
+    import threading
+
+    import pixmo.export.target as target
+    from pixmo.errors import StorageError
+
+    out = tmp_path / "new" / "export"
+    first_holds, second_done, outcome = threading.Event(), threading.Event(), {}
+    real_flock = target._flock
+
+    def late_flock(folder, shared):
+        if threading.current_thread().name == "second":
+            first_holds.wait(10)  # it saw the folder missing, then loses the race for the lock
+        return real_flock(folder, shared)
+
+    monkeypatch.setattr(target, "_flock", late_flock)
+
+    def second():
+        try:
+            with target.LocalTarget(out).writing():
+                outcome["second"] = "held"
+        except StorageError as exc:
+            outcome["second"] = str(exc)
+        second_done.set()
+
+    thread = threading.Thread(target=second, name="second")
+    thread.start()
+    time.sleep(0.2)
+    with target.LocalTarget(out).writing():
+        first_holds.set()
+        second_done.wait(10)
+        assert "another export is writing" in outcome["second"]
+        assert out.is_dir()  # still there: the refused one removed nothing
+        with pytest.raises(StorageError, match="another export is writing"):
+            with target.LocalTarget(out).writing():  # a third one is refused too
+                pass
+    thread.join(10)

@@ -124,25 +124,34 @@ class ExportTarget(ABC):
 @contextlib.contextmanager
 def _folder_lock(folder: Path, *, shared: bool) -> Iterator[None]:
     """An advisory lock (flock) on ``folder`` itself, held until the block ends. A missing folder is
-    made, and removed again (while still empty) when the block fails: a refused export leaves nothing."""
-    made, parent = [], folder
+    made; the levels this call made are removed again (while empty) when the block fails once the
+    lock was taken, so a failed export leaves nothing. A refused one removes nothing: the folder may
+    be the one the export holding the lock is about to write into."""
+    missing, parent = [], folder
     while not parent.exists() and parent != parent.parent:
-        made.append(parent)  # deepest first
+        missing.append(parent)
         parent = parent.parent
+    made: list[Path] = []
     try:
+        for level in reversed(missing):  # shallowest first: only what this call itself creates is its own
+            try:
+                level.mkdir()
+                made.append(level)
+            except FileExistsError:
+                pass  # made meanwhile by another process (or a file: refused just below)
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create the folder {folder}: {exc.strerror or exc}") from exc
-    try:
-        with _flock(folder, shared):
+    with _flock(folder, shared):
+        try:
             yield
-    except BaseException:
-        for path in made:
-            try:
-                path.rmdir()
-            except OSError:
-                break  # not empty (or not ours to remove): kept
-        raise
+        except BaseException:
+            for path in reversed(made):  # deepest first
+                try:
+                    path.rmdir()
+                except OSError:
+                    break  # not empty: kept
+            raise
 
 
 @contextlib.contextmanager
@@ -150,18 +159,30 @@ def _flock(folder: Path, shared: bool) -> Iterator[None]:
     if fcntl is None:  # no flock (Windows): nothing is held
         yield
         return
+    busy = StorageError(f"another export is writing to {folder} now; wait for it to finish or export to another folder")
     fd = os.open(folder, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StorageError(f"another export is writing to {folder} now; wait for it to finish "
-                               "or export to another folder") from None
+            raise busy from None
         except OSError:
             pass  # a file system without flock: the export goes on unheld, as before
+        # the folder opened is still the one at that path (a failed export may have removed it and
+        # another made it anew): else the lock would hold nothing
+        held, there = os.fstat(fd), _stat_or_none(folder)
+        if there is None or (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino):
+            raise busy
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager

@@ -52,7 +52,8 @@ class Prompt:
         its sha256 (``clean-v1-3fa2c1d4``), so an edited copy of a bundled prompt is not taken for it
         (its outputs would count as done already) and each edit writes rows of its own."""
         base = f"{self.task}-v{self.number}"
-        return base if self.path.parent.resolve() == PROMPTS_DIR.resolve() else f"{base}-{self.sha256[:8]}"
+        bundled = (PROMPTS_DIR / f"{self.task}.v{self.number}.toml").resolve()
+        return base if self.path.resolve() == bundled else f"{base}-{self.sha256[:8]}"
 
     @property
     def fields(self) -> set[str]:
