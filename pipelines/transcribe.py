@@ -107,6 +107,10 @@ class TranscribeStats(StageStats):
         return out
 
 
+# failures of the moment, not of the recording: nothing is stored for them
+TRANSIENT_REASONS = frozenset({"storage_error"})
+
+
 class _Failed(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
@@ -270,6 +274,11 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
             record = _record(self.model_id, r)
             row = record.model_dump(mode="json", exclude={"duration_s"})
             row.update(recording_id=r.ref.id, job_id=self.job_id, metrics=row["metrics"] or {})
+            if r.status == "failed" and r.reason in TRANSIENT_REASONS:
+                # the store did not answer (MinIO restarting, a network blip): no row, so the next
+                # run (the worker's next loop) tries the recording again instead of never
+                self.stats.record("deferred", r.reason, f"recording {r.ref.id}")
+                continue
             inserted = insert_ignore(session, Transcript, [row], ["recording_id", "asr_model"])
             status = r.status if inserted else "exists"
             self.stats.record(status, r.reason if inserted else None, f"recording {r.ref.id}")

@@ -25,6 +25,22 @@ app.add_typer(user_app, name="user")
 app.add_typer(project_app, name="project")
 app.add_typer(ingest_app, name="ingest")
 
+@app.callback()
+def _on_start() -> None:
+    # `docker compose stop` and process supervisors send SIGTERM: end like Ctrl-C (SystemExit runs
+    # the finally blocks), so the running job's row is marked failed instead of left "running" for
+    # good (a recreated container has another hostname, so no later run would reap it)
+    import signal
+
+    def _stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, _stop)
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        pass
+
+
 # Each further capability adds its commands in pixmo/commands/<name>.py with `register(app)`.
 COMMAND_MODULES: list[str] = ["dashboard", "transcribe", "export", "app", "rewrite"]
 

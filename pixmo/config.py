@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); empty for AWS.")
     s3_region: str = Field("us-east-1", description="S3 region name.")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Where browsers reach the S3 endpoint, if not at s3_endpoint_url (docker compose: "
+                          "http://localhost:9000); the app's image and audio links are signed for it.")
     secret_key: SecretStr | None = Field(None, description="Signs sessions and blob URLs; required unless env=dev.")
     public_url: str = Field("http://127.0.0.1:8000", description="Base URL of the app, for signed blob URLs.")
     max_image_pixels: int = Field(100_000_000, description="Larger images are refused as decompression bombs.")

@@ -535,6 +535,7 @@ class S3Store(BlobStore):
         prefix: str = "",
         endpoint_url: str | None = None,
         region: str = "us-east-1",
+        public_endpoint_url: str | None = None,
         *,
         client=None,
     ) -> None:
@@ -545,14 +546,18 @@ class S3Store(BlobStore):
         if self.prefix:
             validate_key(self.prefix)
         self.endpoint_url = endpoint_url or None
+        # where browsers reach the store when that is not where this process does (docker compose:
+        # http://minio:9000 inside, http://localhost:9000 outside); links are signed for that host
+        self.public_endpoint_url = public_endpoint_url or None
         self.region = region
         self.client = client if client is not None else self._make_client()
+        self._public_client = None
 
     def __reduce__(self):
         # boto3 clients do not pickle: other processes (export workers, Ray actors) rebuild one
-        return (S3Store, (self.bucket, self.prefix, self.endpoint_url, self.region))
+        return (S3Store, (self.bucket, self.prefix, self.endpoint_url, self.region, self.public_endpoint_url))
 
-    def _make_client(self):
+    def _make_client(self, endpoint_url: str | None = None):
         import boto3
         from botocore.config import Config
 
@@ -560,15 +565,14 @@ class S3Store(BlobStore):
         # reachable store connects in milliseconds, so ten seconds still allows a slow network
         options: dict = {"signature_version": "s3v4", "retries": {"max_attempts": 5, "mode": "standard"},
                          "connect_timeout": CONNECT_TIMEOUT_S}
-        if self.endpoint_url:
+        endpoint_url = endpoint_url or self.endpoint_url
+        if endpoint_url:
             # Custom endpoints (MinIO, moto) rarely have wildcard DNS for virtual hosts,
             # and some reject the newer default request checksums.
             options["s3"] = {"addressing_style": "path"}
             options["request_checksum_calculation"] = "when_required"
             options["response_checksum_validation"] = "when_required"
-        return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=Config(**options)
-        )
+        return boto3.client("s3", endpoint_url=endpoint_url, region_name=self.region, config=Config(**options))
 
     def _full(self, key: str) -> str:
         validate_key(key)
@@ -696,8 +700,13 @@ class S3Store(BlobStore):
 
     def url(self, key: str, expires: int = 3600) -> str:
         full = self._full(key)
+        client = self.client
+        if self.public_endpoint_url:  # presigning is local: no request goes to that endpoint
+            if self._public_client is None:
+                self._public_client = self._make_client(self.public_endpoint_url)
+            client = self._public_client
         with self._errors("presign", None):
-            return self.client.generate_presigned_url(
+            return client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=int(expires)
             )
 
@@ -766,7 +775,7 @@ def open_store(url: str | None = None, settings: Settings | None = None) -> Blob
         if not bucket:
             raise StorageError(f"storage URL {url!r} has no bucket name")
         try:
-            return S3Store(bucket, prefix, settings.s3_endpoint_url, settings.s3_region)
+            return S3Store(bucket, prefix, settings.s3_endpoint_url, settings.s3_region, settings.s3_public_endpoint_url)
         except InvalidKeyError as exc:
             raise StorageError(f"storage URL {url!r} has an invalid prefix: {exc}") from exc
     raise StorageError(f"unsupported storage URL {url!r}; use file://PATH or s3://bucket/prefix")

@@ -50,3 +50,52 @@ def test_serve_runs_the_app(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def _own_address() -> str | None:
+    """An address of this machine other than loopback (None if it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_serve_trusts_the_forwarded_client_address_only_from_the_named_proxy(tmp_path):
+    """Behind a proxy every login seemed to come from the proxy (one shared rate limit for everyone):
+    --forwarded-allow-ips names it, and then the client's address is the one recorded."""
+    import pytest
+
+    proxy = _own_address()
+    if proxy is None:
+        pytest.skip("this machine has no address but loopback to play the proxy")
+    env = _env(tmp_path, PIXMO_ENV="dev")
+    subprocess.run([PIXMO, "init"], env=env, check=True, capture_output=True, timeout=120)
+    recorded = {}
+    for trusted in (None, proxy):
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", 0))
+            port = s.getsockname()[1]
+        args = [PIXMO, "serve", "--host", "0.0.0.0", "--port", str(port)] + (["--forwarded-allow-ips", trusted] if trusted else [])
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        base = f"http://{proxy}:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            name = f"user-{port}"
+            httpx.post(base + "/login", data={"username": name, "password": "x" * 8},
+                       headers={"X-Forwarded-For": "203.0.113.9", "Origin": base})
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "data" / "pixmo.db") as con:
+            recorded[trusted] = con.execute("select ip from login_attempts where username = ?", (name,)).fetchone()[0]
+    assert recorded == {None: proxy, proxy: "203.0.113.9"}

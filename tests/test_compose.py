@@ -25,4 +25,10 @@ def test_compose_services_and_settings():
         for dep in services[name].get("depends_on", {}):
             assert dep in services
     assert services["vllm"]["profiles"] == ["vllm"]
+    # browsers fetch blobs from MinIO: its API port is published and links are signed for it
+    assert "9000:9000" in services["minio"]["ports"]
+    assert services["app"]["environment"]["PIXMO_S3_PUBLIC_ENDPOINT_URL"].endswith(":9000}")
+    for name in ("postgres", "minio", "app", "worker", "dashboard"):
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["worker"]["init"] is True and "trap" in services["worker"]["command"][2]
     assert (ROOT / "Dockerfile").is_file()

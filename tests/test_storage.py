@@ -596,3 +596,20 @@ def test_local_store_turns_os_errors_into_storage_errors(tmp_path):
             call("a/loop/x")
     with pytest.raises(StorageError, match="cannot read source file"):
         store.put_file(tmp_path)  # a folder
+
+
+def test_s3_links_for_browsers_are_signed_for_the_public_endpoint(s3_server):
+    """docker compose: the app reaches MinIO at http://minio:9000, browsers cannot; links presigned
+    for the inner host never loaded. With a public endpoint they name (and are signed for) it."""
+    import pickle
+
+    import httpx
+
+    inner = make_s3_store(s3_server)
+    inner.put_bytes(b"pixels", "img/a.png")
+    public = s3_server.replace("127.0.0.1", "localhost")
+    store = S3Store(inner.bucket, inner.prefix, endpoint_url=s3_server, public_endpoint_url=public)
+    url = store.url("img/a.png")
+    assert url.startswith(public + "/") and inner.url("img/a.png").startswith(s3_server + "/")
+    assert httpx.get(url).content == b"pixels"  # the signature holds for the public host
+    assert pickle.loads(pickle.dumps(store)).url("img/a.png").startswith(public + "/")  # workers keep it

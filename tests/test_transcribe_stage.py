@@ -171,3 +171,50 @@ def test_a_negative_limit_is_refused(sqlite_db, store):
 
     with pytest.raises(ValidationError, match="limit must be 0 or more"):  # SQLite read LIMIT -1 as no limit
         transcribe_recordings(sqlite_db, store, limit=-1)
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_running_job_failed(db, store, speech_clips):
+    """A stop (docker compose stop: SIGTERM) left the job row 'running' for good."""
+    _project_with_recordings(db, store, speech_clips[:2], broken=False, copies=3)
+    proc = _cli(db, store, "--batch-size", "1")
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            with db.session() as s:
+                if s.scalar(select(func.count()).select_from(Transcript)):
+                    break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    with db.session() as s:
+        (job,) = s.scalars(select(Job)).all()
+    assert job.status == "failed" and job.error.startswith("SystemExit") and job.finished_at is not None
+
+
+def test_a_store_that_does_not_answer_defers_the_recording(sqlite_db, store, speech_clips, monkeypatch):
+    """A storage error (MinIO down for a moment) was stored as a failed transcript, which no later
+    run of the worker retried: the recording was never transcribed."""
+    from pixmo.errors import StorageError
+
+    ids = _project_with_recordings(sqlite_db, store, speech_clips[:1], broken=False)
+    with sqlite_db.session() as s:
+        down_key = s.get(Recording, ids["silence"]).storage_key
+    real_get = store.get_bytes
+
+    def flaky(key):
+        if key == down_key:
+            raise StorageError("could not connect to the endpoint")
+        return real_get(key)
+
+    monkeypatch.setattr(store, "get_bytes", flaky)
+    first = transcribe_recordings(sqlite_db, store, "caps")
+    assert first["statuses"] == {"ok": 1, "deferred": 1} and first["reasons"] == {"storage_error": 1}
+    assert ids["silence"] not in _transcripts(sqlite_db)
+    monkeypatch.setattr(store, "get_bytes", real_get)  # the store is back
+    second = transcribe_recordings(sqlite_db, store, "caps")
+    assert second["statuses"] == {"ok": 1} and _transcripts(sqlite_db)[ids["silence"]].status == "ok"

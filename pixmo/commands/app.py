@@ -16,6 +16,11 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     reload: Annotated[bool, typer.Option(help="Restart when the code changes (development).")] = False,
     workers: Annotated[int, typer.Option(help="Worker processes (ignored with --reload).")] = 1,
+    forwarded_allow_ips: Annotated[str | None, typer.Option(
+        envvar="FORWARDED_ALLOW_IPS",
+        help="Proxies whose X-Forwarded-For/-Proto are trusted (comma-separated IPs or networks); behind a "
+             "reverse proxy, its address, else every login seems to come from it and shares one rate limit.",
+    )] = None,
 ) -> None:
     """Run the annotation web app on the configured database and blob store (docs at /docs)."""
     import uvicorn
@@ -29,4 +34,5 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     uvicorn.run("annotation_app.main:create_app", factory=True, host=host, port=port, reload=reload,
-                workers=None if reload else workers, proxy_headers=True, log_level="info")
+                workers=None if reload else workers, proxy_headers=True,
+                forwarded_allow_ips=forwarded_allow_ips or "127.0.0.1", log_level="info")
