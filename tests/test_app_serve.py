@@ -22,6 +22,15 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env | {"PIXMO_DATA_DIR": str(tmp_path / "data"), **extra}
 
 
+def _wait_until_up(base: str) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+
+
 def test_serve_help_and_refusal_without_a_secret(tmp_path):
     assert "--port" in CliRunner().invoke(app, ["serve", "--help"]).output
     r = subprocess.run([PIXMO, "serve"], env=_env(tmp_path, PIXMO_ENV="prod"), capture_output=True, text=True, timeout=60)
@@ -38,12 +47,7 @@ def test_serve_runs_the_app(tmp_path):
                             stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        _wait_until_up(base)
         assert "Log in" in httpx.get(base + "/login").text
         assert httpx.post(base + "/login", data={"username": "nobody", "password": "x" * 8}).status_code == 401
         assert httpx.get(base + "/api/me").status_code == 401
@@ -82,12 +86,7 @@ def test_serve_trusts_the_forwarded_client_address_only_from_the_named_proxy(tmp
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         base = f"http://{proxy}:{port}"
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            _wait_until_up(base)
             name = f"user-{port}"
             httpx.post(base + "/login", data={"username": name, "password": "x" * 8},
                        headers={"X-Forwarded-For": "203.0.113.9", "Origin": base})

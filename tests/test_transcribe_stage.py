@@ -106,10 +106,8 @@ def _cli(db, store, *args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-@pytest.mark.slow
-def test_sigkill_midway_then_rerun_gives_one_transcript_per_recording(db, store, speech_clips):
-    ids = _project_with_recordings(db, store, speech_clips[:2], broken=False, copies=3)  # 7 recordings
-    proc = _cli(db, store, "--batch-size", "1", "--json")
+def _signal_after_the_first_transcript(proc: subprocess.Popen, db, sig: int) -> None:
+    """Send ``sig`` to a running `pixmo transcribe` once it has written a transcript; wait for it to end."""
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -117,9 +115,19 @@ def test_sigkill_midway_then_rerun_gives_one_transcript_per_recording(db, store,
                 if s.scalar(select(func.count()).select_from(Transcript)):
                     break
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)  # no cleanup, no final commit, no job status
+        proc.send_signal(sig)
+        proc.wait(60)
     finally:
-        proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_sigkill_midway_then_rerun_gives_one_transcript_per_recording(db, store, speech_clips):
+    ids = _project_with_recordings(db, store, speech_clips[:2], broken=False, copies=3)  # 7 recordings
+    proc = _cli(db, store, "--batch-size", "1", "--json")
+    _signal_after_the_first_transcript(proc, db, signal.SIGKILL)  # no cleanup, no final commit, no job status
     done = len(_transcripts(db))
     assert 1 <= done < len(ids), "the kill must land midway"
 
@@ -178,18 +186,7 @@ def test_sigterm_marks_the_running_job_failed(db, store, speech_clips):
     """A stop (docker compose stop: SIGTERM) left the job row 'running' for good."""
     _project_with_recordings(db, store, speech_clips[:2], broken=False, copies=3)
     proc = _cli(db, store, "--batch-size", "1")
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            with db.session() as s:
-                if s.scalar(select(func.count()).select_from(Transcript)):
-                    break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _signal_after_the_first_transcript(proc, db, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM
     with db.session() as s:
         (job,) = s.scalars(select(Job)).all()
