@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from annotation_app.body_limit import BodyLimit
 from annotation_app.routes import ask, assignments, auth, blobs, points, projects, recordings, reviews, users
 from annotation_app.templating import HERE, render
 from pixmo.ask import AskFailed, AskModel
@@ -22,6 +23,8 @@ from pixmo.llm.errors import LLMError
 from pixmo.logins import LoginThrottled
 from pixmo.storage import BlobStore, open_store
 from pixmo.submissions import UploadRejected
+
+UPLOAD_OVERHEAD = 64 * 1024
 
 # how PostgreSQL refuses a NUL: in a text column, and inside a JSON value (as \u0000)
 _NUL_MESSAGES = ("NUL (0x00)", "unsupported Unicode escape sequence")
@@ -128,6 +131,14 @@ def create_app(
     app.state.store = store or open_store(settings=settings)
     app.state.ask_model = ask_model or AskModel()
     _install_error_handlers(app)
+    # an upload at the limit, with room for its form fields and multipart framing
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + UPLOAD_OVERHEAD)
+    @app.middleware("http")
+    async def no_framing(request: Request, call_next):  # noqa: ANN202 - a reviewer's click inside another site's frame
+        response = await call_next(request)
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
     for module in (auth, users, projects, assignments, recordings, points, ask, reviews, blobs):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

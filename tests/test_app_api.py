@@ -209,6 +209,10 @@ def test_a_bad_page_address_is_an_html_page_for_a_browser(env):
     assert api.status_code == 422 and api.json()["detail"].startswith("project")
 
 
+def test_pages_may_not_be_framed_by_other_sites(env):
+    assert env["c"]["anonymous"].get("/login").headers["x-frame-options"] == "DENY"
+
+
 def test_cross_site_login_is_refused(env):
     r = env["c"]["anonymous"].post("/login", data={"username": "ann", "password": PASSWORD},
                                    headers={"Origin": "https://evil.example"}, follow_redirects=False)
@@ -628,3 +632,36 @@ def test_a_nul_postgresql_refuses_in_a_json_value_is_a_422(env):
     env["app"].add_api_route("/api/test-nul-json", boom)
     r = TestClient(env["app"], raise_server_exceptions=False).get("/api/test-nul-json")
     assert r.status_code == 422 and "NUL" in r.json()["detail"]
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(env):
+    """FastAPI read (and spooled to disk) a body of any size before the login check or the upload
+    limit applied: an anonymous 5 MB upload was read in full, then answered 401."""
+    read = {"bytes": 0}
+    app = env["app"]
+
+    async def counting(scope, receive, send):
+        async def counted():
+            message = await receive()
+            read["bytes"] += len(message.get("body", b""))
+            return message
+
+        await app(scope, counted, send)
+
+    big = b"\0" * (5 * MAX_UPLOAD)
+    for client in (TestClient(counting), TestClient(counting, headers=env["c"]["annotator"].headers)):
+        read["bytes"] = 0
+        r = client.post("/api/assignments/1/recording", files={"audio": ("a.webm", big)}, data={"idempotency_key": "k" * 10})
+        assert r.status_code == 413 and "limit" in r.json()["detail"], r.text
+        assert read["bytes"] < 2 * MAX_UPLOAD  # refused from its declared length, not read
+        read["bytes"] = 0
+        r = client.post("/api/reviews", content=big, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and read["bytes"] < 2 * MAX_UPLOAD
+
+    def chunks():  # no Content-Length: counted as it arrives (the test client hands it over at once)
+        for _ in range(50):
+            yield b"\0" * 100_000
+
+    r = TestClient(app, headers=env["c"]["annotator"].headers).post(
+        "/api/reviews", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"], r.text
