@@ -231,16 +231,16 @@ def test_review_actions_change_the_database(app_db):
         reviewer_id = s.scalar(select(User.id).where(User.username == "demo-reviewer"))
     before = _review_count(db)
 
-    at.selectbox(key="review_target").select(("recording", rec_id))
-    at.radio(key="review_verdict").set_value("rejected")
+    at.selectbox(key=f"review_target_{image_id}").select(("recording", rec_id))
+    at.radio(key=f"review_verdict_{image_id}").set_value("rejected")
     button(at, "Save verdict").click()
     at.run()
     assert "a rejection needs a reason" in at.error[0].value
     assert _review_count(db) == before
 
-    at.selectbox(key="review_target").select(("recording", rec_id))
-    at.radio(key="review_verdict").set_value("rejected")
-    at.text_input(key="review_reason").input("mumbled, hard to follow")
+    at.selectbox(key=f"review_target_{image_id}").select(("recording", rec_id))
+    at.radio(key=f"review_verdict_{image_id}").set_value("rejected")
+    at.text_input(key=f"review_reason_{image_id}").input("mumbled, hard to follow")
     button(at, "Save verdict").click()
     at.run()
     assert not at.exception and at.success
@@ -252,8 +252,8 @@ def test_review_actions_change_the_database(app_db):
     history = next(df.value for df in at.dataframe if "reviewer" in df.value.columns)
     assert history["review"].iloc[-1] == last.id and history["verdict"].iloc[-1] == "rejected"
 
-    at.selectbox(key="review_target").select(("recording", rec_id))
-    at.radio(key="review_verdict").set_value("flagged")
+    at.selectbox(key=f"review_target_{image_id}").select(("recording", rec_id))
+    at.radio(key=f"review_verdict_{image_id}").set_value("flagged")
     button(at, "Save verdict").click()
     at.run()
     assert _review_count(db) == before + 2
@@ -262,14 +262,50 @@ def test_review_actions_change_the_database(app_db):
 def test_review_refused_once_the_reviewer_role_is_gone(app_db):
     db, _ = app_db
     at = logged_in(page="views/browse.py")
+    image_id = at.selectbox(key="browse_pick").value
     with db.session() as s:
         s.scalars(select(User).where(User.username == "demo-reviewer")).one().role = "annotator"
     before = _review_count(db)
-    at.radio(key="review_verdict").set_value("approved")
+    at.radio(key=f"review_verdict_{image_id}").set_value("approved")
     button(at, "Save verdict").click()
     at.run()
     assert _review_count(db) == before
     assert [t.value for t in at.title] == ["PixMo curation dashboard"]  # logged out, back at the login page
+
+
+def test_a_review_form_only_saves_an_item_of_its_own_image(app_db):
+    """One widget key for every image let the browser send a choice made on another image with
+    this image's form: a verdict was saved on an item the form did not show."""
+    db, _ = app_db
+    at = logged_in(page="views/browse.py")
+    first = at.selectbox(key="browse_pick").value
+    chosen = at.selectbox(key=f"review_target_{first}").options[-1]  # picked on the first image, not saved
+    at.selectbox(key=f"review_target_{first}").select(at.selectbox(key=f"review_target_{first}").options[-1]).run()
+    second = next(int(o.split(" ")[0].lstrip("#")) for o in at.selectbox(key="browse_pick").options
+                  if int(o.split(" ")[0].lstrip("#")) != first)
+    at.selectbox(key="browse_pick").select(second).run()
+    shown = at.selectbox(key=f"review_target_{second}").value  # what this image's form shows
+    at.radio(key=f"review_verdict_{second}").set_value("flagged")
+    button(at, "Save verdict").click()
+    at.run()
+    assert not at.exception and at.success, [e.value for e in at.error]
+    with db.session() as s:
+        last = s.scalars(select(Review).order_by(Review.id.desc())).first()
+    assert (last.target_type, last.target_id, last.image_id) == (*shown, second), chosen
+
+
+def test_the_image_id_box_picks_the_image_and_empties(app_db):
+    """A typed id overrode the picker for good (choosing another image or paging still showed it)."""
+    db, _ = app_db
+    at = logged_in(page="views/browse.py")
+    options = at.selectbox(key="browse_pick").options
+    target = int(options[-1].split(" ")[0].lstrip("#"))
+    at.number_input(key="browse_jump").set_value(target).run()
+    assert at.selectbox(key="browse_pick").value == target and at.number_input(key="browse_jump").value == 0
+    assert any(h.value == f"Image #{target}" for h in at.header)
+    first = int(options[0].split(" ")[0].lstrip("#"))
+    at.selectbox(key="browse_pick").select(first).run()
+    assert any(h.value == f"Image #{first}" for h in at.header)  # the picker decides again
 
 
 # ------------------------------------------------------------------ quality

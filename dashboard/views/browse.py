@@ -86,34 +86,54 @@ ids = [it.image_id for it in page.items]
 captions_by_id = {it.image_id: it.caption for it in page.items}
 if st.session_state.get("browse_page_key") != (signature, cursors[-1]):
     st.session_state["browse_page_key"] = (signature, cursors[-1])
-    st.session_state.pop("browse_pick", None)  # another page: show its first image
+    # another page: show its first image. Set, not dropped: a dropped value leaves the browser's
+    # widget on the old choice, which it sends back on the next rerun
+    st.session_state["browse_pick"] = ids[0] if ids else None
+    st.session_state["browse_jump"] = 0
 wanted = st.session_state.pop(BROWSE_IMAGE_KEY, None)  # set by "Open in Browse" on other pages
 if wanted is not None:
     st.session_state["browse_pick"] = wanted
 current = st.session_state.get("browse_pick")
 choices = ids if current is None or current in ids else [current, *ids]  # an opened image stays listed
+
+
+def jump_to_image() -> None:
+    """The id typed in becomes the picked image (and the box empties), so the two never disagree."""
+    wanted_id = int(st.session_state.get("browse_jump") or 0)
+    if wanted_id:
+        st.session_state["browse_pick"] = wanted_id
+    st.session_state["browse_jump"] = 0
+
+
 pick_col, jump_col = st.columns([3, 1])
 picked = pick_col.selectbox("Image", choices, format_func=lambda i: f"#{i} · {captions_by_id.get(i, '')[:80]}",
                             key="browse_pick")
-jump = jump_col.number_input("Or go to image id", min_value=0, value=0, step=1, key="browse_jump")
-image_id = int(jump) if jump else picked
-if image_id is None:
+jump_col.number_input("Or go to image id", min_value=0, step=1, key="browse_jump", on_change=jump_to_image)
+if not isinstance(picked, int):  # what a browser sent for a widget whose choices have changed
     st.stop()
+image_id = picked
 
 
-def do_review() -> None:
-    """Form callback: write the verdict before the page is drawn again, so the history is current."""
-    target = st.session_state.get("review_target")
-    verdict = st.session_state.get("review_verdict")
-    reason = st.session_state.get("review_reason", "")
+def do_review(image_id: int, allowed: tuple) -> None:
+    """Form callback: write the verdict before the page is drawn again, so the history is current.
+
+    The form's widgets are keyed per image: one key for every image let the browser keep a choice
+    made on another image and send it with this image's form (a verdict on an item not shown).
+    """
+    target = st.session_state.get(f"review_target_{image_id}")
+    verdict = st.session_state.get(f"review_verdict_{image_id}")
+    reason = st.session_state.get(f"review_reason_{image_id}", "")
     reviewer = current_reviewer()
     try:
         if target is None:
             raise PixmoError("choose an item to review")
+        target = tuple(target)
+        if target not in allowed:
+            raise PixmoError("that item is not one of this image's; choose it again")
         with database().session(write_lock=True) as session:
             review = curation.submit_review(session, reviewer.id if reviewer else None, target[0], target[1], verdict, reason)
         st.session_state["review_message"] = ("success", f"Saved: {verdict} {target[0]} #{target[1]} (review #{review.id})")
-        st.session_state["review_reason"] = ""
+        st.session_state[f"review_reason_{image_id}"] = ""
     except PixmoError as exc:
         st.session_state["review_message"] = ("error", f"Not saved: {exc}")
 
@@ -122,7 +142,7 @@ try:
     with database().session() as session:
         detail = curation.image_detail(session, image_id)
 except PixmoError as exc:
-    st.error(str(exc))
+    st.error(plain(str(exc)))
     st.stop()
 
 image = detail["image"]
@@ -208,8 +228,9 @@ if not targets:
     st.caption("nothing to review on this image")
 else:
     described = {(t, i): text for t, i, text in targets}
-    with st.form("review_form"):
-        st.selectbox("Item", list(described), format_func=lambda key: described[key], key="review_target")
-        st.radio("Verdict", list(VERDICT_LABELS), format_func=VERDICT_LABELS.get, horizontal=True, key="review_verdict")
-        st.text_input("Reason (required to reject)", key="review_reason")
-        st.form_submit_button("Save verdict", on_click=do_review)
+    with st.form(f"review_form_{image_id}"):
+        st.selectbox("Item", list(described), format_func=lambda key: described.get(key, str(key)), key=f"review_target_{image_id}")
+        st.radio("Verdict", list(VERDICT_LABELS), format_func=VERDICT_LABELS.get, horizontal=True,
+                 key=f"review_verdict_{image_id}")
+        st.text_input("Reason (required to reject)", key=f"review_reason_{image_id}")
+        st.form_submit_button("Save verdict", on_click=do_review, args=(image_id, tuple(described)))
