@@ -214,7 +214,7 @@ def scan_queries(as_of: str) -> list[str]:
 
 def fetch_bare(con, ids: list[int], queries: list[str]) -> int:  # noqa: ANN001 - a sqlite3 connection
     """Run the bare row queries for ``ids``, ``ID_CHUNK`` ids at a time; returns the rows fetched."""
-    from pixmo.export.records import ID_CHUNK
+    from pixmo.db.queries import ID_CHUNK
 
     rows = 0
     for i in range(0, len(ids), ID_CHUNK):
@@ -241,7 +241,7 @@ def bare_rows(path: Path, workers: int) -> int:
     import sqlite3
     from concurrent.futures import ProcessPoolExecutor
 
-    from pixmo.export.records import ID_CHUNK
+    from pixmo.db.queries import ID_CHUNK
 
     con = sqlite3.connect(path)
     ids = [i for (i,) in con.execute("SELECT id FROM images ORDER BY sha256")]  # shard order: ids at random

@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from pixmo.db.models import Caption, Project, QAPair, Recording, Review, Transcript
-from pixmo.db.queries import insert_ignore
+from pixmo.db.models import Caption, Project, QAPair, Recording, Transcript
+from pixmo.db.queries import id_chunks, insert_ignore, newest_verdicts
 from pixmo.db.session import Database
 from pixmo.errors import ValidationError
 from pixmo.llm import LLMBackend, get_backend
@@ -286,13 +286,7 @@ class _CaptionStage(RewriteStage):
         """The transcripts to rewrite, by id: a transcript or recording whose newest verdict is
         rejected or flagged is left out, as the export leaves out what is written from it (a merge
         that took it in would never be used, and block the merge of the others)."""
-        newest: dict[tuple[str, int], str] = {}
-        for target_type, target_id, verdict in session.execute(
-            select(Review.target_type, Review.target_id, Review.verdict)
-            .where(Review.target_type.in_(("transcript", "recording")))
-            .order_by(Review.created_at, Review.id)
-        ):
-            newest[(target_type, target_id)] = verdict  # in time order: the last one wins
+        newest = newest_verdicts(session, {"transcript": None, "recording": None})
         return [r for r in session.execute(self._transcripts(session)).all()
                 if is_usable(newest, "transcript", r.id) and is_usable(newest, "recording", r.recording_id)]
 
@@ -300,8 +294,8 @@ class _CaptionStage(RewriteStage):
     def _texts(session: Session, ids: list[int]) -> dict[int, str]:
         """The texts of these transcripts only: the candidates are listed without them, as most are done."""
         out: dict[int, str] = {}
-        for i in range(0, len(ids), 900):
-            out.update(session.execute(select(Transcript.id, Transcript.text).where(Transcript.id.in_(ids[i:i + 900]))).all())
+        for chunk in id_chunks(ids):
+            out.update(session.execute(select(Transcript.id, Transcript.text).where(Transcript.id.in_(chunk))).all())
         return out
 
     def _transcripts(self, session: Session):  # noqa: ANN202

@@ -140,9 +140,13 @@ def _open_lease(session: Session, assignment_id: int, user_id: int) -> tuple[Ass
     project = session.get(Project, assignment.project_id)
     if project.kind != "ask":
         raise ValidationError(f"this is a {project.kind} task, not an ask task")
+    _require_leased(assignment)
+    return assignment, project
+
+
+def _require_leased(assignment: Assignment) -> None:
     if assignment.status != "leased":
         raise ValidationError(f"this task is {assignment.status}; take the next one")
-    return assignment, project
 
 
 def ask_question(db: Database, store: BlobStore, model: AskModel, *, assignment_id: int, user_id: int,
@@ -158,8 +162,7 @@ def ask_question(db: Database, store: BlobStore, model: AskModel, *, assignment_
         try:
             with db.session(write_lock=True) as session:
                 assignment = get_assignment(session, assignment_id, user_id, lock=True)
-                if assignment.status != "leased":  # submitted or skipped (another tab) while the model answered
-                    raise ValidationError(f"this task is {assignment.status}; take the next one")
+                _require_leased(assignment)  # it may have been submitted or skipped (another tab) while the model answered
                 for old in exchange_for(session, assignment):
                     if old.status == "pending":
                         old.status = "rejected"

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from pixmo.db.models import (
     REVIEW_TARGET_MODELS, REVIEW_TARGETS, VERDICTS, Assignment, Caption, Image, PointSet, Project, QAPair, Recording, Review, Transcript, User,
 )
-from pixmo.db.queries import review_target
+from pixmo.db.queries import newest_verdicts, review_target
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, ValidationError
 
@@ -170,22 +170,11 @@ def sync_assignment_verdict(session: Session, target_type: str, target_id: int, 
     if assignment_id is None:
         return
     session.flush()  # the new review counts
-    targets = [("assignment", assignment_id)] + [
-        (name, item_id)
+    items = {"assignment": [assignment_id]} | {
+        name: list(session.scalars(select(model.id).where(model.assignment_id == assignment_id)))
         for name, model in TARGETS.items()
-        for item_id in session.scalars(select(model.id).where(model.assignment_id == assignment_id))
-    ]
-    newest: dict[tuple[str, int], str] = {}
-    for name in {t for t, _ in targets}:
-        ids = [i for t, i in targets if t == name]
-        rows = session.execute(
-            select(Review.target_id, Review.verdict)
-            .where(Review.target_type == name, Review.target_id.in_(ids))
-            .order_by(Review.created_at, Review.id)
-        )
-        for item_id, v in rows:
-            newest[(name, item_id)] = v  # in time order: the last one wins
-    current = set(newest.values()) or {verdict}
+    }
+    current = set(newest_verdicts(session, items).values()) or {verdict}
     combined = next((v for v in _ASSIGNMENT_VERDICT_ORDER if v in current), verdict)
     session.execute(update(Assignment).where(Assignment.id == assignment_id).values(review_verdict=combined))
 

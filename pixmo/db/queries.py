@@ -8,7 +8,9 @@ from typing import Any
 from sqlalchemy import join, select
 from sqlalchemy.orm import Session
 
-from pixmo.db.models import REVIEW_TARGET_MODELS, Base, Recording, Transcript
+from pixmo.db.models import REVIEW_TARGET_MODELS, Base, Recording, Review, Transcript
+
+ID_CHUNK = 900  # ids per IN (...): stays under every backend's bound-parameter limit
 
 
 def _dialect_insert(session: Session, model: type[Base]):  # noqa: ANN202 - a dialect Insert
@@ -74,3 +76,22 @@ def review_target(target_type: str):  # noqa: ANN201 - (FROM clause, table, tabl
     if model is Transcript:
         return join(Transcript, Recording, Recording.id == Transcript.recording_id), Transcript, Recording
     return model, model, model
+
+
+def id_chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+    """``ids`` in slices of `ID_CHUNK`, one IN (...) list each."""
+    for i in range(0, len(ids), ID_CHUNK):
+        yield ids[i : i + ID_CHUNK]
+
+
+def newest_verdicts(session: Session, targets: dict[str, Iterable[int] | None]) -> dict[tuple[str, int], str]:
+    """``(target_type, target_id) -> verdict`` of the newest review of each target: of the given ids
+    of each target type, or of every target of that type for None."""
+    out: dict[tuple[str, int], str] = {}
+    for target_type, ids in targets.items():
+        stmt = select(Review.target_id, Review.verdict).where(Review.target_type == target_type)
+        if ids is not None:
+            stmt = stmt.where(Review.target_id.in_(list(ids)))
+        for target_id, verdict in session.execute(stmt.order_by(Review.created_at, Review.id)):
+            out[(target_type, target_id)] = verdict  # in time order: the last one wins
+    return out

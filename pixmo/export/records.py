@@ -46,6 +46,7 @@ from pixmo.db.models import (
     Transcript,
     User,
 )
+from pixmo.db.queries import id_chunks
 from pixmo.export.errors import ExportError
 from pixmo.llm.faithfulness import stored_score
 from pixmo.media import EXT_BY_MIME
@@ -67,7 +68,6 @@ AUDIO_EXT_BY_MIME = {
 }
 KIND_RANK = {"cleaned": 0, "merged": 1}
 PRODUCER_RANK = {"rule": 0, "llm": 1, "human": 2}
-ID_CHUNK = 900  # stays under every backend's bound-parameter limit
 
 
 def split_of(key: str, val_fraction: float) -> str:
@@ -187,11 +187,6 @@ class BuiltSample:
         return ExportSample.model_validate(self.data)
 
 
-def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
-    for i in range(0, len(ids), ID_CHUNK):
-        yield ids[i : i + ID_CHUNK]
-
-
 # JSON columns of the export (see `_COLUMNS`). On SQLite they are read as their stored text and
 # decoded here, through a small cache: most hold the same few short values (``[]``, ``{}``), which
 # SQLAlchemy would otherwise parse with ``json.loads`` one by one. Cached values are shared between
@@ -243,7 +238,7 @@ def load_usernames(session: Session) -> dict[int, str]:
 def load_rows(session: Session, image_ids: Sequence[int], as_of: dt.datetime | None = None) -> dict[int, ImageRows]:
     """Every row of these images created before ``as_of``, grouped per image (bulk queries)."""
     out: dict[int, ImageRows] = {}
-    for chunk in _chunks(list(image_ids)):
+    for chunk in id_chunks(list(image_ids)):
         _load_chunk(session, chunk, as_of, out)
     return out
 
