@@ -14,6 +14,16 @@ class UserIn(BaseModel):
     role: Literal["annotator", "reviewer", "admin"] = "annotator"
 
 
+class UserPatch(BaseModel):
+    """What an admin may change of a user; fields left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["annotator", "reviewer", "admin"] | None = None
+    is_active: bool | None = None
+    password: str | None = Field(None, min_length=8, max_length=256)
+
+
 class UserOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -138,6 +138,96 @@ def user_token(username: str, name: Annotated[str, typer.Option(help="A label fo
     typer.echo(token)
 
 
+@user_app.command("tokens")
+def user_tokens(username: str) -> None:
+    """List a user's bearer tokens: label, created, last used (the tokens themselves are not stored)."""
+    from pixmo.users import list_tokens
+
+    table = Table("id", "label", "created", "last used")
+    try:
+        with _db().session() as session:
+            for t in list_tokens(session, username):
+                used = f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never"
+                table.add_row(str(t.id), t.name, f"{t.created_at:%Y-%m-%d %H:%M}", used)
+    except PixmoError as exc:
+        _fail(exc)
+    console.print(table)
+
+
+@user_app.command("revoke")
+def user_revoke(
+    username: str,
+    label: Annotated[Optional[str], typer.Option("--label", help="Only the tokens with this label.")] = None,
+) -> None:
+    """Revoke a user's bearer tokens (all of them, or those with --label)."""
+    from pixmo.users import revoke_tokens
+
+    try:
+        with _db().session(write_lock=True) as session:
+            n = revoke_tokens(session, username, label)
+    except PixmoError as exc:
+        _fail(exc)
+    console.print(f"revoked {n} token(s) of [bold]{username}[/bold]")
+
+
+@user_app.command("deactivate")
+def user_deactivate(username: str) -> None:
+    """Deactivate a user: no login; browser sessions ended, tokens revoked, live leases released."""
+    from pixmo.users import deactivate_user
+
+    try:
+        with _db().session(write_lock=True) as session:
+            d = deactivate_user(session, username)
+    except PixmoError as exc:
+        _fail(exc)
+    console.print(f"deactivated [bold]{username}[/bold]: {d.sessions_ended} session(s) ended, "
+                  f"{d.tokens_revoked} token(s) revoked, {d.leases_released} lease(s) released")
+
+
+@user_app.command("activate")
+def user_activate(username: str) -> None:
+    """Let a deactivated user log in again (their old tokens stay revoked)."""
+    from pixmo.users import activate_user
+
+    try:
+        with _db().session(write_lock=True) as session:
+            activate_user(session, username)
+    except PixmoError as exc:
+        _fail(exc)
+    console.print(f"activated [bold]{username}[/bold]")
+
+
+@user_app.command("role")
+def user_role(username: str, role: Annotated[str, typer.Argument(help="annotator | reviewer | admin")]) -> None:
+    """Give a user another role (the last active admin cannot be demoted)."""
+    from pixmo.users import set_role
+
+    try:
+        with _db().session(write_lock=True) as session:
+            set_role(session, username, role)
+    except PixmoError as exc:
+        _fail(exc)
+    console.print(f"[bold]{username}[/bold] is now {role}")
+
+
+@user_app.command("password")
+def user_password(
+    username: str,
+    password: Annotated[Optional[str], typer.Option(help="Asked for when not given.")] = None,
+) -> None:
+    """Set a user's password and end their browser sessions."""
+    from pixmo.users import set_password
+
+    if password is None:
+        password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+    try:
+        with _db().session(write_lock=True) as session:
+            _, ended = set_password(session, username, password)
+    except PixmoError as exc:
+        _fail(exc)
+    console.print(f"password of [bold]{username}[/bold] changed; {ended} session(s) ended")
+
+
 @project_app.command("create")
 def project_create(
     name: str,

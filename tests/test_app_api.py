@@ -98,6 +98,9 @@ def _routes(env) -> list[tuple[str, str, str, dict]]:
         ("POST", "/admin/users", "admin", {"data": {"username": "zed", "password": "long-enough-pw"}}),
         ("GET", "/api/users", "admin", {}),
         ("POST", "/api/users", "admin", {"json": {"username": "zed2", "password": "long-enough-pw"}}),
+        ("PATCH", f"/api/users/{env['users']['ann2']}", "admin", {"json": {"role": "annotator"}}),
+        ("DELETE", f"/api/users/{env['users']['ann2']}/tokens", "admin", {}),
+        ("POST", f"/admin/users/{env['users']['ann2']}", "admin", {"data": {"action": "role", "role": "annotator"}}),
         ("POST", "/api/projects", "admin", {"json": {"name": "api-made", "kind": "caption"}}),
         ("POST", f"/api/projects/{p}/images", "admin", {"json": {"all_images": True}}),
     ]

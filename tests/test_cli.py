@@ -33,7 +33,9 @@ def initialised(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "cmd",
-    [[], ["init"], ["user", "add"], ["user", "list"], ["user", "token"], ["project", "create"], ["project", "list"],
+    [[], ["init"], ["user", "add"], ["user", "list"], ["user", "token"], ["user", "tokens"], ["user", "revoke"],
+     ["user", "deactivate"], ["user", "activate"], ["user", "role"], ["user", "password"], ["project", "create"],
+     ["project", "list"],
      ["ingest", "folder"], ["stats"], ["demo"]],
 )
 def test_every_command_has_help(cmd):
@@ -65,6 +67,36 @@ def test_users_projects_ingest_stats(initialised):
     assert data["totals"]["images"] == 3
     assert data["projects"][0]["name"] == "caps" and data["projects"][0]["images"] == 3
     assert "caps" in invoke("project", "list").output
+
+
+def test_user_administration(initialised):
+    assert invoke("user", "add", "boss", "--role", "admin", "--password", "correct-horse").exit_code == 0
+    assert invoke("user", "add", "ann", "--password", "correct-horse").exit_code == 0
+    for label in ("laptop", "ci"):
+        assert invoke("user", "token", "ann", "--name", label).output.startswith("pixmo_")
+    listed = invoke("user", "tokens", "ann").output
+    assert "laptop" in listed and "ci" in listed and "never" in listed
+    assert "revoked 1 token(s)" in invoke("user", "revoke", "ann", "--label", "ci").output
+    assert "ci" not in invoke("user", "tokens", "ann").output.replace("id ", "")
+    out = invoke("user", "deactivate", "ann").output
+    assert "deactivated ann: 0 session(s) ended, 1 token(s) revoked, 0 lease(s) released" in " ".join(out.split())
+    assert "ann" in invoke("user", "list").output and " no " in invoke("user", "list").output
+    refused = invoke("user", "deactivate", "boss")
+    assert refused.exit_code == 2 and "only active admin" in refused.output
+    refused = invoke("user", "role", "boss", "reviewer")
+    assert refused.exit_code == 2 and "only active admin" in refused.output
+    assert invoke("user", "activate", "ann").exit_code == 0
+    assert invoke("user", "role", "ann", "reviewer").exit_code == 0
+    assert invoke("user", "password", "ann", "--password", "short").exit_code == 2
+    assert "password of ann changed" in invoke("user", "password", "ann", "--password", "another-horse").output
+    assert invoke("user", "deactivate", "ghost").exit_code == 2
+    from pixmo.auth import authenticate
+    from pixmo.config import get_settings
+    from pixmo.db.session import get_database
+
+    with get_database(get_settings().resolved_database_url).session() as s:
+        user = authenticate(s, "ann", "another-horse")
+        assert user is not None and user.role == "reviewer" and user.is_active
 
 
 def test_demo_makes_every_kind_of_annotation(initialised):
