@@ -79,7 +79,7 @@ class AssignmentOut(BaseModel):
     width: int
     height: int
     status: str
-    is_gold: bool
+    is_gold: bool | None  # null for annotators: check items must look like any other task
     expires_at: dt.datetime | None
     resumed: bool = False
     label: str | None = None

@@ -668,3 +668,18 @@ def test_an_oversized_body_is_refused_before_it_is_read(env):
     r = TestClient(app, headers=env["c"]["annotator"].headers).post(
         "/api/reviews", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "limit" in r.json()["detail"], r.text
+
+
+def test_annotators_are_not_told_which_tasks_are_check_items(env, db, store):
+    gold_project, _ = make_project(db, store, "checks", "points", n_images=0, gold=2, seed=9, overlap=2,
+                                   gold_fraction=1.0, labels=["dog"])
+    seen = {}
+    for who in ("annotator", "reviewer"):
+        r = env["c"][who].post(f"/api/projects/{gold_project}/next")
+        task = r.json()["assignment"]
+        page = env["c"][who].get(task["task_url"]).text
+        again = env["c"][who].get(f"/api/assignments/{task['id']}").json()
+        seen[who] = (task["is_gold"], again["is_gold"], "check item" in page)
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Assignment).where(Assignment.is_gold.is_(True))) == 2
+    assert seen == {"annotator": (None, None, False), "reviewer": (True, True, True)}

@@ -9,7 +9,7 @@ from annotation_app.deps import AnyUser, DbDep, StoreDep
 from annotation_app.schemas import AssignmentOut, HeartbeatIn, NextOut, SkipIn
 from annotation_app.templating import blob_url, render
 from pixmo.assignments import get_assignment, heartbeat, next_assignment, skip_assignment
-from pixmo.db.models import Assignment, Image, Project
+from pixmo.db.models import Assignment, Image, Project, User
 from pixmo.projects import project_config
 from pixmo.submissions import task_label
 
@@ -19,14 +19,16 @@ TEMPLATES = {"caption": "task_caption.html", "points": "task_points.html", "poin
              "ask": "task_ask.html"}
 
 
-def _out(session, store, assignment: Assignment, resumed: bool = False) -> AssignmentOut:  # noqa: ANN001
+def _out(session, store, assignment: Assignment, user: User, resumed: bool = False) -> AssignmentOut:  # noqa: ANN001
+    """The task as the caller may see it: annotators are not told which tasks are check (gold) items,
+    or they could take more care over those alone and the check would measure nothing."""
     project = session.get(Project, assignment.project_id)
     image = session.get(Image, assignment.image_id)
     label = task_label(session, assignment) if project.kind in ("points", "point_explain") else None
     return AssignmentOut(
         id=assignment.id, project_id=project.id, project_kind=project.kind, image_id=image.id,
         image_url=blob_url(store, image.storage_key), width=image.width, height=image.height,
-        status=assignment.status, is_gold=assignment.is_gold, expires_at=assignment.expires_at,
+        status=assignment.status, is_gold=assignment.is_gold if user.role != "annotator" else None, expires_at=assignment.expires_at,
         resumed=resumed, label=label, task_url=f"/tasks/{assignment.id}",
     )
 
@@ -38,7 +40,7 @@ def api_next(project_id: int, db: DbDep, store: StoreDep, user: AnyUser):
     if lease is None:
         return NextOut(assignment=None, message="No work left in this project for you right now.")
     with db.session() as session:
-        return NextOut(assignment=_out(session, store, session.get(Assignment, lease.assignment.id), lease.resumed))
+        return NextOut(assignment=_out(session, store, session.get(Assignment, lease.assignment.id), user, lease.resumed))
 
 
 @router.post("/projects/{project_id}/next", include_in_schema=False)
@@ -56,7 +58,7 @@ def task_page(request: Request, assignment_id: int, db: DbDep, store: StoreDep, 
     with db.session() as session:
         assignment = get_assignment(session, assignment_id, user.id)
         project = session.get(Project, assignment.project_id)
-        task = _out(session, store, assignment)
+        task = _out(session, store, assignment, user)
         context = {"project": project, "config": project_config(project), "task": task, "assignment": assignment}
         if project.kind == "ask":
             from pixmo.ask import exchange_for
@@ -72,7 +74,7 @@ def task_page(request: Request, assignment_id: int, db: DbDep, store: StoreDep, 
 def api_get(assignment_id: int, db: DbDep, store: StoreDep, user: AnyUser):
     """One of the caller's assignments."""
     with db.session() as session:
-        return _out(session, store, get_assignment(session, assignment_id, user.id))
+        return _out(session, store, get_assignment(session, assignment_id, user.id), user)
 
 
 @router.post("/api/assignments/{assignment_id}/skip", response_model=AssignmentOut)
@@ -80,7 +82,7 @@ def api_skip(assignment_id: int, body: SkipIn, db: DbDep, store: StoreDep, user:
     """Give the image back (the reason is recorded); the caller is not offered it again."""
     assignment = skip_assignment(db, assignment_id, user.id, body.reason, active_seconds=body.active_seconds)
     with db.session() as session:
-        return _out(session, store, session.get(Assignment, assignment.id))
+        return _out(session, store, session.get(Assignment, assignment.id), user)
 
 
 @router.post("/api/assignments/{assignment_id}/heartbeat", status_code=204)
