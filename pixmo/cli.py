@@ -42,7 +42,7 @@ def _on_start() -> None:
 
 
 # Each further capability adds its commands in pixmo/commands/<name>.py with `register(app)`.
-COMMAND_MODULES: list[str] = ["dashboard", "transcribe", "export", "app", "rewrite"]
+COMMAND_MODULES: list[str] = ["dashboard", "transcribe", "export", "app", "rewrite", "worker"]
 
 # piped output (CI logs, `make run`) gets a wide console rather than rich's 80-column default
 console = Console() if sys.stdout.isatty() else Console(width=160)

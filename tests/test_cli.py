@@ -36,7 +36,7 @@ def initialised(tmp_path, monkeypatch):
     [[], ["init"], ["user", "add"], ["user", "list"], ["user", "token"], ["user", "tokens"], ["user", "revoke"],
      ["user", "deactivate"], ["user", "activate"], ["user", "role"], ["user", "password"], ["project", "create"],
      ["project", "list"],
-     ["ingest", "folder"], ["stats"], ["demo"]],
+     ["ingest", "folder"], ["stats"], ["demo"], ["worker"]],
 )
 def test_every_command_has_help(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
@@ -97,6 +97,24 @@ def test_user_administration(initialised):
     with get_database(get_settings().resolved_database_url).session() as s:
         user = authenticate(s, "ann", "another-horse")
         assert user is not None and user.role == "reviewer" and user.is_active
+
+
+def test_worker_once(initialised):
+    from pixmo.config import get_settings
+    from pixmo.db.models import Job
+    from pixmo.db.session import get_database
+    from sqlalchemy import func, select
+
+    idle = invoke("worker", "--once")
+    assert idle.exit_code == 0 and "transcribe, clean, merge once" in idle.output
+    bad = invoke("worker", "--once", "--steps", "transcribe,translate")
+    assert bad.exit_code == 2 and "unknown step(s) translate" in bad.output
+    failed = invoke("worker", "--once", "--steps", "clean", "--project", "nope", "--json")
+    assert failed.exit_code == 1
+    line = json.loads(failed.output)
+    assert line["step"] == "clean" and line["status"] == "failed" and "no project named 'nope'" in line["error"]
+    with get_database(get_settings().resolved_database_url).session() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0  # idle and refused steps leave no job
 
 
 def test_demo_makes_every_kind_of_annotation(initialised):

@@ -30,5 +30,11 @@ def test_compose_services_and_settings():
     assert services["app"]["environment"]["PIXMO_S3_PUBLIC_ENDPOINT_URL"].endswith(":9000}")
     for name in ("postgres", "minio", "app", "worker", "dashboard"):
         assert services[name]["restart"] == "unless-stopped", name
-    assert services["worker"]["init"] is True and "trap" in services["worker"]["command"][2]
+    assert services["worker"]["command"][:2] == ["pixmo", "worker"]
+    from typer.testing import CliRunner
+
+    from pixmo.cli import app  # the worker's command line parses (a bad option would loop restarting)
+    args = services["worker"]["command"][1:]
+    result = CliRunner().invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
     assert (ROOT / "Dockerfile").is_file()

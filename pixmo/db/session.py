@@ -61,6 +61,29 @@ def create_db_engine(url: str, *, sqlite_begin: str = "DEFERRED", echo: bool = F
     return engine
 
 
+@contextmanager
+def _file_lock(database: str | None, name: str) -> Iterator[bool]:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield True
+        return
+    import fcntl
+    import os
+    import re
+
+    path = Path(database).expanduser()
+    lock = path.with_name(f"{path.name}.{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock; the empty file stays for the next holder
+
+
 class Database:
     """An engine plus a session factory for one database URL."""
 
@@ -134,6 +157,32 @@ class Database:
         finally:
             raw.close()
         return True
+
+    @contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """Hold a named lock, shared by every process using this database, while the block runs;
+        yields False (and holds nothing) when another holder has it now.
+
+        PostgreSQL: a session advisory lock on a connection of its own (the server frees it if this
+        process dies). SQLite: flock on a file beside the database (the kernel frees it likewise);
+        a private in-memory database has no other users, so the lock is always got.
+        """
+        if self.is_sqlite:
+            with _file_lock(make_url(self.url).database, name) as held:
+                yield held
+            return
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            key = {"key": f"pixmo|{name}"}
+            held = bool(conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))"), key).scalar())
+            conn.commit()
+            try:
+                yield held
+            finally:
+                if held:
+                    conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), key)
+                    conn.commit()
 
     def dispose(self) -> None:
         self.engine.dispose()

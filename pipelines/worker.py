@@ -1,0 +1,116 @@
+"""The pipeline worker: transcribe new recordings, then rewrite new transcripts, over and over.
+
+Each round runs the steps in order. A step with nothing pending is skipped without a ``jobs`` row
+(an idle worker leaves no trace); a step another worker is running now is skipped too ("busy"):
+each step holds a database-wide lock (`Database.try_lock`) while it runs, so several workers share
+the steps out instead of doing the same items twice. A step that fails with a library error is
+reported and the next step goes on; its job row says why. The models stay loaded between rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.base import Stage
+from pipelines.rewrite import STAGES as REWRITE_STAGES
+from pipelines.rewrite import RewriteParams, build_backend
+from pipelines.transcribe import TranscribeParams, TranscribeStage
+from pixmo.db.session import Database
+from pixmo.errors import PixmoError, ValidationError
+from pixmo.llm.backend import LLMBackend
+from pixmo.storage import BlobStore
+
+STEPS = ("transcribe", "clean", "merge", "capqa")
+DEFAULT_STEPS = ("transcribe", "clean", "merge")
+
+
+@dataclass
+class WorkerOptions:
+    """What the worker runs: the steps in order, and the options its stages share."""
+
+    steps: Sequence[str] = DEFAULT_STEPS
+    project: str | None = None
+    transcribe: dict[str, Any] = field(default_factory=dict)  # more TranscribeParams fields
+    rewrite: dict[str, Any] = field(default_factory=dict)  # more RewriteParams fields (task aside)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.steps if s not in STEPS]
+        if unknown or not self.steps:
+            raise ValidationError(f"unknown step(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(STEPS)}")
+
+
+@dataclass
+class StepRun:
+    """One step of one round: ``done`` (with its stats), ``idle``, ``busy`` or ``failed`` (with the error)."""
+
+    step: str
+    status: str
+    stats: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Worker:
+    """Runs the steps of `WorkerOptions` against one database and blob store; `round` once, `run` in a loop."""
+
+    def __init__(self, db: Database, store: BlobStore, options: WorkerOptions | None = None, *,
+                 api_key: str | None = None, llm: LLMBackend | None = None):
+        self.db, self.store = db, store
+        self.options = options or WorkerOptions()
+        self.api_key = api_key
+        self._llm, self._own_llm = llm, llm is None
+
+    def _stage(self, step: str) -> Stage:
+        o = self.options
+        if step == "transcribe":
+            return TranscribeStage(self.db, self.store, TranscribeParams(project=o.project, **o.transcribe))
+        params = RewriteParams(task=step, project=o.project, **o.rewrite)
+        if self._llm is None:  # one backend for every rewrite step and round: the model loads once
+            self._llm = build_backend(params, self.api_key)
+        return REWRITE_STAGES[step](self.db, params, llm=self._llm)
+
+    def step(self, step: str) -> StepRun:
+        """Run one step now, unless another worker runs it or nothing is pending."""
+        with self.db.try_lock(f"pipeline-step:{step}") as held:
+            if not held:
+                return StepRun(step, "busy")
+            try:
+                stage = self._stage(step)
+                if not stage.total():
+                    return StepRun(step, "idle")
+                stats = stage.run(progress=False)
+            except PixmoError as exc:
+                return StepRun(step, "failed", error=str(exc))
+            return StepRun(step, "done", {**stats, "job_id": stage.job_id})
+
+    def round(self, report: Callable[[StepRun], None] | None = None) -> list[StepRun]:
+        """Each step once, in order."""
+        runs = []
+        for name in self.options.steps:
+            run = self.step(name)
+            runs.append(run)
+            if report is not None:
+                report(run)
+        return runs
+
+    def run(self, *, interval: float = 60.0, rounds: int | None = None, report: Callable[[StepRun], None] | None = None,
+            sleep: Callable[[float], None] = time.sleep) -> None:
+        """Rounds until stopped (or ``rounds`` of them), ``interval`` seconds apart. (Not at once after a
+        busy round: items that stay pending, such as recordings whose blobs cannot be read now, would
+        make the worker spin.)"""
+        done = 0
+        try:
+            while rounds is None or done < rounds:
+                self.round(report)
+                done += 1
+                if rounds is None or done < rounds:
+                    sleep(interval)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._own_llm and self._llm is not None:
+            self._llm.close()
+            self._llm = None
