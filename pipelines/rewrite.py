@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from pixmo.db.models import Caption, Project, QAPair, Recording, Transcript
@@ -63,6 +63,7 @@ class RewriteParams:
     min_transcripts: int = 2
     ray_address: str | None = None
     actors: int | None = None
+    retry_failed: bool = False  # delete this model + prompt version's failed rows first, so they are tried again
 
 
 @dataclass
@@ -82,9 +83,10 @@ class RewriteStats(StageStats):
     """Stage stats plus what the model did: requests, cache hits, tokens."""
 
     llm: dict[str, Any] = field(default_factory=dict)
+    retried: int = 0  # failed rows deleted by retry_failed, so their items were tried again
 
     def as_dict(self) -> dict[str, Any]:
-        return super().as_dict() | {"llm": dict(self.llm)}
+        return super().as_dict() | {"llm": dict(self.llm), "retried_failed": self.retried}
 
 
 # -- Ray: the same backend, once per actor ------------------------------------------------------
@@ -185,8 +187,15 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
     def pending(self, session: Session) -> list[WorkItem]:
         raise NotImplementedError
 
+    def failed_rows(self):  # noqa: ANN201 - a DELETE statement
+        """The DELETE of this task's failed rows (this model, prompt version and project)."""
+        raise NotImplementedError
+
     def items(self) -> list[WorkItem]:
         if self._items is None:
+            if self.params.retry_failed:
+                with self.db.session(write_lock=True) as session:
+                    self.stats.retried = session.execute(self.failed_rows()).rowcount
             with self.db.session() as session:
                 self._items = self.pending(session)
             if self.params.limit is not None:
@@ -312,6 +321,12 @@ class _CaptionStage(RewriteStage):
         return q
 
 
+    def failed_rows(self):  # noqa: ANN201
+        q = delete(Caption).where(Caption.kind == self.caption_kind, Caption.model == self.model_id,
+                                  Caption.prompt_version == self.prompt.version, Caption.status == "failed")
+        return q.where(Caption.project_id == self.project_id) if self.project_id is not None else q
+
+
 class CleanStage(_CaptionStage):
     """Every transcript without a cleaned caption for this model and prompt version → one."""
 
@@ -375,6 +390,11 @@ class CapQAStage(RewriteStage):
         return [WorkItem(f"caption {cid}", image_id, project_id, {"caption": text, "n": self.params.pairs},
                          caption_id=cid)
                 for cid, text, image_id, project_id in session.execute(q).all()]
+
+    def failed_rows(self):  # noqa: ANN201
+        q = delete(QAPair).where(QAPair.source == "capqa", QAPair.model == self.model_id,
+                                 QAPair.prompt_version == self.prompt.version, QAPair.status == "failed")
+        return q.where(QAPair.project_id == self.project_id) if self.project_id is not None else q
 
     def write(self, session: Session, results: list[tuple[WorkItem, TaskResult]]) -> None:
         for w, r in results:

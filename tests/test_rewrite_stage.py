@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipelines.rewrite import rewrite
 from pixmo.cli import app
-from pixmo.db.models import Caption, Image, Job, LLMCacheEntry, QAPair
+from pixmo.db.models import Caption, Image, Job, LLMCacheEntry, Project, QAPair
 from tests.llm_helpers import REPO, Reply, add_transcripts, llm_server, local_backend, scripted  # noqa: F401
 
 LOCAL_MODEL = "SmolLM2-135M-Instruct.Q4_1"
@@ -358,3 +358,29 @@ def test_a_reply_with_a_nul_is_stored_without_it(db, scripted):
     stats = rewrite(db, "clean", **openai_opts(scripted))
     assert stats["total"] == 2
     assert all("\x00" not in c.text for c in captions(db))
+
+
+def test_retry_failed_tries_this_models_failed_rows_again(sqlite_db, scripted):
+    add_transcripts(sqlite_db, [["a red car"]], project="one")
+    add_transcripts(sqlite_db, [["a blue bus"]], project="two")
+    scripted.set(Reply(echo=True))
+    rewrite(sqlite_db, "clean", **openai_opts(scripted))
+    with sqlite_db.session() as s:
+        projects = dict(s.execute(select(Project.name, Project.id)).all())
+        caption = s.scalars(select(Caption).where(Caption.project_id == projects["two"])).one()
+        caption.status, caption.text, caption.error = "failed", "", "timeout"  # as a run during an outage leaves it
+    assert rewrite(sqlite_db, "clean", **openai_opts(scripted))["total"] == 0  # failures are final...
+    stats = rewrite(sqlite_db, "clean", **openai_opts(scripted), retry_failed=True)
+    assert stats["retried_failed"] == 1 and stats["total"] == 1 and "failed" not in stats["statuses"]  # ...until asked
+    assert [(c.status, bool(c.text)) for c in captions(sqlite_db)] == [("ok", True), ("ok", True)]
+
+    scripted.set('{"pairs": [{"question": "What is it?"}]}')  # no answer: both captions' QA fail
+    assert rewrite(sqlite_db, "capqa", **openai_opts(scripted), pairs=1)["statuses"] == {"failed": 2}
+    scripted.set('{"pairs": [{"question": "What is it?", "answer": "A vehicle."}]}')  # the server is fixed
+    assert rewrite(sqlite_db, "capqa", **openai_opts(scripted), pairs=1)["total"] == 0
+    stats = rewrite(sqlite_db, "capqa", **openai_opts(scripted), pairs=1, project="one", retry_failed=True,
+                    cache=False)
+    assert stats["retried_failed"] == 1 and stats["statuses"] == {"llm": 1}  # only project one's
+    with sqlite_db.session() as s:
+        rows = sorted((qa.project_id, qa.status, qa.answer) for qa in s.scalars(select(QAPair)))
+    assert rows == sorted([(projects["one"], "pending", "A vehicle."), (projects["two"], "failed", "")])

@@ -32,6 +32,8 @@ Concurrency = Annotated[int, typer.Option(help="openai: requests in flight.")]
 Threshold = Annotated[float, typer.Option(help="Faithfulness: least share of caption content the transcripts support.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")]
 Cache = Annotated[bool, typer.Option(help="Answer identical requests from the llm_cache table.")]
+RetryFailed = Annotated[bool, typer.Option(
+    help="Delete this model + prompt version's failed rows first, so they are tried again.")]
 
 
 
@@ -62,13 +64,13 @@ def clean_cmd(
     max_tokens: MaxTokens = None, prompt_version: PromptVersion = None, concurrency: Concurrency = 8,
     threshold: Threshold = 0.9,
     asr_model: Annotated[Optional[str], typer.Option(help="Only transcripts of this ASR model.")] = None,
-    cache: Cache = True, json_out: JsonOut = False,
+    cache: Cache = True, retry_failed: RetryFailed = False, json_out: JsonOut = False,
 ) -> None:
     """Clean every transcript without a caption for this model + prompt version into a written caption."""
     _run("clean", json_out, api_key, project=project, backend=backend, model=model, base_url=base_url,
          executor=executor, ray_address=ray_address, actors=actors, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
          prompt_version=prompt_version, concurrency=concurrency, threshold=threshold, asr_model=asr_model,
-         cache=cache)
+         cache=cache, retry_failed=retry_failed)
 
 
 @rewrite_app.command("merge")
@@ -80,13 +82,13 @@ def merge_cmd(
     threshold: Threshold = 0.9,
     min_transcripts: Annotated[int, typer.Option(help="Merge images with at least this many transcripts.")] = 2,
     asr_model: Annotated[Optional[str], typer.Option(help="Only transcripts of this ASR model.")] = None,
-    cache: Cache = True, json_out: JsonOut = False,
+    cache: Cache = True, retry_failed: RetryFailed = False, json_out: JsonOut = False,
 ) -> None:
     """Merge the transcripts of each image into one caption (flagged when unfaithful)."""
     _run("merge", json_out, api_key, project=project, backend=backend, model=model, base_url=base_url,
          executor=executor, ray_address=ray_address, actors=actors, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
          prompt_version=prompt_version, concurrency=concurrency, threshold=threshold,
-         min_transcripts=min_transcripts, asr_model=asr_model, cache=cache)
+         min_transcripts=min_transcripts, asr_model=asr_model, cache=cache, retry_failed=retry_failed)
 
 
 @rewrite_app.command("capqa")
@@ -96,12 +98,12 @@ def capqa_cmd(
     limit: Limit = None, batch_size: BatchSize = 8,
     max_tokens: MaxTokens = None, prompt_version: PromptVersion = None, concurrency: Concurrency = 8,
     pairs: Annotated[int, typer.Option(help="Question/answer pairs per caption.")] = 3,
-    cache: Cache = True, json_out: JsonOut = False,
+    cache: Cache = True, retry_failed: RetryFailed = False, json_out: JsonOut = False,
 ) -> None:
     """Write question/answer pairs from every caption that has none for this model + prompt version."""
     _run("capqa", json_out, api_key, project=project, backend=backend, model=model, base_url=base_url,
          executor=executor, ray_address=ray_address, actors=actors, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
-         prompt_version=prompt_version, concurrency=concurrency, pairs=pairs, cache=cache)
+         prompt_version=prompt_version, concurrency=concurrency, pairs=pairs, cache=cache, retry_failed=retry_failed)
 
 
 @rewrite_app.command("text")
