@@ -74,7 +74,7 @@ class AssignmentOut(BaseModel):
     id: int
     project_id: int
     project_kind: str
-    image_id: int
+    image_id: int | None  # null for annotators (see is_gold)
     image_url: str
     width: int
     height: int

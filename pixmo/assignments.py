@@ -3,8 +3,8 @@
 Rules (DESIGN.md, issue 3): an annotator never gets an image they already did or skipped; an
 image is never held by more than ``overlap`` annotators at once (a live lease or a submission
 that was not rejected counts); leases expire, so abandoned work returns to the pool; gold items
-are mixed in at the project's gold fraction (they are not bound by overlap: every annotator may
-do each once).
+are mixed in at the project's gold fraction, at positions the annotator cannot predict (they are
+not bound by overlap: every annotator may do each once).
 
 Concurrency: on PostgreSQL the candidate ``project_images`` row is locked with
 ``FOR NO KEY UPDATE SKIP LOCKED`` and the capacity is checked again after the lock (READ
@@ -16,6 +16,8 @@ On SQLite the whole section runs in a ``BEGIN IMMEDIATE`` transaction, which ser
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -79,7 +81,36 @@ def _candidates(project_id: int, user_id: int, overlap: int, gold: bool, now: dt
     return stmt.order_by(PI.id).limit(1)
 
 
-def _want_gold(session: Session, project_id: int, user_id: int, fraction: float, now: dt.datetime) -> bool:
+GOLD_BLOCK = 20  # gold items are placed per block of this many tasks
+
+
+def _due(fraction: float, tasks: int) -> int:
+    # rounded first: 0.15 * 20 * 3 is 8.999999999999998 in floats
+    return math.floor(round(fraction * tasks, 9))
+
+
+def gold_due(fraction: float, tasks: int, key: bytes) -> int:
+    """How many of a user's first ``tasks`` tasks should be gold items.
+
+    Each block of `GOLD_BLOCK` tasks holds exactly its share (so the count never drifts from the
+    fraction by more than a block's worth), at positions drawn from ``key`` (an HMAC of the server
+    secret, the project and the user): an annotator cannot tell from the fraction and their own
+    task count which tasks are the checks.
+    """
+    if fraction <= 0 or tasks <= 0:
+        return 0
+    block, pos = divmod(tasks - 1, GOLD_BLOCK)
+    start = block * GOLD_BLOCK
+    in_block = _due(fraction, start + GOLD_BLOCK) - _due(fraction, start)
+    ranked = sorted(range(GOLD_BLOCK), key=lambda i: hmac.new(key, b"%d:%d" % (block, i), hashlib.sha256).digest())
+    return _due(fraction, start) + sum(1 for i in ranked[:in_block] if i <= pos)
+
+
+def _gold_key(secret: str, project_id: int, user_id: int) -> bytes:
+    return hmac.new(secret.encode(), f"pixmo-gold:{project_id}:{user_id}".encode(), hashlib.sha256).digest()
+
+
+def _want_gold(session: Session, project_id: int, user_id: int, fraction: float, now: dt.datetime, secret: str) -> bool:
     if fraction <= 0:
         return False
     counts = session.execute(
@@ -88,8 +119,9 @@ def _want_gold(session: Session, project_id: int, user_id: int, fraction: float,
         )
     ).one()
     total, gold = int(counts[0]), int(counts[1])
-    # deterministic mixing: the k-th task is gold whenever that keeps gold/total at the fraction
-    return math.floor(fraction * (total + 1)) > gold
+    # the next task is gold when fewer are done than are due by then (a gold item that could not be
+    # served earlier, every one being done, is caught up as soon as there is one)
+    return gold_due(fraction, total + 1, _gold_key(secret, project_id, user_id)) > gold
 
 
 def _lock_candidate(session: Session, stmt, is_pg: bool):  # noqa: ANN001, ANN202
@@ -110,8 +142,13 @@ def _still_free(session: Session, pi_id: int, project_id: int, user_id: int, ove
     return session.execute(stmt).first() is not None
 
 
-def next_assignment(db: Database, project_id: int, user_id: int, *, now: dt.datetime | None = None) -> Lease | None:
-    """Lease the next image of a project to a user, or return their live lease; None when no work is left."""
+def next_assignment(
+    db: Database, project_id: int, user_id: int, *, now: dt.datetime | None = None, secret: str = ""
+) -> Lease | None:
+    """Lease the next image of a project to a user, or return their live lease; None when no work is left.
+
+    ``secret`` (the app's secret key) places the gold items where annotators cannot predict them.
+    """
     now = now or utcnow()
     is_pg = not db.is_sqlite
     with db.session(write_lock=True) as session:
@@ -128,7 +165,7 @@ def next_assignment(db: Database, project_id: int, user_id: int, *, now: dt.date
             return Lease(live, resumed=True)
         _expire(session, project_id, now)
         cfg = project_config(project)
-        order = [True, False] if _want_gold(session, project_id, user_id, cfg.gold_fraction, now) else [False]
+        order = [True, False] if _want_gold(session, project_id, user_id, cfg.gold_fraction, now, secret) else [False]
         for gold in order:
             excluded: list[int] = []
             for _ in range(MAX_LOCK_TRIES):

@@ -46,6 +46,11 @@ def lease(env, project: str, who: str = "annotator") -> dict:
     return r.json()["assignment"]
 
 
+def _image(task: dict) -> str:
+    """Which image a task shows (annotators are not told image ids): its blob URL without the signature."""
+    return task["image_url"].split("?")[0]
+
+
 def snapshot(db) -> dict:
     """Row counts of every table (login attempts aside) and the state of every assignment."""
     with db.session() as s:
@@ -285,6 +290,9 @@ def test_upload_within_tolerance_and_replay_returns_first_result(env):
     info = env["c"]["annotator"].get(f"/api/recordings/{recs[0].id}").json()
     assert env["c"]["anonymous"].get(info["audio_url"]).content == stored
     assert env["c"]["ann2"].get(f"/api/recordings/{recs[0].id}").status_code == 404
+    # the image id is for reviewers (annotators could spot gold images by it)
+    assert info["image_id"] is None
+    assert env["c"]["reviewer"].get(f"/api/recordings/{recs[0].id}").json()["image_id"] == recs[0].image_id
 
 
 def test_a_key_is_bound_to_its_task_and_retries_at_once_all_get_the_first_recording(env):
@@ -352,7 +360,7 @@ def test_expired_lease_is_reassigned(env):
         s.execute(update(Assignment).values(expires_at=utcnow() - dt.timedelta(minutes=1)))
         # the other two images are done by someone else already
     others = [lease(env, "caption", "ann2")]
-    assert others[0]["image_id"] == a["image_id"]  # the abandoned image went back to the pool first
+    assert _image(others[0]) == _image(a)  # the abandoned image went back to the pool first
     r = _upload(env, a["id"], audio_bytes(3), "late-upload-key")
     assert r.status_code == 409 and "expired" in r.json()["detail"]
 
@@ -450,7 +458,7 @@ def test_review_reject_returns_image_and_annotator_sees_rate(env):
     assert ok.status_code == 201
     assert env["c"]["reviewer"].get("/api/reviews/queue", params={"project": p}).json() == []
     # the rejected image is free again, for someone else
-    assert lease(env, "caption", "ann2")["image_id"] == a["image_id"]
+    assert _image(lease(env, "caption", "ann2")) == _image(a)
     stats = env["c"]["annotator"].get("/api/me/stats").json()["total"]
     assert stats["rejected"] == 1 and stats["rejection_rate"] == 1.0 and stats["submitted"] == 1
     progress = env["c"]["reviewer"].get(f"/api/projects/{p}/progress").json()
@@ -679,7 +687,11 @@ def test_annotators_are_not_told_which_tasks_are_check_items(env, db, store):
         task = r.json()["assignment"]
         page = env["c"][who].get(task["task_url"]).text
         again = env["c"][who].get(f"/api/assignments/{task['id']}").json()
-        seen[who] = (task["is_gold"], again["is_gold"], "check item" in page)
+        project = env["c"][who].get(f"/api/projects/{gold_project}").json()
+        listed = {p["id"]: p for p in env["c"][who].get("/api/projects").json()}[gold_project]
+        seen[who] = (task["is_gold"], again["is_gold"], "check item" in page, task["image_id"] is not None,
+                     "gold_fraction" in project["config"], "gold_fraction" in listed["config"])
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Assignment).where(Assignment.is_gold.is_(True))) == 2
-    assert seen == {"annotator": (None, None, False), "reviewer": (True, True, True)}
+    # nor the image ids (gold images, attached apart, stand out in their order) or the gold fraction
+    assert seen == {"annotator": (None, None, False, False, False, False), "reviewer": (True, True, True, True, True, True)}

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 
 import pytest
 from sqlalchemy import func, select, update
 
-from pixmo.assignments import LeaseError, expire_leases, next_assignment, project_progress, skip_assignment, user_stats
+from pixmo.assignments import (
+    GOLD_BLOCK,
+    LeaseError,
+    expire_leases,
+    gold_due,
+    next_assignment,
+    project_progress,
+    skip_assignment,
+    user_stats,
+)
 from pixmo.db.models import Assignment, Project, utcnow
 from pixmo.reviews import record_review
 from pixmo.submissions import submit_points
@@ -93,15 +103,33 @@ def test_expired_lease_returns_image_to_pool(db, store):
     assert expire_leases(db) == 0
 
 
-def test_gold_items_are_mixed_in_at_the_fraction(db, store):
-    project_id, _ = make_project(db, store, "p", "points", n_images=9, gold=3, overlap=1, gold_fraction=0.25)
-    uid = add_users(db, [("a", "annotator")], password=None)["a"]
-    golds = []
-    for _ in range(8):
-        lease = next_assignment(db, project_id, uid)
-        golds.append(lease.assignment.is_gold)
-        submit_points(db, assignment_id=lease.assignment.id, user_id=uid, label="x", points=[[0.5, 0.5]])
-    assert golds.count(True) == 2 and golds[3] and golds[7]
+def test_gold_items_are_mixed_in_at_the_fraction_where_annotators_cannot_predict(db, store):
+    project_id, _ = make_project(db, store, "p", "points", n_images=40, gold=12, overlap=2, gold_fraction=0.25)
+    users = add_users(db, [("a", "annotator"), ("b", "annotator")], password=None)
+    golds = {}
+    for name, uid in users.items():
+        golds[name] = []
+        for _ in range(GOLD_BLOCK + 4):
+            lease = next_assignment(db, project_id, uid, secret="s3cret")
+            golds[name].append(lease.assignment.is_gold)
+            submit_points(db, assignment_id=lease.assignment.id, user_id=uid, label="x", points=[[0.5, 0.5]])
+        # exactly the share in each block of GOLD_BLOCK tasks
+        assert golds[name][:GOLD_BLOCK].count(True) == GOLD_BLOCK // 4
+    # at places that differ from user to user (and from the old fixed every-4th pattern)
+    fixed = [k % 4 == 3 for k in range(GOLD_BLOCK + 4)]
+    assert golds["a"] != golds["b"] and fixed not in golds.values()
+
+
+def test_gold_due_keeps_the_share_and_depends_on_the_key():
+    for fraction in (0.05, 0.1, 0.15, 0.25, 1 / 3, 0.5, 0.9, 1.0):
+        for key in (b"a", b"b"):
+            due = [gold_due(fraction, k, key) for k in range(0, 5 * GOLD_BLOCK + 1)]
+            assert all(0 <= due[k + 1] - due[k] <= 1 for k in range(len(due) - 1))  # one task adds at most one
+            for block in range(1, 6):  # whole blocks hold exactly their share
+                assert due[block * GOLD_BLOCK] == math.floor(round(fraction * block * GOLD_BLOCK, 9))
+    patterns = {tuple(gold_due(0.25, k, bytes([i])) for k in range(1, GOLD_BLOCK + 1)) for i in range(20)}
+    assert len(patterns) > 10  # the places follow the key
+    assert gold_due(0.0, 10, b"a") == 0
 
 
 def test_rejected_work_returns_to_the_queue_and_stats(db, store):

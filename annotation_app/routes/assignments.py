@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
-from annotation_app.deps import AnyUser, DbDep, StoreDep
+from annotation_app.deps import AnyUser, DbDep, SettingsDep, StoreDep
 from annotation_app.schemas import AssignmentOut, HeartbeatIn, NextOut, SkipIn
 from annotation_app.templating import blob_url, render
 from pixmo.assignments import get_assignment, heartbeat, next_assignment, skip_assignment
@@ -21,12 +21,13 @@ TEMPLATES = {"caption": "task_caption.html", "points": "task_points.html", "poin
 
 def _out(session, store, assignment: Assignment, user: User, resumed: bool = False) -> AssignmentOut:  # noqa: ANN001
     """The task as the caller may see it: annotators are not told which tasks are check (gold) items,
-    or they could take more care over those alone and the check would measure nothing."""
+    or they could take more care over those alone and the check would measure nothing; nor the
+    image's id (gold images, attached apart, stand out in the id order)."""
     project = session.get(Project, assignment.project_id)
     image = session.get(Image, assignment.image_id)
     label = task_label(session, assignment) if project.kind in ("points", "point_explain") else None
     return AssignmentOut(
-        id=assignment.id, project_id=project.id, project_kind=project.kind, image_id=image.id,
+        id=assignment.id, project_id=project.id, project_kind=project.kind, image_id=image.id if user.role != "annotator" else None,
         image_url=blob_url(store, image.storage_key), width=image.width, height=image.height,
         status=assignment.status, is_gold=assignment.is_gold if user.role != "annotator" else None, expires_at=assignment.expires_at,
         resumed=resumed, label=label, task_url=f"/tasks/{assignment.id}",
@@ -34,9 +35,9 @@ def _out(session, store, assignment: Assignment, user: User, resumed: bool = Fal
 
 
 @router.post("/api/projects/{project_id}/next", response_model=NextOut)
-def api_next(project_id: int, db: DbDep, store: StoreDep, user: AnyUser):
+def api_next(project_id: int, db: DbDep, store: StoreDep, settings: SettingsDep, user: AnyUser):
     """Lease the next image of the project to the caller (or return their live lease)."""
-    lease = next_assignment(db, project_id, user.id)
+    lease = next_assignment(db, project_id, user.id, secret=settings.require_secret())
     if lease is None:
         return NextOut(assignment=None, message="No work left in this project for you right now.")
     with db.session() as session:
@@ -44,8 +45,8 @@ def api_next(project_id: int, db: DbDep, store: StoreDep, user: AnyUser):
 
 
 @router.post("/projects/{project_id}/next", include_in_schema=False)
-def page_next(request: Request, project_id: int, db: DbDep, user: AnyUser):
-    lease = next_assignment(db, project_id, user.id)
+def page_next(request: Request, project_id: int, db: DbDep, settings: SettingsDep, user: AnyUser):
+    lease = next_assignment(db, project_id, user.id, secret=settings.require_secret())
     if lease is None:
         with db.session() as session:
             project = session.get(Project, project_id)

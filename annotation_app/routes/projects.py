@@ -12,7 +12,7 @@ from annotation_app.deps import Admin, AnyUser, DbDep, Reviewer
 from annotation_app.schemas import AttachIn, AttachOut, ProjectIn, ProjectOut
 from annotation_app.templating import render
 from pixmo.assignments import project_progress
-from pixmo.db.models import PROJECT_KINDS, Image, Project
+from pixmo.db.models import PROJECT_KINDS, Image, Project, User
 from pixmo.errors import NotFoundError, PixmoError
 from pixmo.project_images import attach_ingested, image_count
 from pixmo.projects import GUIDING_QUESTIONS, create_project, list_projects
@@ -27,9 +27,17 @@ def _project(session, project_id: int) -> Project:  # noqa: ANN001
     return project
 
 
-def _out(project: Project, images: int | None = None) -> ProjectOut:
+# settings annotators are not shown: knowing the gold fraction helps guess which tasks are checks
+HIDDEN_FROM_ANNOTATORS = ("gold_fraction",)
+
+
+def _out(project: Project, images: int | None = None, user: User | None = None) -> ProjectOut:
+    config = dict(project.config or {})
+    if user is not None and user.role == "annotator":
+        for name in HIDDEN_FROM_ANNOTATORS:
+            config.pop(name, None)
     return ProjectOut(id=project.id, name=project.name, kind=project.kind, instructions=project.instructions,
-                      config=project.config or {}, images=images)
+                      config=config, images=images)
 
 
 # --------------------------------------------------------------------------- pages
@@ -129,7 +137,7 @@ def attach_form(
 def api_list_projects(db: DbDep, user: AnyUser):
     """Every project with its image count."""
     with db.session() as session:
-        return [_out(p, n) for p, n in list_projects(session)]
+        return [_out(p, n, user) for p, n in list_projects(session)]
 
 
 @router.post("/api/projects", response_model=ProjectOut, status_code=201)
@@ -145,7 +153,7 @@ def api_get_project(project_id: int, db: DbDep, user: AnyUser):
     """One project."""
     with db.session() as session:
         project = _project(session, project_id)
-        return _out(project, image_count(session, project))
+        return _out(project, image_count(session, project), user)
 
 
 @router.post("/api/projects/{project_id}/images", response_model=AttachOut)

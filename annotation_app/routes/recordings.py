@@ -64,4 +64,6 @@ def get_recording(recording_id: int, db: DbDep, store: StoreDep, user: AnyUser) 
         rec = session.get(Recording, recording_id)
         if rec is None or (rec.user_id != user.id and ROLE_RANK[user.role] < ROLE_RANK["reviewer"]):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no recording {recording_id}")
-        return {**_out(rec).model_dump(), "audio_url": blob_url(store, rec.storage_key), "image_id": rec.image_id}
+        # the image id stays from annotators, as in their tasks (gold images stand out in the id order)
+        image_id = rec.image_id if ROLE_RANK[user.role] >= ROLE_RANK["reviewer"] else None
+        return {**_out(rec).model_dump(), "audio_url": blob_url(store, rec.storage_key), "image_id": image_id}
