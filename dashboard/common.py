@@ -14,6 +14,7 @@ from pixmo.db.session import Database, get_database
 from pixmo.storage import BlobStore, open_store
 
 USER_KEY = "pixmo_user_id"
+LOGIN_KEY = "pixmo_login"  # the login's session token or token hash (curation.Reviewer.login)
 BROWSE_IMAGE_KEY = "browse_image_id"
 CACHE_TTL_S = 60  # aggregates over a million rows are worth caching for a minute
 
@@ -42,9 +43,10 @@ def current_reviewer() -> curation.Reviewer | None:
         return None
     try:
         with database().session() as session:
-            return curation.reviewer_by_id(session, user_id)
+            return curation.reviewer_for_login(session, user_id, st.session_state.get(LOGIN_KEY))
     except curation.NotAllowedError:
         st.session_state.pop(USER_KEY, None)
+        st.session_state.pop(LOGIN_KEY, None)
         return None
 
 
@@ -62,7 +64,14 @@ def client_ip() -> str:
     return ip if isinstance(ip, str) and ip else "localhost"
 
 
+def remember(reviewer: curation.Reviewer) -> None:
+    """Keep a login for the next runs of this browser session."""
+    st.session_state[USER_KEY] = reviewer.id
+    st.session_state[LOGIN_KEY] = reviewer.login
+
+
 def logout() -> None:
+    curation.logout(database(), st.session_state.pop(LOGIN_KEY, None))
     st.session_state.pop(USER_KEY, None)
 
 

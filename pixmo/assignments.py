@@ -155,8 +155,11 @@ def next_assignment(
         project = session.get(Project, project_id)
         if project is None:
             raise NotFoundError(f"no project with id {project_id}")
-        if is_pg:  # one leasing transaction per user at a time
-            session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
+        # one leasing transaction per user at a time (PostgreSQL), and none for a user deactivated
+        # since the request was let in: FOR SHARE waits for a deactivation in flight, which waits for it
+        user = session.execute(select(User.is_active).where(User.id == user_id).with_for_update(read=True)).first()
+        if user is None or not user.is_active:
+            raise LeaseError("this account is deactivated")
         live = session.scalars(
             select(A).where(A.project_id == project_id, A.user_id == user_id, A.status == "leased", A.expires_at > now)
             .order_by(A.id).limit(1)

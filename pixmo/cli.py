@@ -129,10 +129,14 @@ def user_list() -> None:
 def user_token(username: str, name: Annotated[str, typer.Option(help="A label for the token.")] = "cli") -> None:
     """Create a bearer API token for a user (printed once; only its hash is stored)."""
     from pixmo.auth import create_token, get_user
+    from pixmo.errors import ValidationError
 
     try:
         with _db().session() as session:
-            token = create_token(session, get_user(session, username), name)
+            user = get_user(session, username)
+            if not user.is_active:
+                raise ValidationError(f"{username} is deactivated; `pixmo user activate {username}` first")
+            token = create_token(session, user, name)
     except PixmoError as exc:
         _fail(exc)
     typer.echo(token)

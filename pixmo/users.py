@@ -15,7 +15,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from pixmo.auth import get_user, hash_password
-from pixmo.db.models import ROLES, ApiToken, Assignment, User, WebSession
+from pixmo.db.models import ROLES, ApiToken, Assignment, User, WebSession, utcnow
 from pixmo.errors import NotFoundError, ValidationError
 
 
@@ -79,7 +79,7 @@ def deactivate_user(session: Session, username: str) -> Deactivated:
     tokens = session.execute(delete(ApiToken).where(ApiToken.user_id == user.id)).rowcount
     leases = session.execute(
         update(Assignment)
-        .where(Assignment.user_id == user.id, Assignment.status == "leased")
+        .where(Assignment.user_id == user.id, Assignment.status == "leased", Assignment.expires_at > utcnow())
         .values(status="expired")
     ).rowcount
     session.flush()
@@ -122,6 +122,10 @@ def update_user(
 ) -> User:
     """Apply an admin's changes to a user (each left as it is when None); see the functions above."""
     user = get_user(session, username)
+    if role not in (None, "admin") or is_active is False:
+        # the admin rows first, before any write locks the user's row: two admins changing the same
+        # user at once must queue here, not each hold a lock the other waits for (a deadlock)
+        _keep_an_admin(session, user, "deactivated" if is_active is False else f"made {role}")
     if password is not None:
         set_password(session, username, password)
     if role is not None and role != user.role:

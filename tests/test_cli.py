@@ -85,6 +85,8 @@ def test_user_administration(initialised):
     assert refused.exit_code == 2 and "only active admin" in refused.output
     refused = invoke("user", "role", "boss", "reviewer")
     assert refused.exit_code == 2 and "only active admin" in refused.output
+    refused = invoke("user", "token", "ann")
+    assert refused.exit_code == 2 and "ann is deactivated" in refused.output
     assert invoke("user", "activate", "ann").exit_code == 0
     assert invoke("user", "role", "ann", "reviewer").exit_code == 0
     assert invoke("user", "password", "ann", "--password", "short").exit_code == 2

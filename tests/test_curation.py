@@ -609,6 +609,31 @@ def test_dashboard_login_only_for_reviewers(db, review_world):
     assert tries == [("rev", True), ("ann", True), ("rev", False), ("gone", False)]
 
 
+def test_a_dashboard_login_ends_with_its_session_or_token(db, review_world):
+    from pixmo.users import revoke_tokens, set_password
+
+    tokens = review_world["tokens"]
+    with db.session() as s:
+        s.get(User, review_world["users"]["rev"]).password_hash = hash_password("password-123")
+    by_password = curation.login(db, "rev", "password-123")
+    by_token = curation.login_with_token(db, tokens["adm"])
+    for r in (by_password, by_token):
+        with db.session() as s:
+            assert curation.reviewer_for_login(s, r.id, r.login) == r
+    with db.session() as s, pytest.raises(curation.NotAllowedError, match="login has ended"):
+        curation.reviewer_for_login(s, by_password.id, None)  # a remembered id alone is not a login
+    with db.session() as s:
+        set_password(s, "rev", "another-password")  # ends rev's sessions, the dashboard's too
+        revoke_tokens(s, "adm")
+    for r in (by_password, by_token):
+        with db.session() as s, pytest.raises(curation.NotAllowedError, match="login has ended"):
+            curation.reviewer_for_login(s, r.id, r.login)
+    again = curation.login(db, "rev", "another-password")
+    curation.logout(db, again.login)  # ends the server-side session
+    with db.session() as s, pytest.raises(curation.NotAllowedError):
+        curation.reviewer_for_login(s, again.id, again.login)
+
+
 def test_dashboard_login_is_throttled(db, review_world):
     with db.session() as s:
         s.add_all(LoginAttempt(username="rev", ip="10.0.0.9", ok=False) for _ in range(MAX_FAILURES_PER_USER_IP))

@@ -102,6 +102,14 @@ def test_login_is_required_and_annotators_are_refused(app_db):
     forged.session_state["pixmo_user_id"] = annotator_id
     forged.run()
     assert [t.value for t in forged.title] == ["PixMo curation dashboard"]
+    # nor a reviewer's id without a live login (a session a new password or logout ended)
+    with db.session() as s:
+        reviewer_id = s.scalar(select(User.id).where(User.username == "demo-reviewer"))
+    forged = app()
+    forged.session_state["pixmo_user_id"] = reviewer_id
+    forged.session_state["pixmo_login"] = "session:ended-long-ago"
+    forged.run()
+    assert [t.value for t in forged.title] == ["PixMo curation dashboard"]
 
 
 def app_login_error(at: AppTest, user: str) -> str:

@@ -172,3 +172,58 @@ def test_admin_page_buttons_deactivate_and_show_refusals(app_env):
         assert not s.scalar(select(User.is_active).where(User.id == ann))
         assert s.scalar(select(User.role).where(User.id == adm)) == "admin"
         assert s.scalar(select(func.count()).select_from(WebSession).where(WebSession.user_id == adm)) == 1
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin_and_no_deadlock(db, monkeypatch):
+    import threading
+
+    import pixmo.users
+    from pixmo.users import update_user
+
+    add_users(db, [("a", "admin"), ("b", "admin")], password=None)
+    barrier, outcome = threading.Barrier(2), {}
+    set_password = pixmo.users.set_password
+
+    def password_then_wait(session, username, password):  # noqa: ANN001, ANN202
+        # both requests hold what they wrote so far, then go on together: the interleaving that
+        # deadlocked when each locked its own row before the admin rows
+        done = set_password(session, username, password)
+        try:
+            barrier.wait(2)
+        except threading.BrokenBarrierError:
+            pass  # the other one waits for this one's locks: serialised, as it should be
+        return done
+
+    monkeypatch.setattr(pixmo.users, "set_password", password_then_wait)
+
+    def demote(name: str) -> None:
+        try:
+            with db.session(write_lock=True) as s:
+                update_user(s, name, password="a-new-password", role="annotator")
+            outcome[name] = "done"
+        except ValidationError as exc:
+            outcome[name] = "refused" if "only active admin" in str(exc) else str(exc)
+        except Exception as exc:  # noqa: BLE001 - a deadlock would land here
+            outcome[name] = type(exc).__name__
+
+    threads = [threading.Thread(target=demote, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcome.values()) == ["done", "refused"], outcome
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(User).where(User.role == "admin")) == 1
+
+
+def test_a_request_let_in_before_a_deactivation_gets_no_lease(team):
+    from pixmo.assignments import LeaseError
+
+    db, project = team["db"], team["project"]
+    ann = _ids(db, "ann")
+    with db.session(write_lock=True) as s:
+        d = deactivate_user(s, "ann")
+    assert d.leases_released == 0
+    with pytest.raises(LeaseError, match="deactivated"):
+        next_assignment(db, project, ann)  # as a /next that passed its login check just before
+    assert next_assignment(db, project, _ids(db, "ann2")) is not None

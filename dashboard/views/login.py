@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard.common import USER_KEY, client_ip, database
+from dashboard.common import client_ip, database, remember
 from pixmo import curation
 
 st.title("PixMo curation dashboard")
@@ -26,5 +26,5 @@ if password_submitted or token_submitted:
     except curation.NotAllowedError as exc:
         st.error(f"Not logged in: {exc}")
     else:
-        st.session_state[USER_KEY] = reviewer.id
+        remember(reviewer)
         st.rerun()

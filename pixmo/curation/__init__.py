@@ -9,7 +9,16 @@ from pixmo.curation.exports import is_remote, list_exports, read_manifest
 from pixmo.curation.gold import DEFAULT_TOLERANCE, gold_points, points_match, score_point_set
 from pixmo.curation.overview import FUNNEL_STAGES, FunnelStage, ProjectFunnel, collection_over_time, funnel
 from pixmo.curation.quality import METRICS, Histogram, faithfulness_score, flag_counts, flagged_items, histogram
-from pixmo.curation.review import NotAllowedError, Reviewer, login, login_with_token, reviewer_by_id, submit_review
+from pixmo.curation.review import (
+    NotAllowedError,
+    Reviewer,
+    login,
+    login_with_token,
+    logout,
+    reviewer_by_id,
+    reviewer_for_login,
+    submit_review,
+)
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -44,7 +53,9 @@ __all__ = [
     "points_match",
     "read_manifest",
     "review_targets",
+    "logout",
     "reviewer_by_id",
+    "reviewer_for_login",
     "score_point_set",
     "submit_review",
 ]

@@ -6,15 +6,16 @@ cannot write a verdict whatever a client remembers about them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pixmo.auth import user_for_token
-from pixmo.db.models import Review, User
+from pixmo.auth import token_hash, user_for_token
+from pixmo.db.models import ApiToken, Review, User
 from pixmo.db.session import Database
 from pixmo.errors import PixmoError
-from pixmo.logins import LoginThrottled, check_credentials
+from pixmo.logins import LoginThrottled, check_credentials, end_session, open_session, session_user
 from pixmo.reviews import add_review
 
 REVIEWER_ROLES = ("reviewer", "admin")
@@ -26,11 +27,13 @@ class NotAllowedError(PixmoError, PermissionError):
 
 @dataclass(frozen=True)
 class Reviewer:
-    """A user allowed to curate: id, name and role."""
+    """A user allowed to curate: id, name and role, and what keeps this login alive (``login``: a
+    server-side browser session for a password login, the token's hash for a token login)."""
 
     id: int
     username: str
     role: str
+    login: str = field(default="", repr=False, compare=False)
 
 
 def _as_reviewer(user: User | None, refusal: str) -> Reviewer:
@@ -54,20 +57,49 @@ def login(db: Database, username: str, password: str, ip: str | None = None) -> 
             user = check_credentials(session, username, password, ip or "dashboard")
         except LoginThrottled as exc:
             raise NotAllowedError(str(exc)) from exc
-    return _as_reviewer(user, "wrong username or password")  # after the attempt is committed
+        allowed = user is not None and user.is_active and user.role in REVIEWER_ROLES
+        # a server-side session, as the app's: a logout, a new password or deactivation ends it
+        key = f"session:{open_session(session, user).token}" if allowed else ""
+    return replace(_as_reviewer(user, "wrong username or password"), login=key)  # after the attempt is committed
 
 
 def login_with_token(db: Database, token: str) -> Reviewer:
     """The reviewer an API token belongs to; NotAllowedError when unknown or not a reviewer."""
     with db.session(write_lock=True) as session:  # records the token's last use
         user = user_for_token(session, token.strip())
-    return _as_reviewer(user, "unknown or revoked token")
+    return replace(_as_reviewer(user, "unknown or revoked token"), login=f"token:{token_hash(token.strip())}")
 
 
 def reviewer_by_id(session: Session, user_id: int | None) -> Reviewer:
-    """Re-check a remembered login: the user must still exist, be active and be a reviewer."""
+    """Re-check a remembered user: they must still exist, be active and be a reviewer."""
     user = session.get(User, user_id) if user_id is not None else None
     return _as_reviewer(user, "log in as a reviewer first")
+
+
+def reviewer_for_login(session: Session, user_id: int | None, login: str | None) -> Reviewer:
+    """Re-check a remembered login: `reviewer_by_id`, and its session must still be open (not logged
+    out, ended by a new password or deactivation) or its token not revoked."""
+    reviewer = reviewer_by_id(session, user_id)
+    kind, _, value = (login or "").partition(":")
+    if kind == "session":
+        found = session_user(session, value)
+        alive = found is not None and found[0].id == reviewer.id
+    elif kind == "token":
+        alive = session.scalar(
+            select(ApiToken.id).where(ApiToken.token_hash == value, ApiToken.user_id == reviewer.id)) is not None
+    else:
+        alive = False
+    if not alive:
+        raise NotAllowedError("this login has ended (logged out, password changed or token revoked); log in again")
+    return replace(reviewer, login=login)
+
+
+def logout(db: Database, login: str | None) -> None:
+    """End a dashboard login (its server-side session; a token login simply stops being remembered)."""
+    kind, _, value = (login or "").partition(":")
+    if kind == "session":
+        with db.session() as session:
+            end_session(session, value)
 
 
 def submit_review(
