@@ -19,9 +19,13 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.orm import Session
 
 from pixmo.db.session import Database
-from pixmo.errors import ValidationError
+from pixmo.errors import PixmoError, ValidationError
 from pixmo.jobs import job_run
 from pixmo.progress import Progress
+
+class StageBusy(PixmoError):
+    """Another run of the same stage holds it on this database."""
+
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -95,6 +99,8 @@ class Stage(Generic[Item, Result]):
     kind = "stage"
     batch_size = 64
     workers = 2
+    # one run at a time: two would both do every pending item (model time; the rows stay single)
+    exclusive = False
 
     def __init__(self, db: Database, params: Any = None):
         limit = getattr(params, "limit", None)
@@ -125,21 +131,40 @@ class Stage(Generic[Item, Result]):
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, *, progress: bool = True, pipeline_depth: int = 2) -> dict[str, Any]:
-        """Process every item; returns the stats dict (also stored on the job row)."""
+        """Process every item; returns the stats dict (also stored on the job row).
+
+        An ``exclusive`` stage runs once at a time per database (per ``kind``): StageBusy while
+        another run holds it (a `pixmo worker`, say), before anything is loaded or recorded.
+        """
+        if not self.exclusive:
+            return self.execute(progress=progress, pipeline_depth=pipeline_depth)
+        with self.db.try_lock(f"stage:{self.kind}") as held:
+            if not held:
+                raise StageBusy(f"another {self.kind} run is working on this database now (a `pixmo worker`?); "
+                                "try again when it has finished")
+            return self.execute(progress=progress, pipeline_depth=pipeline_depth)
+
+    def execute(self, *, progress: bool, pipeline_depth: int) -> dict[str, Any]:
+        """The run itself, under the stage's lock: the job row, the batches, the stats."""
         with job_run(self.db, self.kind, _jsonable(self.params)) as job, \
                 Progress(self.kind, self.total(), progress) as bar:
             self.job_id = job.id
+            # process batches ahead of the writer so I/O, decoding and DB writes overlap
+            feeder = ThreadPoolExecutor(max_workers=1)
             try:
-                # process batches ahead of the writer so I/O, decoding and DB writes overlap
-                with ThreadPoolExecutor(max_workers=1) as feeder:
-                    pending: list[Future] = []
-                    for batch in batched(self.items(), self.batch_size):
-                        pending.append(feeder.submit(self.process_batch, batch))
-                        if len(pending) >= pipeline_depth:
-                            self._write(pending.pop(0).result(), bar)
-                    for fut in pending:
-                        self._write(fut.result(), bar)
+                pending: list[Future] = []
+                for batch in batched(self.items(), self.batch_size):
+                    pending.append(feeder.submit(self.process_batch, batch))
+                    if len(pending) >= pipeline_depth:
+                        self._write(pending.pop(0).result(), bar)
+                for fut in pending:
+                    self._write(fut.result(), bar)
+                feeder.shutdown()
             finally:
+                # on a failure or a stop (SIGTERM), batches not started are dropped and the job row
+                # is marked at once, not after the queued batch has run (a container's stop grace
+                # period may not last that long); a batch already running finishes unwritten
+                feeder.shutdown(wait=False, cancel_futures=True)
                 self.stats.finish()
                 self.complete_stats()
                 job.stats = self.stats.as_dict()  # kept on the row whether the run ends or fails

@@ -152,6 +152,7 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
     """The shared loop of the rewrite stages; subclasses find the work and write the rows."""
 
     task = "clean"
+    exclusive = True
 
     def __init__(self, db: Database, params: RewriteParams, *, api_key: str | None = None,
                  llm: LLMBackend | None = None):
@@ -235,13 +236,16 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
 
     def run(self, *, progress: bool = True, pipeline_depth: int = 2) -> dict[str, Any]:
         """Process every pending item; returns the stats (also stored on the job row)."""
-        self._t0 = time.perf_counter()
-        self._usage0 = replace(self.backend.usage)  # the backend may have served others before
         try:
             return super().run(progress=progress, pipeline_depth=pipeline_depth)
         finally:
             if self._own_backend:
                 self.backend.close()
+
+    def execute(self, *, progress: bool, pipeline_depth: int) -> dict[str, Any]:  # noqa: D102
+        self._t0 = time.perf_counter()
+        self._usage0 = replace(self.backend.usage)  # the backend may have served others before
+        return super().execute(progress=progress, pipeline_depth=pipeline_depth)
 
     def complete_stats(self) -> None:
         now, before = self.backend.usage, self._usage0

@@ -181,8 +181,10 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
     """Transcribe every recording (of a project) that has no transcript for the model yet."""
 
     kind = "transcribe"
+    exclusive = True
 
-    def __init__(self, db: Database, store: BlobStore, params: TranscribeParams):
+    def __init__(self, db: Database, store: BlobStore, params: TranscribeParams, *,
+                 transcriber: RecordingTranscriber | None = None):
         if params.executor not in EXECUTORS:
             raise ConfigError(f"unknown executor {params.executor!r}; use one of {', '.join(EXECUTORS)}")
         if params.batch_size < 1:
@@ -203,6 +205,8 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
             self._delete_failed()
         self._refs = self._pending()
         self._worker: RecordingTranscriber | None = None
+        # a model loaded by an earlier run (local executor): `pixmo worker` keeps one for every round
+        self.transcriber = transcriber
         self._pool: RayPool | None = None
         self.batch_size = params.batch_size
         self._bar: _AudioProgress | None = None
@@ -290,12 +294,12 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
             self._bar.advance(len(results), sum(r.ref.duration_s for r in results))
 
     # -- the run -----------------------------------------------------------------------------------
-    def run(self, *, progress: bool = True, pipeline_depth: int = 2) -> dict[str, Any]:  # noqa: D102
+    def execute(self, *, progress: bool, pipeline_depth: int) -> dict[str, Any]:  # noqa: D102
         if self._refs:
             self._start_executor()
         self._bar = _AudioProgress(len(self._refs), sum(r.duration_s for r in self._refs), enabled=progress)
         try:
-            return super().run(progress=False, pipeline_depth=pipeline_depth)
+            return super().execute(progress=False, pipeline_depth=pipeline_depth)
         finally:
             self._bar.close()
             self._stop_executor()
@@ -303,7 +307,9 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
     def _start_executor(self) -> None:
         p = self.params
         if p.executor == "local":
-            self._worker = RecordingTranscriber(self.store, self._asr_kwargs())
+            if self.transcriber is None:
+                self.transcriber = RecordingTranscriber(self.store, self._asr_kwargs())
+            self._worker = self.transcriber
             return
         gpus = p.gpus_per_actor if p.gpus_per_actor is not None else (1.0 if p.device == "cuda" else 0.0)
         kwargs = self._asr_kwargs()

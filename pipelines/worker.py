@@ -1,27 +1,31 @@
 """The pipeline worker: transcribe new recordings, then rewrite new transcripts, over and over.
 
 Each round runs the steps in order. A step with nothing pending is skipped without a ``jobs`` row
-(an idle worker leaves no trace); a step another worker is running now is skipped too ("busy"):
-each step holds a database-wide lock (`Database.try_lock`) while it runs, so several workers share
-the steps out instead of doing the same items twice. A step that fails with a library error is
-reported and the next step goes on; its job row says why. The models stay loaded between rounds.
+(an idle worker leaves no trace); a step another run holds now is skipped too ("busy"): the
+transcribe and rewrite stages run once at a time per database (`Stage.exclusive`), so several
+workers share the steps out instead of doing the same items twice. A step that fails for any
+reason (a library error, the database gone for a while) is reported and the round goes on; the
+worker itself stops only when told to. Whisper and the LLM stay loaded between rounds.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.base import Stage
+from pipelines.base import Stage, StageBusy
 from pipelines.rewrite import STAGES as REWRITE_STAGES
 from pipelines.rewrite import RewriteParams, build_backend
-from pipelines.transcribe import TranscribeParams, TranscribeStage
+from pipelines.transcribe import RecordingTranscriber, TranscribeParams, TranscribeStage
 from pixmo.db.session import Database
 from pixmo.errors import PixmoError, ValidationError
 from pixmo.llm.backend import LLMBackend
 from pixmo.storage import BlobStore
+
+log = logging.getLogger(__name__)
 
 STEPS = ("transcribe", "clean", "merge", "capqa")
 DEFAULT_STEPS = ("transcribe", "clean", "merge")
@@ -61,29 +65,37 @@ class Worker:
         self.options = options or WorkerOptions()
         self.api_key = api_key
         self._llm, self._own_llm = llm, llm is None
+        self._transcriber: RecordingTranscriber | None = None
 
     def _stage(self, step: str) -> Stage:
         o = self.options
         if step == "transcribe":
-            return TranscribeStage(self.db, self.store, TranscribeParams(project=o.project, **o.transcribe))
+            return TranscribeStage(self.db, self.store, TranscribeParams(project=o.project, **o.transcribe),
+                                   transcriber=self._transcriber)
         params = RewriteParams(task=step, project=o.project, **o.rewrite)
         if self._llm is None:  # one backend for every rewrite step and round: the model loads once
             self._llm = build_backend(params, self.api_key)
         return REWRITE_STAGES[step](self.db, params, llm=self._llm)
 
     def step(self, step: str) -> StepRun:
-        """Run one step now, unless another worker runs it or nothing is pending."""
-        with self.db.try_lock(f"pipeline-step:{step}") as held:
-            if not held:
-                return StepRun(step, "busy")
+        """Run one step now, unless another run holds it or nothing is pending."""
+        try:
+            stage = self._stage(step)
+            if not stage.total():
+                return StepRun(step, "idle")
             try:
-                stage = self._stage(step)
-                if not stage.total():
-                    return StepRun(step, "idle")
                 stats = stage.run(progress=False)
-            except PixmoError as exc:
-                return StepRun(step, "failed", error=str(exc))
-            return StepRun(step, "done", {**stats, "job_id": stage.job_id})
+            finally:
+                if isinstance(stage, TranscribeStage):
+                    self._transcriber = stage.transcriber  # loaded once, kept for the next rounds
+        except StageBusy:
+            return StepRun(step, "busy")
+        except PixmoError as exc:
+            return StepRun(step, "failed", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a worker outlives what one step runs into
+            log.exception("pixmo worker: step %s failed", step)
+            return StepRun(step, "failed", error=f"{type(exc).__name__}: {exc}")
+        return StepRun(step, "done", {**stats, "job_id": stage.job_id})
 
     def round(self, report: Callable[[StepRun], None] | None = None) -> list[StepRun]:
         """Each step once, in order."""
@@ -111,6 +123,7 @@ class Worker:
             self.close()
 
     def close(self) -> None:
+        self._transcriber = None
         if self._own_llm and self._llm is not None:
             self._llm.close()
             self._llm = None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import select
 
 from pixmo.db.models import Job
@@ -119,3 +121,37 @@ def test_the_same_snapshot_recorded_at_once_by_several_exports_is_one_row(db):
     with db.session() as s:
         [row] = s.scalars(select(Export)).all()
         assert row.output_url in {f"/out{i}" for i in range(4)} and row.counts == {"samples": int(row.output_url[4:])}
+
+
+def test_a_failing_stage_marks_its_job_without_waiting_for_queued_batches(db):
+    """A stop (SIGTERM) or failure mid-run marks the job at once: the batch processed ahead is not
+    waited for (a container's stop grace period may end before it would)."""
+    import threading
+
+    from pipelines.base import Stage
+
+    release, second_done = threading.Event(), threading.Event()
+
+    class Toy(Stage):
+        kind = "toy"
+        batch_size = 1
+
+        def items(self):  # noqa: ANN202
+            return [1, 2, 3]
+
+        def process_batch(self, batch):  # noqa: ANN001, ANN202
+            if batch == [2]:
+                release.wait(10)  # the batch being processed ahead when the first write fails
+                second_done.set()
+            return batch
+
+        def write(self, session, results):  # noqa: ANN001, ANN202
+            raise KeyboardInterrupt  # as SIGTERM's SystemExit would, mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        Toy(db).run(progress=False)
+    finished_first = not second_done.is_set()
+    release.set()
+    assert finished_first  # the run ended while batch 2 was still being processed
+    with db.session() as s:
+        assert [(j.kind, j.status) for j in s.scalars(select(Job))] == [("toy", "failed")]

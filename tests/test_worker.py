@@ -23,36 +23,82 @@ def _jobs(db) -> list[tuple[str, str]]:
         return [(j.kind, j.status) for j in s.scalars(select(Job).order_by(Job.id))]
 
 
-def test_a_round_transcribes_then_cleans_and_idle_steps_leave_no_job(db, store, speech_clips, local_backend):
-    clip = speech_clips[0]
+def _recording(db, store, clip, project_id: int, name: str = "img") -> None:
     with db.session() as s:
-        project = create_project(s, "caps", "caption", min_seconds=1, max_seconds=120)
-        image = add_image(s)
-        add_recording(s, store, image.id, project.id, encode(clip.samples, "webm"), "audio/webm", clip.duration_s, "webm")
+        image = add_image(s, name)
+        add_recording(s, store, image.id, project_id, encode(clip.samples, "webm"), "audio/webm", clip.duration_s, "webm")
+
+
+def test_rounds_transcribe_then_clean_keep_the_models_and_idle_steps_leave_no_job(
+        db, store, speech_clips, local_backend, monkeypatch):
+    import pipelines.transcribe
+
+    loads = []
+    real = pipelines.transcribe.RecordingTranscriber
+
+    class Counted(real):
+        def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            loads.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pipelines.transcribe, "RecordingTranscriber", Counted)
+    with db.session() as s:
+        project = create_project(s, "caps", "caption", min_seconds=1, max_seconds=120).id
+    _recording(db, store, speech_clips[0], project)
     worker = Worker(db, store, WorkerOptions(rewrite={"max_tokens": 20}), llm=local_backend)
     seen = []
-    worker.run(interval=0, rounds=2, report=lambda r: seen.append((r.step, r.status)), sleep=lambda s: None)
-    # round 1: the recording is transcribed, its transcript cleaned; one transcript per image: no merge
-    # round 2: nothing new anywhere
+
+    def report(run):  # noqa: ANN001, ANN202
+        seen.append((run.step, run.status))
+
+    worker.round(report)  # the recording is transcribed, its transcript cleaned; one per image: no merge
+    worker.round(report)  # nothing new anywhere
+    _recording(db, store, speech_clips[1], project, "img2")
+    worker.round(report)  # a new recording: transcribed with the model already loaded
     assert seen == [("transcribe", "done"), ("clean", "done"), ("merge", "idle"),
-                    ("transcribe", "idle"), ("clean", "idle"), ("merge", "idle")]
-    assert _jobs(db) == [("transcribe", "succeeded"), ("rewrite.clean", "succeeded")]
+                    ("transcribe", "idle"), ("clean", "idle"), ("merge", "idle"),
+                    ("transcribe", "done"), ("clean", "done"), ("merge", "idle")]
+    assert loads == [1]  # Whisper loaded once for every round
+    assert _jobs(db) == [("transcribe", "succeeded"), ("rewrite.clean", "succeeded")] * 2
     with db.session() as s:
-        transcript = s.scalars(select(Transcript)).one()
-        caption = s.scalars(select(Caption)).one()
-    assert "faster-whisper" in transcript.asr_model and transcript.text.strip()
-    assert caption.source_transcript_ids == [transcript.id] and caption.model == local_backend.model_id
+        transcripts = list(s.scalars(select(Transcript).order_by(Transcript.id)))
+        captions = list(s.scalars(select(Caption).order_by(Caption.id)))
+    assert all("faster-whisper" in t.asr_model and t.text.strip() for t in transcripts) and len(transcripts) == 2
+    assert [c.source_transcript_ids for c in captions] == [[t.id] for t in transcripts]
+    assert {c.model for c in captions} == {local_backend.model_id}
 
 
-def test_a_step_another_worker_holds_is_skipped(db, store):
+def test_a_step_another_run_holds_is_skipped_and_a_manual_run_is_refused(db, store, speech_clips):
+    from pipelines.base import StageBusy
+    from pipelines.transcribe import transcribe_recordings
+
+    with db.session() as s:
+        project = create_project(s, "caps", "caption", min_seconds=1, max_seconds=120).id
+    _recording(db, store, speech_clips[0], project)
     worker = Worker(db, store, WorkerOptions(steps=("transcribe",)))
-    with db.try_lock("pipeline-step:transcribe") as held:
+    with db.try_lock("stage:transcribe") as held:  # as a worker or a `pixmo transcribe` elsewhere holds it
         assert held
-        with db.try_lock("pipeline-step:transcribe") as again:
+        with db.try_lock("stage:transcribe") as again:
             assert not again  # one holder at a time, even within a process
         assert [r.status for r in worker.round()] == ["busy"]
-    assert [r.status for r in worker.round()] == ["idle"]  # free again once released
-    assert _jobs(db) == []
+        with pytest.raises(StageBusy, match="another transcribe run"):
+            transcribe_recordings(db, store)
+    assert _jobs(db) == []  # refused before anything was recorded
+
+
+def test_any_error_fails_only_its_step(db, store, monkeypatch):
+    worker = Worker(db, store, WorkerOptions(steps=("transcribe", "clean")))
+    real = worker._stage
+
+    def broken(step):  # noqa: ANN001, ANN202
+        if step == "transcribe":
+            raise ConnectionError("the database went away")
+        return real(step)
+
+    monkeypatch.setattr(worker, "_stage", broken)
+    runs = worker.round()
+    assert [(r.step, r.status) for r in runs] == [("transcribe", "failed"), ("clean", "idle")]
+    assert runs[0].error == "ConnectionError: the database went away"
 
 
 def test_the_step_lock_holds_across_processes_and_dies_with_its_holder(sqlite_db):
@@ -60,7 +106,7 @@ def test_the_step_lock_holds_across_processes_and_dies_with_its_holder(sqlite_db
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
             from pixmo.db.session import Database
-            with Database({sqlite_db.url!r}).try_lock("pipeline-step:clean") as held:
+            with Database({sqlite_db.url!r}).try_lock("stage:rewrite.clean") as held:
                 print(held, flush=True)
                 sys.stdin.readline()
         """)],
@@ -68,14 +114,24 @@ def test_the_step_lock_holds_across_processes_and_dies_with_its_holder(sqlite_db
     )
     try:
         assert holder.stdout.readline().strip() == "True"
-        with sqlite_db.try_lock("pipeline-step:clean") as held:
+        with sqlite_db.try_lock("stage:rewrite.clean") as held:
             assert not held
-        with sqlite_db.try_lock("pipeline-step:merge") as held:
+        with sqlite_db.try_lock("stage:rewrite.merge") as held:
             assert held  # each step has its own lock
+        # the same file by a link or as a URI filename is the same lock
+        import os
+        from pixmo.db.session import Database
+
+        path = sqlite_db.url.removeprefix("sqlite:///")
+        link = path + ".link"
+        os.symlink(path, link)
+        for url in (f"sqlite:///{link}", f"sqlite:///file:{path}?uri=true"):
+            with Database(url).try_lock("stage:rewrite.clean") as held:
+                assert not held, url
     finally:
         holder.kill()
         holder.wait()
-    with sqlite_db.try_lock("pipeline-step:clean") as held:
+    with sqlite_db.try_lock("stage:rewrite.clean") as held:
         assert held  # a killed holder leaves no stale lock
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,18 +62,35 @@ def create_db_engine(url: str, *, sqlite_begin: str = "DEFERRED", echo: bool = F
     return engine
 
 
+def _sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL opens (links resolved), or None for a private in-memory database."""
+    u = make_url(url)
+    database = u.database or ""
+    if database.startswith("file:"):  # a URI filename (?uri=true): file:/path?mode=ro
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        parts = urlsplit(database)
+        if parse_qs(parts.query).get("mode") == ["memory"]:
+            return None
+        database = unquote(parts.path)
+    if not database or database == ":memory:":
+        return None
+    return os.path.realpath(Path(database).expanduser())
+
+
 @contextmanager
 def _file_lock(database: str | None, name: str) -> Iterator[bool]:
-    if not database or database == ":memory:" or database.startswith("file:"):
+    if database is None:  # nobody else can open it
         yield True
         return
     import fcntl
-    import os
     import re
 
-    path = Path(database).expanduser()
-    lock = path.with_name(f"{path.name}.{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = f"{database}.{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        fd = os.open(lock, os.O_RDONLY)  # made by another user: flock needs no write access
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -168,21 +186,29 @@ class Database:
         a private in-memory database has no other users, so the lock is always got.
         """
         if self.is_sqlite:
-            with _file_lock(make_url(self.url).database, name) as held:
+            with _file_lock(_sqlite_file(self.url), name) as held:
                 yield held
             return
         from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
 
+        # the schema is part of the key: deployments (and test runs) in other schemas of the same
+        # database do not block each other
+        key = "hashtextextended(current_schema() || '|pixmo|' || :name, 0)"
         with self.engine.connect() as conn:
-            key = {"key": f"pixmo|{name}"}
-            held = bool(conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))"), key).scalar())
+            held = bool(conn.execute(text(f"SELECT pg_try_advisory_lock({key})"), {"name": name}).scalar())
             conn.commit()
             try:
                 yield held
             finally:
                 if held:
-                    conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), key)
-                    conn.commit()
+                    try:
+                        conn.execute(text(f"SELECT pg_advisory_unlock({key})"), {"name": name})
+                        conn.commit()
+                    except DBAPIError:
+                        # the connection was lost (and the lock with it, server-side): the block's
+                        # own outcome stands; the connection is not put back in the pool
+                        conn.invalidate()
 
     def dispose(self) -> None:
         self.engine.dispose()
