@@ -2,7 +2,9 @@
 
 A run records the host (its hostname) and process that runs it. A run killed outright (SIGKILL,
 out of memory, power loss) never marks its row; the next job started on the same host, or
-`reap_stale_jobs`, marks such rows ``failed`` ("interrupted") once their process is gone. Rows of
+`reap_stale_jobs`, marks such rows ``failed`` ("interrupted") once their process is gone (a row
+with this process's own id that this process did not start counts as gone: a container restarted
+in place keeps its hostname and may get the same pid again). Rows of
 other hosts are left alone, since their processes cannot be seen from here: a run killed in a
 container that is never started again keeps saying ``running``. Containers that share one
 hostname must share the process namespace too (the usual case is one hostname per container).
@@ -41,6 +43,9 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+_started_here: set[tuple[str, int]] = set()  # (database URL, job id) of the jobs this process started
+
+
 def reap_stale_jobs(db: Database) -> list[int]:
     """Mark ``failed`` the running jobs of this host whose process is gone; returns their ids."""
     host = this_host()
@@ -52,7 +57,12 @@ def reap_stale_jobs(db: Database) -> list[int]:
             select(Job.id, Job.pid).where(Job.status == "running", Job.host == host, Job.pid.is_not(None))
         ).all()
         for job_id, pid in running:
-            if pid == os.getpid() or process_alive(pid):
+            if pid == os.getpid():
+                if (db.url, job_id) in _started_here:
+                    continue
+                # our pid but not our job: an earlier process with the same pid, as a container
+                # restarted in place has (same hostname, a fresh pid namespace counting the same)
+            elif process_alive(pid):
                 continue
             done = session.execute(
                 update(Job).where(Job.id == job_id, Job.status == "running").values(
@@ -72,7 +82,9 @@ def start_job(db: Database, kind: str, params: dict[str, Any]) -> int:
         job = Job(kind=kind, params=params, host=this_host(), pid=os.getpid())
         session.add(job)
         session.flush()
-        return job.id
+        job_id = job.id
+    _started_here.add((db.url, job_id))
+    return job_id
 
 
 def finish_job(
@@ -85,6 +97,7 @@ def finish_job(
         job.error = error
         job.stats = stats or {}
         job.finished_at = utcnow()
+    _started_here.discard((db.url, job_id))
 
 
 @dataclass

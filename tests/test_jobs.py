@@ -47,16 +47,21 @@ def test_start_and_finish_record_the_owner(db):
 def test_only_this_hosts_jobs_whose_process_is_gone_are_reaped(db):
     dead = _dead_pid()
     assert not process_alive(dead) and process_alive(os.getpid())
+    mine = start_job(db, "test", {})
     killed = _job(db, host=this_host(), pid=dead)
-    alive = _job(db, host=this_host(), pid=os.getpid())
+    alive = _job(db, host=this_host(), pid=os.getppid())
+    # a row with this process's pid that it did not start: a container restarted in place (same
+    # hostname, same pid again) left it
+    earlier_incarnation = _job(db, host=this_host(), pid=os.getpid())
     elsewhere = _job(db, host="another-machine", pid=dead)
     unknown_owner = _job(db)  # rows written before jobs recorded their owner
     finished = _job(db, host=this_host(), pid=dead, status="succeeded")
 
-    assert reap_stale_jobs(db) == [killed]
+    assert reap_stale_jobs(db) == [killed, earlier_incarnation]
     status, error, when = _status(db, killed)
     assert status == "failed" and error.startswith(f"interrupted: process {dead} on {this_host()}") and when
-    for job_id, expected in [(alive, "running"), (elsewhere, "running"), (unknown_owner, "running"), (finished, "succeeded")]:
+    for job_id, expected in [(alive, "running"), (mine, "running"), (elsewhere, "running"),
+                             (unknown_owner, "running"), (finished, "succeeded")]:
         assert _status(db, job_id)[0] == expected
     assert reap_stale_jobs(db) == []
 
