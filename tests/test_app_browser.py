@@ -40,7 +40,8 @@ def site(tmp_path_factory, sqlite_template):
     shutil.copy(sqlite_template, root / "app.db")
     db = Database(f"sqlite:///{root / 'app.db'}")
     store = LocalStore(root / "blobs", secret="browser-test-secret-0123456789", public_url="http://127.0.0.1")
-    add_users(db, [("alice", "annotator"), ("bob", "annotator"), ("rita", "reviewer")])
+    add_users(db, [("alice", "annotator"), ("bob", "annotator"), ("rita", "reviewer"), ("adam", "admin"),
+                   ("dora", "annotator")])
     caption, _ = make_project(db, store, "speak", "caption", n_images=1, size=(480, 360),
                               min_seconds=MIN_SECONDS, max_seconds=MAX_SECONDS)
     make_project(db, store, "quiet", "caption", n_images=1, seed=3, min_seconds=1, max_seconds=MAX_SECONDS)
@@ -228,4 +229,24 @@ def test_a_reloaded_task_page_counts_active_time_on_from_what_was_recorded(brows
     with site["db"].session() as s:
         a = s.get(Assignment, task_id)
     assert a.status == "skipped" and a.active_seconds >= 42, a.active_seconds  # was 40: the 3 s were lost
+    page.context.close()
+
+
+def test_an_admin_deactivates_a_user_from_the_users_page(browser, site):
+    page = login(browser, site, "adam")
+    page.goto(site["url"] + "/admin/users")
+    row = page.locator("tr", has=page.locator("td", has_text="dora"))
+    assert row.locator("td").nth(3).inner_text() == "yes"
+    row.locator("button[value=deactivate]").click()
+    page.wait_for_load_state("load")
+    assert page.url == site["url"] + "/admin/users"
+    assert row.locator("td").nth(3).inner_text() == "no" and row.locator("button[value=activate]").count() == 1
+    assert page.errors == []
+    other = browser.new_context().new_page()  # dora cannot log in any more
+    other.goto(site["url"] + "/login")
+    other.fill("#username", "dora")
+    other.fill("#password", PASSWORD)
+    other.click("button[type=submit]")
+    other.wait_for_selector("text=Wrong username or password")
+    other.context.close()
     page.context.close()
