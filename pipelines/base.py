@@ -134,7 +134,8 @@ class Stage(Generic[Item, Result]):
         """Process every item; returns the stats dict (also stored on the job row).
 
         An ``exclusive`` stage runs once at a time per database (per ``kind``): StageBusy while
-        another run holds it (a `pixmo worker`, say), before anything is loaded or recorded.
+        another run holds it (a `pixmo worker`, say), before the job row or the batches (a stage
+        may have planned its items and set up its backend when it was made).
         """
         if not self.exclusive:
             return self.execute(progress=progress, pipeline_depth=pipeline_depth)
@@ -146,28 +147,32 @@ class Stage(Generic[Item, Result]):
 
     def execute(self, *, progress: bool, pipeline_depth: int) -> dict[str, Any]:
         """The run itself, under the stage's lock: the job row, the batches, the stats."""
-        with job_run(self.db, self.kind, _jsonable(self.params)) as job, \
-                Progress(self.kind, self.total(), progress) as bar:
-            self.job_id = job.id
-            # process batches ahead of the writer so I/O, decoding and DB writes overlap
-            feeder = ThreadPoolExecutor(max_workers=1)
-            try:
-                pending: list[Future] = []
-                for batch in batched(self.items(), self.batch_size):
-                    pending.append(feeder.submit(self.process_batch, batch))
-                    if len(pending) >= pipeline_depth:
-                        self._write(pending.pop(0).result(), bar)
-                for fut in pending:
-                    self._write(fut.result(), bar)
-                feeder.shutdown()
-            finally:
-                # on a failure or a stop (SIGTERM), batches not started are dropped and the job row
-                # is marked at once, not after the queued batch has run (a container's stop grace
-                # period may not last that long); a batch already running finishes unwritten
-                feeder.shutdown(wait=False, cancel_futures=True)
-                self.stats.finish()
-                self.complete_stats()
-                job.stats = self.stats.as_dict()  # kept on the row whether the run ends or fails
+        # process batches ahead of the writer so I/O, decoding and DB writes overlap
+        feeder = ThreadPoolExecutor(max_workers=1)
+        try:
+            with job_run(self.db, self.kind, _jsonable(self.params)) as job, \
+                    Progress(self.kind, self.total(), progress) as bar:
+                self.job_id = job.id
+                try:
+                    pending: list[Future] = []
+                    for batch in batched(self.items(), self.batch_size):
+                        pending.append(feeder.submit(self.process_batch, batch))
+                        if len(pending) >= pipeline_depth:
+                            self._write(pending.pop(0).result(), bar)
+                    for fut in pending:
+                        self._write(fut.result(), bar)
+                finally:
+                    # on a failure or a stop (SIGTERM), batches not started are dropped and the job
+                    # row is marked at once, not after the batch processed ahead (a container's stop
+                    # grace period may not last that long)
+                    feeder.shutdown(wait=False, cancel_futures=True)
+                    self.stats.finish()
+                    self.complete_stats()
+                    job.stats = self.stats.as_dict()  # kept on the row whether the run ends or fails
+        finally:
+            # a batch already running finishes (unwritten) before the stage's lock is let go:
+            # another run taking the lock meanwhile would process its items again
+            feeder.shutdown(wait=True)
         return self.stats.as_dict()
 
     def complete_stats(self) -> None:

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pixmo.db.models import Caption, Project, QAPair, Recording, Transcript
-from pixmo.db.queries import id_chunks, insert_ignore, newest_verdicts
+from pixmo.db.queries import delete_with_reviews, id_chunks, insert_ignore, newest_verdicts
 from pixmo.db.session import Database
 from pixmo.errors import ValidationError
 from pixmo.llm import LLMBackend, get_backend
@@ -188,15 +188,18 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
     def pending(self, session: Session) -> list[WorkItem]:
         raise NotImplementedError
 
-    def failed_rows(self):  # noqa: ANN201 - a DELETE statement
-        """The DELETE of this task's failed rows (this model, prompt version and project)."""
+    review_target = "caption"  # what the rows this task writes are as review targets
+
+    def failed_rows(self):  # noqa: ANN201 - a SELECT of ids
+        """The ids of this task's failed rows (this model, prompt version and project)."""
         raise NotImplementedError
 
     def items(self) -> list[WorkItem]:
         if self._items is None:
             if self.params.retry_failed:
                 with self.db.session(write_lock=True) as session:
-                    self.stats.retried = session.execute(self.failed_rows()).rowcount
+                    ids = list(session.scalars(self.failed_rows()))
+                    self.stats.retried = delete_with_reviews(session, self.review_target, ids)
             with self.db.session() as session:
                 self._items = self.pending(session)
             if self.params.limit is not None:
@@ -326,8 +329,8 @@ class _CaptionStage(RewriteStage):
 
 
     def failed_rows(self):  # noqa: ANN201
-        q = delete(Caption).where(Caption.kind == self.caption_kind, Caption.model == self.model_id,
-                                  Caption.prompt_version == self.prompt.version, Caption.status == "failed")
+        q = select(Caption.id).where(Caption.kind == self.caption_kind, Caption.model == self.model_id,
+                                     Caption.prompt_version == self.prompt.version, Caption.status == "failed")
         return q.where(Caption.project_id == self.project_id) if self.project_id is not None else q
 
 
@@ -395,9 +398,11 @@ class CapQAStage(RewriteStage):
                          caption_id=cid)
                 for cid, text, image_id, project_id in session.execute(q).all()]
 
+    review_target = "qa_pair"
+
     def failed_rows(self):  # noqa: ANN201
-        q = delete(QAPair).where(QAPair.source == "capqa", QAPair.model == self.model_id,
-                                 QAPair.prompt_version == self.prompt.version, QAPair.status == "failed")
+        q = select(QAPair.id).where(QAPair.source == "capqa", QAPair.model == self.model_id,
+                                    QAPair.prompt_version == self.prompt.version, QAPair.status == "failed")
         return q.where(QAPair.project_id == self.project_id) if self.project_id is not None else q
 
     def write(self, session: Session, results: list[tuple[WorkItem, TaskResult]]) -> None:

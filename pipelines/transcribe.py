@@ -28,7 +28,7 @@ from pixmo.asr import QualityThresholds, Transcription, asr_model_id, load_asr
 from pixmo.asr.files import prefetch
 from pixmo.audio import AudioError, DecodedAudio, decode_audio
 from pixmo.db.models import Project, Recording, Transcript
-from pixmo.db.queries import insert_ignore
+from pixmo.db.queries import delete_with_reviews, insert_ignore
 from pixmo.db.session import Database
 from pixmo.errors import BlobNotFoundError, ConfigError, StorageError, ValidationError
 from pixmo.progress import Progress
@@ -239,14 +239,12 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
         return refs
 
     def _delete_failed(self) -> None:
-        from sqlalchemy import delete
-
-        query = delete(Transcript).where(Transcript.asr_model == self.model_id, Transcript.status == "failed")
+        query = select(Transcript.id).where(Transcript.asr_model == self.model_id, Transcript.status == "failed")
         if self.project_id is not None:
             query = query.where(Transcript.recording_id.in_(
                 select(Recording.id).where(Recording.project_id == self.project_id)))
-        with self.db.session() as session:
-            session.execute(query)
+        with self.db.session(write_lock=True) as session:
+            delete_with_reviews(session, "transcript", list(session.scalars(query)))
 
     def _asr_kwargs(self) -> dict[str, Any]:
         p = self.params

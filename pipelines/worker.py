@@ -94,6 +94,7 @@ class Worker:
             return StepRun(step, "failed", error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker outlives what one step runs into
             log.exception("pixmo worker: step %s failed", step)
+            self._drop_models()  # a model in a bad state (a CUDA error, say) is loaded afresh next time
             return StepRun(step, "failed", error=f"{type(exc).__name__}: {exc}")
         return StepRun(step, "done", {**stats, "job_id": stage.job_id})
 
@@ -122,8 +123,11 @@ class Worker:
         finally:
             self.close()
 
-    def close(self) -> None:
+    def _drop_models(self) -> None:
         self._transcriber = None
         if self._own_llm and self._llm is not None:
             self._llm.close()
             self._llm = None
+
+    def close(self) -> None:
+        self._drop_models()

@@ -113,15 +113,18 @@ def _gold_key(secret: str, project_id: int, user_id: int) -> bytes:
 def _want_gold(session: Session, project_id: int, user_id: int, fraction: float, now: dt.datetime, secret: str) -> bool:
     if fraction <= 0:
         return False
-    counts = session.execute(
-        select(func.count(), func.count().filter(A.is_gold.is_(True))).where(
-            A.project_id == project_id, _done_by(user_id, now)
-        )
-    ).one()
-    total, gold = int(counts[0]), int(counts[1])
-    # the next task is gold when fewer are done than are due by then (a gold item that could not be
-    # served earlier, every one being done, is caught up as soon as there is one)
-    return gold_due(fraction, total + 1, _gold_key(secret, project_id, user_id)) > gold
+    done = _done_by(user_id, now)
+    total = session.scalar(select(func.count()).where(A.project_id == project_id, done)) or 0
+    start = total - total % GOLD_BLOCK  # the tasks done so far in the current block
+    in_block = session.scalars(
+        select(A.is_gold).where(A.project_id == project_id, done).order_by(A.id.desc()).limit(total - start)
+    ).all() if total > start else []
+    key = _gold_key(secret, project_id, user_id)
+    # the next task is gold when this block has had fewer than are due by then: a gold item that
+    # could not be served (every one done) is caught up within its block, never carried further,
+    # so new gold items after a long dry spell do not come in a telltale run
+    due = gold_due(fraction, total + 1, key) - gold_due(fraction, start, key)
+    return due > sum(1 for g in in_block if g)
 
 
 def _lock_candidate(session: Session, stmt, is_pg: bool):  # noqa: ANN001, ANN202
@@ -155,9 +158,10 @@ def next_assignment(
         project = session.get(Project, project_id)
         if project is None:
             raise NotFoundError(f"no project with id {project_id}")
-        # one leasing transaction per user at a time (PostgreSQL), and none for a user deactivated
-        # since the request was let in: FOR SHARE waits for a deactivation in flight, which waits for it
-        user = session.execute(select(User.is_active).where(User.id == user_id).with_for_update(read=True)).first()
+        # one leasing transaction per user at a time (PostgreSQL: FOR NO KEY UPDATE of the user's
+        # row), and none for a user deactivated since the request was let in (the lock also waits for
+        # a deactivation in flight, which updates that row)
+        user = session.execute(select(User.is_active).where(User.id == user_id).with_for_update(key_share=True)).first()
         if user is None or not user.is_active:
             raise LeaseError("this account is deactivated")
         live = session.scalars(

@@ -83,7 +83,7 @@ def start_job(db: Database, kind: str, params: dict[str, Any]) -> int:
         session.add(job)
         session.flush()
         job_id = job.id
-    _started_here.add((db.url, job_id))
+        _started_here.add((db.url, job_id))  # before the commit: another thread's reaper must not see it as stale
     return job_id
 
 
@@ -91,13 +91,17 @@ def finish_job(
     db: Database, job_id: int, status: str, stats: dict[str, Any] | None = None, error: str | None = None
 ) -> None:
     """Mark the job ``succeeded`` or ``failed``, with its stats or error."""
-    with db.session(write_lock=True) as session:  # read then write: wait for other writers (SQLite)
-        job = session.get(Job, job_id)
-        job.status = status
-        job.error = error
-        job.stats = stats or {}
-        job.finished_at = utcnow()
-    _started_here.discard((db.url, job_id))
+    try:
+        with db.session(write_lock=True) as session:  # read then write: wait for other writers (SQLite)
+            job = session.get(Job, job_id)
+            job.status = status
+            job.error = error
+            job.stats = stats or {}
+            job.finished_at = utcnow()
+    finally:
+        # no longer ours to keep alive: a row left 'running' by a failed update (a database blip)
+        # is reaped as interrupted by this process's next job, not skipped for as long as it lives
+        _started_here.discard((db.url, job_id))
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import threading
+import time
 
 import pytest
 from sqlalchemy import func, select, update
@@ -22,7 +23,8 @@ from pixmo.assignments import (
 from pixmo.db.models import Assignment, Project, utcnow
 from pixmo.reviews import record_review
 from pixmo.submissions import submit_points
-from tests.app_helpers import add_users, make_project
+from pixmo.projects import attach_images
+from tests.app_helpers import add_images, add_users, make_project
 
 
 def _ask_at_once(db, project_id: int, users: dict[str, int]) -> dict[str, object]:
@@ -218,3 +220,47 @@ def test_a_question_answered_after_the_task_was_skipped_is_not_stored(db, store,
                          question="What animal is it?")
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(QAPair)) == 0
+
+
+def test_gold_after_a_dry_spell_does_not_come_in_a_run(db, store):
+    project_id, _ = make_project(db, store, "p", "points", n_images=60, gold=2, overlap=1, gold_fraction=0.2)
+    uid = add_users(db, [("a", "annotator")], password=None)["a"]
+
+    def do(n: int) -> list[bool]:
+        out = []
+        for _ in range(n):
+            lease = next_assignment(db, project_id, uid, secret="k")
+            out.append(lease.assignment.is_gold)
+            submit_points(db, assignment_id=lease.assignment.id, user_id=uid, label="x", points=[[0.5, 0.5]])
+        return out
+
+    first = do(2 * GOLD_BLOCK)  # both gold items early, then none left for a while
+    assert first.count(True) == 2
+    new_gold = add_images(db, store, 15, seed=50)
+    with db.session() as s:  # new gold items arrive
+        attach_images(s, s.get(Project, project_id), new_gold, gold=True)
+    after = do(GOLD_BLOCK)
+    assert after.count(True) == GOLD_BLOCK // 5  # the block's own share, not the whole backlog at once
+
+
+def test_one_user_never_holds_two_live_leases_of_a_project_at_once(db, store, monkeypatch):
+    import pixmo.assignments
+
+    project_id, _ = make_project(db, store, "p", "points", n_images=4, overlap=1)
+    uid = add_users(db, [("a", "annotator")], password=None)["a"]
+    expire = pixmo.assignments._expire
+
+    def slow_expire(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        time.sleep(0.3)  # widens the window between "no live lease yet" and the insert
+        return expire(*args, **kwargs)
+
+    monkeypatch.setattr(pixmo.assignments, "_expire", slow_expire)
+    leases = []
+    threads = [threading.Thread(target=lambda: leases.append(next_assignment(db, project_id, uid))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    with db.session() as s:
+        live = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.status == "leased"))
+    assert live == 1 and len({lease.assignment.id for lease in leases}) == 1

@@ -128,35 +128,56 @@ def test_the_same_snapshot_recorded_at_once_by_several_exports_is_one_row(db):
         assert row.output_url in {f"/out{i}" for i in range(4)} and row.counts == {"samples": int(row.output_url[4:])}
 
 
-def test_a_failing_stage_marks_its_job_without_waiting_for_queued_batches(db):
-    """A stop (SIGTERM) or failure mid-run marks the job at once: the batch processed ahead is not
-    waited for (a container's stop grace period may end before it would)."""
-    import threading
+def test_a_failing_stage_marks_its_job_at_once_and_keeps_its_lock_until_its_batches_end(db):
+    """A stop (SIGTERM) or failure mid-run marks the job at once, not after the batch processed
+    ahead (a container's stop grace period may end first); the stage's lock is let go only when
+    that batch has ended, or another run could take the same items meanwhile."""
+    import time
 
     from pipelines.base import Stage
 
-    release, second_done = threading.Event(), threading.Event()
+    import threading
+
+    seen, second_started = {}, threading.Event()
+
+    def status() -> str | None:
+        with db.session() as s:
+            return s.scalar(select(Job.status).where(Job.kind == "toy"))
 
     class Toy(Stage):
         kind = "toy"
         batch_size = 1
+        exclusive = True
 
         def items(self):  # noqa: ANN202
             return [1, 2, 3]
 
         def process_batch(self, batch):  # noqa: ANN001, ANN202
-            if batch == [2]:
-                release.wait(10)  # the batch being processed ahead when the first write fails
-                second_done.set()
+            if batch == [2]:  # the batch being processed ahead when the first write fails
+                second_started.set()
+                deadline = time.monotonic() + 10
+                while status() != "failed" and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                seen["job failed while batch 2 ran"] = status() == "failed"
+                time.sleep(0.3)
+                with db.try_lock("stage:toy") as free:
+                    seen["lock free while batch 2 ran"] = free
             return batch
 
         def write(self, session, results):  # noqa: ANN001, ANN202
+            second_started.wait(10)
             raise KeyboardInterrupt  # as SIGTERM's SystemExit would, mid-write
 
     with pytest.raises(KeyboardInterrupt):
         Toy(db).run(progress=False)
-    finished_first = not second_done.is_set()
-    release.set()
-    assert finished_first  # the run ended while batch 2 was still being processed
-    with db.session() as s:
-        assert [(j.kind, j.status) for j in s.scalars(select(Job))] == [("toy", "failed")]
+    assert seen == {"job failed while batch 2 ran": True, "lock free while batch 2 ran": False}
+    assert status() == "failed"
+
+
+def test_a_job_whose_finish_failed_is_reaped_by_the_next_one(db):
+    job_id = start_job(db, "test", {})
+    with pytest.raises(Exception):  # noqa: B017 - the database refuses the update (here: a bad status)
+        finish_job(db, job_id, "no-such-status")
+    assert _status(db, job_id)[0] == "running"
+    start_job(db, "test", {})  # this process's next job: the row it could not finish is not kept alive
+    assert _status(db, job_id)[0] == "failed"

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipelines.rewrite import rewrite
 from pixmo.cli import app
-from pixmo.db.models import Caption, Image, Job, LLMCacheEntry, Project, QAPair
+from pixmo.db.models import Caption, Image, Job, LLMCacheEntry, Project, QAPair, Review
 from tests.llm_helpers import REPO, Reply, add_transcripts, llm_server, local_backend, scripted  # noqa: F401
 
 LOCAL_MODEL = "SmolLM2-135M-Instruct.Q4_1"
@@ -369,10 +369,14 @@ def test_retry_failed_tries_this_models_failed_rows_again(sqlite_db, scripted):
         projects = dict(s.execute(select(Project.name, Project.id)).all())
         caption = s.scalars(select(Caption).where(Caption.project_id == projects["two"])).one()
         caption.status, caption.text, caption.error = "failed", "", "timeout"  # as a run during an outage leaves it
+        s.add(Review(target_type="caption", target_id=caption.id, image_id=caption.image_id, verdict="rejected",
+                     reason="garbage from the outage"))  # a reviewer saw the failed row
     assert rewrite(sqlite_db, "clean", **openai_opts(scripted))["total"] == 0  # failures are final...
     stats = rewrite(sqlite_db, "clean", **openai_opts(scripted), retry_failed=True)
     assert stats["retried_failed"] == 1 and stats["total"] == 1 and "failed" not in stats["statuses"]  # ...until asked
     assert [(c.status, bool(c.text)) for c in captions(sqlite_db)] == [("ok", True), ("ok", True)]
+    with sqlite_db.session() as s:  # the verdict went with the row it was on, not onto the new one
+        assert s.scalar(select(func.count()).select_from(Review)) == 0
 
     scripted.set('{"pairs": [{"question": "What is it?"}]}')  # no answer: both captions' QA fail
     assert rewrite(sqlite_db, "capqa", **openai_opts(scripted), pairs=1)["statuses"] == {"failed": 2}

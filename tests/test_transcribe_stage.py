@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from pipelines.transcribe import transcribe_recordings
-from pixmo.db.models import Job, Recording, Transcript
+from pixmo.db.models import Job, Recording, Review, Transcript
 from pixmo.projects import create_project
 from tests.asr_helpers import add_image, add_recording, encode, silence, speech_clips, wer  # noqa: F401
 
@@ -92,7 +92,12 @@ def test_stage_transcribes_flags_and_fails_per_recording(db, store, speech_clips
 
     # the missing blob turns up; --retry-failed tries the failed ones again, the corrupt one fails again
     store.put_bytes(encode(speech_clips[0].samples, "ogg"), key="recordings/gone.ogg")
+    with db.session() as s:  # a reviewer flagged the failed row meanwhile
+        failed = _transcripts(db)[ids["missing"]]
+        s.add(Review(target_type="transcript", target_id=failed.id, verdict="flagged", reason="empty"))
     retry = transcribe_recordings(db, store, "caps", retry_failed=True)
+    with db.session() as s:  # the verdict went with the failed row it was on
+        assert s.scalar(select(func.count()).select_from(Review)) == 0
     assert retry["statuses"] == {"ok": 1, "failed": 1}
     rows = _transcripts(db)
     assert rows[ids["missing"]].status == "ok" and wer(speech_clips[0].text, rows[ids["missing"]].text) <= 0.3

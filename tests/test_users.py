@@ -219,8 +219,17 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin_and_no_deadlock(
 def test_a_request_let_in_before_a_deactivation_gets_no_lease(team):
     from pixmo.assignments import LeaseError
 
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from pixmo.db.models import utcnow
+
     db, project = team["db"], team["project"]
     ann = _ids(db, "ann")
+    stale = next_assignment(db, project, ann).assignment.id
+    with db.session() as s:  # a lease that ran out unnoticed is no lease to release
+        s.execute(update(Assignment).where(Assignment.id == stale).values(expires_at=utcnow() - dt.timedelta(minutes=1)))
     with db.session(write_lock=True) as s:
         d = deactivate_user(s, "ann")
     assert d.leases_released == 0

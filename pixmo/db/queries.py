@@ -95,3 +95,19 @@ def newest_verdicts(session: Session, targets: dict[str, Iterable[int] | None]) 
         for target_id, verdict in session.execute(stmt.order_by(Review.created_at, Review.id)):
             out[(target_type, target_id)] = verdict  # in time order: the last one wins
     return out
+
+
+def delete_with_reviews(session: Session, target_type: str, ids: Sequence[int]) -> int:
+    """Delete these rows of a review target type and the reviews of them; returns the rows deleted.
+
+    Reviews point at their target by type and id, with no foreign key: left behind, a verdict on a
+    deleted row would stay in the history of nothing, or (SQLite reuses the highest deleted id)
+    fall on the row written next in its place."""
+    from sqlalchemy import delete
+
+    model = REVIEW_TARGET_MODELS[target_type]
+    deleted = 0
+    for chunk in id_chunks(list(ids)):
+        session.execute(delete(Review).where(Review.target_type == target_type, Review.target_id.in_(chunk)))
+        deleted += session.execute(delete(model).where(model.id.in_(chunk))).rowcount
+    return deleted
