@@ -155,3 +155,37 @@ def test_times_are_aware_utc_on_every_backend(db):
     assert created == dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone.utc) and created.utcoffset() == dt.timedelta(0)
     assert started.tzinfo is not None and started.utcoffset() == dt.timedelta(0)
     assert found == image_id
+
+
+def test_named_locks_on_postgresql_are_per_schema_and_outlive_a_lost_connection():
+    """Database.try_lock on PostgreSQL: deployments in other schemas of one database do not block
+    each other, and a lock whose connection is cut (a server restart, an idle-connection killer)
+    ends its block without an error (the server freed the lock with the connection)."""
+    from sqlalchemy import text
+
+    from tests.conftest import PG_URL, _drop_schema, _postgres_db
+
+    if not PG_URL:
+        pytest.skip("PostgreSQL: set PIXMO_TEST_POSTGRES_URL (make test does when it answers)")
+    (a, schema_a), (b, schema_b) = _postgres_db(), _postgres_db()
+    holder = text(
+        "SELECT l.pid FROM pg_locks l, (SELECT hashtextextended(:key, 0) AS k) h WHERE l.locktype = 'advisory' "
+        "AND l.granted AND l.objsubid = 1 AND l.classid::bigint = ((h.k >> 32) & 4294967295) "
+        "AND l.objid::bigint = (h.k & 4294967295)"
+    )
+    try:
+        with a.try_lock("stage:x") as held:
+            assert held
+            with b.try_lock("stage:x") as other_schema, a.try_lock("stage:x") as same_schema:
+                assert other_schema and not same_schema
+            with a.engine.connect() as conn:
+                pid = conn.execute(holder, {"key": f"{schema_a}|pixmo|stage:x"}).scalar_one()
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                conn.commit()
+        with a.try_lock("stage:x") as held:  # the block above ended cleanly; the lock is free
+            assert held
+    finally:
+        a.dispose()
+        b.dispose()
+        _drop_schema(schema_a)
+        _drop_schema(schema_b)

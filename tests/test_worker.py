@@ -147,3 +147,24 @@ def test_unknown_steps_are_refused():
         WorkerOptions(steps=("transcribe", "translate"))
     with pytest.raises(ValidationError, match="none given"):
         WorkerOptions(steps=())
+
+
+def test_a_lock_file_made_by_another_user_is_still_used(sqlite_db, monkeypatch):
+    import os
+
+    import pixmo.db.session
+
+    with sqlite_db.try_lock("stage:transcribe"):
+        pass  # the lock file exists now (as another user's process would have left it)
+    real_open = os.open
+
+    def not_writable(path, flags, *args):  # noqa: ANN001, ANN002, ANN202
+        if str(path).endswith(".lock") and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(pixmo.db.session.os, "open", not_writable)
+    with sqlite_db.try_lock("stage:transcribe") as held:
+        assert held  # flock needs no write access
+        with sqlite_db.try_lock("stage:transcribe") as again:
+            assert not again
