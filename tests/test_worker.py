@@ -96,9 +96,11 @@ def test_any_error_fails_only_its_step(db, store, monkeypatch):
         return real(step)
 
     monkeypatch.setattr(worker, "_stage", broken)
+    worker._transcriber = object()  # a model loaded by an earlier round
     runs = worker.round()
     assert [(r.step, r.status) for r in runs] == [("transcribe", "failed"), ("clean", "idle")]
     assert runs[0].error == "ConnectionError: the database went away"
+    assert worker._transcriber is None  # an unexpected error may have left it unusable: loaded afresh next time
 
 
 def test_the_step_lock_holds_across_processes_and_dies_with_its_holder(sqlite_db):
