@@ -132,12 +132,41 @@ def add_review(
         source, status = session.execute(select(QAPair.source, QAPair.status).where(QAPair.id == int(target_id))).one()
         if source == "ask" and status != "accepted":  # its verdict would land on the whole task
             raise ValidationError(f"only the accepted answer of an ask-the-model exchange is reviewed; this one is {status}")
+    assignment_id = _assignment_of(session, target_type, int(target_id))
+    if assignment_id is not None:
+        # the submission's row first (PostgreSQL): two reviewers judging items of one submission at
+        # once must not each write a combined verdict that misses the other's
+        session.execute(select(Assignment.id).where(Assignment.id == assignment_id).with_for_update())
     review = Review(target_type=target_type, target_id=int(target_id), image_id=image_id, reviewer_id=reviewer_id,
                     verdict=verdict, reason=reason)
     session.add(review)
+    if target_type == "assignment":
+        # a verdict on a whole task is a verdict on each of its items: the export, the HF subsets,
+        # the loader and the annotator's rejections page judge work item by item
+        for item_type, item_id in _items_of(session, int(target_id)):
+            session.add(Review(target_type=item_type, target_id=item_id, image_id=image_id, reviewer_id=reviewer_id,
+                               verdict=verdict, reason=reason))
     sync_assignment_verdict(session, target_type, int(target_id), verdict)
     session.flush()
     return review
+
+
+def _assignment_of(session: Session, target_type: str, target_id: int) -> int | None:
+    if target_type == "assignment":
+        return target_id
+    model = TARGETS.get(target_type)
+    return None if model is None else session.scalar(select(model.assignment_id).where(model.id == target_id))
+
+
+def _items_of(session: Session, assignment_id: int) -> list[tuple[str, int]]:
+    """(target type, id) of the reviewable items of a submission (an ask exchange: its accepted answer)."""
+    items = []
+    for name, model in TARGETS.items():
+        stmt = select(model.id).where(model.assignment_id == assignment_id)
+        if model is QAPair:
+            stmt = stmt.where((QAPair.source != "ask") | (QAPair.status == "accepted"))
+        items += [(name, i) for i in session.scalars(stmt.order_by(model.id))]
+    return items
 
 
 def record_review(
@@ -161,12 +190,7 @@ def sync_assignment_verdict(session: Session, target_type: str, target_id: int, 
     one item does not undo the rejection of another. Whoever writes a ``reviews`` row (the app, the
     dashboard) calls this in the same transaction, after adding the row.
     """
-    if target_type == "assignment":  # a verdict on the task itself
-        assignment_id: int | None = target_id
-    elif (model := TARGETS.get(target_type)) is not None:
-        assignment_id = session.scalar(select(model.assignment_id).where(model.id == target_id))
-    else:
-        return
+    assignment_id = _assignment_of(session, target_type, target_id)
     if assignment_id is None:
         return
     session.flush()  # the new review counts

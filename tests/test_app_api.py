@@ -695,3 +695,84 @@ def test_annotators_are_not_told_which_tasks_are_check_items(env, db, store):
         assert s.scalar(select(func.count()).select_from(Assignment).where(Assignment.is_gold.is_(True))) == 2
     # nor the image ids (gold images, attached apart, stand out in their order) or the gold fraction
     assert seen == {"annotator": (None, None, False, False, False, False), "reviewer": (True, True, True, True, True, True)}
+
+
+def test_a_rejected_task_is_rejected_item_by_item(env):
+    """A verdict on a whole task (the dashboard's Browse) lands on each of its items too: the export
+    leaves them out and the annotator sees the reason, as for a rejected item."""
+    from pixmo.curation.review import submit_review
+    from pixmo.export.hf import hf_rows
+    from pixmo.export.records import build_samples
+    from pixmo.reviews import recent_rejections
+
+    db = env["db"]
+    task = lease(env, "points")
+    r = env["c"]["annotator"].post(f"/api/assignments/{task['id']}/points", json={"label": "dog", "points": [[0.5, 0.5]]})
+    assert r.status_code in (200, 201), r.text
+
+    def points_rows() -> list:
+        with db.session() as s:
+            samples = build_samples(s, [s.get(Assignment, task["id"]).image_id], val_fraction=0.0)
+        return [row for smp in samples for row in hf_rows("points", smp, "http://x")]
+
+    assert len(points_rows()) == 1
+    with db.session(write_lock=True) as s:
+        submit_review(s, env["users"]["rev"], "assignment", task["id"], "rejected", "careless clicking")
+    assert points_rows() == []
+    with db.session() as s:
+        assert [x["reason"] for x in recent_rejections(s, env["users"]["ann"])] == ["careless clicking"]
+        assert s.get(Assignment, task["id"]).review_verdict == "rejected"
+    with db.session(write_lock=True) as s:  # approved again on a second look: back in the export
+        submit_review(s, env["users"]["rev"], "assignment", task["id"], "approved")
+    assert len(points_rows()) == 1
+
+
+def task_image(db, task: dict) -> int:
+    with db.session() as s:
+        return s.get(Assignment, task["id"]).image_id
+
+
+def test_two_reviewers_at_once_leave_the_task_verdict_in_step_with_its_items(env):
+    import threading
+
+    from pixmo.db.queries import newest_verdicts
+    from pixmo.reviews import add_review
+
+    db = env["db"]
+    task = lease(env, "points")
+    ps = env["c"]["annotator"].post(f"/api/assignments/{task['id']}/points",
+                                    json={"label": "dog", "points": [[0.5, 0.5]]}).json()
+    with db.session() as s:  # a second item of the same submission
+        other = PointSet(image_id=task_image(db, task), project_id=env["points"], user_id=env["users"]["ann"],
+                         assignment_id=task["id"], label="dog", points=[[0.2, 0.2]], method="pointing")
+        s.add(other)
+        s.flush()
+        other_id = other.id
+    first = db.Session(bind=db.write_engine, expire_on_commit=False)
+    first.begin()
+    add_review(first, env["users"]["rev"], "point_set", ps["id"], "rejected", "wrong object")
+
+    def second() -> None:  # judges the other item meanwhile
+        with db.session(write_lock=True) as s:
+            add_review(s, env["users"]["adm"], "point_set", other_id, "approved")
+
+    t = threading.Thread(target=second)
+    t.start()
+    time.sleep(0.5)  # the second reviewer is under way (or waiting) while the first has not committed
+    first.commit()
+    first.close()
+    t.join(30)
+    with db.session() as s:
+        newest = newest_verdicts(s, {"point_set": [ps["id"], other_id], "assignment": [task["id"]]})
+        assert sorted(newest.values()) == ["approved", "rejected"]
+        assert s.get(Assignment, task["id"]).review_verdict == "rejected"  # the worst current verdict
+
+
+def test_the_review_page_for_all_projects(env):
+    """The project picker's "All projects" sends ?project= (empty): every project, not a 422."""
+    client = TestClient(env["app"])
+    _login(client, "rev")
+    page = client.get("/review", params={"project": ""}, headers={"Accept": "text/html"})
+    assert page.status_code == 200 and "All projects" in page.text
+    assert env["c"]["reviewer"].get("/api/reviews/queue", params={"project": ""}).status_code == 200
+    assert env["c"]["reviewer"].get("/api/reviews/queue", params={"project": "x"}).status_code == 422

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from annotation_app.deps import DbDep, Reviewer, StoreDep
 from annotation_app.schemas import ReviewIn, ReviewOut
 from annotation_app.templating import blob_url, render
+from pixmo.errors import ValidationError
 from pixmo.projects import list_projects
 from pixmo.reviews import record_review, review_queue
 
@@ -27,8 +28,19 @@ def _queue(db, store, reviewer_id: int, project_id: int | None, limit: int) -> l
     return out
 
 
+def _project_id(project: str | None) -> int | None:
+    """The project filter: empty (the "All projects" choice sends ``?project=``) means every project."""
+    if project is None or not project.strip():
+        return None
+    try:
+        return int(project)
+    except ValueError:
+        raise ValidationError(f"project must be a project id, not {project!r}") from None
+
+
 @router.get("/review", include_in_schema=False)
-def review_page(request: Request, db: DbDep, store: StoreDep, user: Reviewer, project: int | None = None):
+def review_page(request: Request, db: DbDep, store: StoreDep, user: Reviewer, project: str | None = None):
+    project = _project_id(project)
     items = _queue(db, store, user.id, project, 10)
     with db.session() as session:
         projects = [p for p, _ in list_projects(session)]
@@ -36,9 +48,9 @@ def review_page(request: Request, db: DbDep, store: StoreDep, user: Reviewer, pr
 
 
 @router.get("/api/reviews/queue")
-def api_queue(db: DbDep, store: StoreDep, user: Reviewer, project: int | None = None, limit: int = 20) -> list[dict]:
-    """Unreviewed submissions, oldest first (never the reviewer's own)."""
-    return _queue(db, store, user.id, project, max(1, min(limit, 100)))
+def api_queue(db: DbDep, store: StoreDep, user: Reviewer, project: str | None = None, limit: int = 20) -> list[dict]:
+    """Unreviewed submissions, oldest first (never the reviewer's own); ``project``: a project id, or empty for all."""
+    return _queue(db, store, user.id, _project_id(project), max(1, min(limit, 100)))
 
 
 @router.post("/api/reviews", response_model=ReviewOut, status_code=201)
