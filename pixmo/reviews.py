@@ -187,8 +187,9 @@ def sync_assignment_verdict(session: Session, target_type: str, target_id: int, 
 
     The assignment's verdict is that of its worst current verdict: over the task itself and every item
     of the submission (recordings, point sets, QA pairs), each judged by its newest review, so approving
-    one item does not undo the rejection of another. Whoever writes a ``reviews`` row (the app, the
-    dashboard) calls this in the same transaction, after adding the row.
+    one item does not undo the rejection of another (a verdict on the task itself is written on each
+    item too, so approving the whole task approves them all). Whoever writes a ``reviews`` row (the
+    app, the dashboard) calls this in the same transaction, after adding the row.
     """
     assignment_id = _assignment_of(session, target_type, target_id)
     if assignment_id is None:

@@ -528,7 +528,8 @@ def test_review_actions_write_verdicts(db, review_world):
 
 def test_assignment_verdict_is_its_worst_current_item_verdict(db, review_world):
     """Approving one item of a submission does not undo the rejection of another: the task stays
-    rejected (its slot free) until the rejected item itself is approved."""
+    rejected (its slot free) until the rejected item itself is approved, or the whole task is (a
+    verdict on the task is one on each of its items)."""
     w = review_world
     with db.session() as s:
         ps = PointSet(image_id=w["image"], user_id=w["users"]["ann"], assignment_id=w["assignment"], label="cat",
@@ -540,12 +541,13 @@ def test_assignment_verdict_is_its_worst_current_item_verdict(db, review_world):
     steps = [
         ("recording", w["recording"], "rejected", "rejected"),
         ("point_set", ps_id, "approved", "rejected"),  # was: approved (the last verdict won)
-        ("assignment", w["assignment"], "approved", "rejected"),
+        ("assignment", w["assignment"], "approved", "approved"),  # the whole task: its items too
+        ("recording", w["recording"], "rejected", "rejected"),
         ("recording", w["recording"], "flagged", "flagged"),
         ("recording", w["recording"], "approved", "approved"),
         ("point_set", ps_id, "rejected", "rejected"),
         ("assignment", w["assignment"], "rejected", "rejected"),
-        ("point_set", ps_id, "approved", "rejected"),  # the task itself is still rejected
+        ("point_set", ps_id, "approved", "rejected"),  # the task itself (and its recording) still rejected
         ("assignment", w["assignment"], "approved", "approved"),
     ]
     for target, target_id, verdict, expected in steps:
