@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pixmo.assignments import claim_for_submission, get_assignment, mark_submitted
+from pixmo.assignments import LeaseError, claim_for_submission, get_assignment, mark_submitted
 from pixmo.db.models import Assignment, Caption, Image, Project, QAPair, utcnow
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, PixmoError, ValidationError
@@ -145,8 +145,10 @@ def _open_lease(session: Session, assignment_id: int, user_id: int) -> tuple[Ass
 
 
 def _require_leased(assignment: Assignment) -> None:
-    if assignment.status != "leased":
-        raise ValidationError(f"this task is {assignment.status}; take the next one")
+    """A first look (no lock): a submitted or skipped task takes no more questions. A lapsed lease
+    is settled by `claim_for_submission` when the answer is stored, as a submission's would be."""
+    if assignment.status in ("submitted", "skipped"):
+        raise LeaseError(f"this task was {assignment.status}; take the next one")
 
 
 def ask_question(db: Database, store: BlobStore, model: AskModel, *, assignment_id: int, user_id: int,
@@ -162,7 +164,8 @@ def ask_question(db: Database, store: BlobStore, model: AskModel, *, assignment_
         try:
             with db.session(write_lock=True) as session:
                 assignment = get_assignment(session, assignment_id, user_id, lock=True)
-                _require_leased(assignment)  # it may have been submitted or skipped (another tab) while the model answered
+                # it may have been submitted or skipped (another tab), or its lease taken over, while the model answered
+                claim_for_submission(session, assignment, utcnow())
                 for old in exchange_for(session, assignment):
                     if old.status == "pending":
                         old.status = "rejected"
@@ -198,6 +201,17 @@ def _pending(session: Session, qa_id: int, user_id: int, *, lock: bool = False) 
     return qa
 
 
+def _lock_exchange(session: Session, qa_id: int, user_id: int) -> tuple[Assignment, QAPair]:
+    """The task, then the pending question, locked in that order (as ask_question locks them): the
+    other order deadlocked with a new question asked at the same moment (PostgreSQL)."""
+    assignment_id = session.scalar(
+        select(QAPair.assignment_id).where(QAPair.id == qa_id, QAPair.user_id == user_id, QAPair.source == "ask"))
+    if assignment_id is None:
+        raise NotFoundError(f"no question {qa_id} of yours")
+    assignment = get_assignment(session, assignment_id, user_id, lock=True)
+    return assignment, _pending(session, qa_id, user_id, lock=True)
+
+
 def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int, user_id: int,
                   feedback: str) -> QAPair:
     """The annotator says what is wrong; the model writes a new answer (the old one is kept)."""
@@ -212,9 +226,20 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
     answer = model.revise(question, context.caption, context.ocr_text, previous, feedback)
     now = utcnow().isoformat()
     with db.session(write_lock=True) as session:
-        qa = _pending(session, qa_id, user_id, lock=True)
+        assignment, qa = _lock_exchange(session, qa_id, user_id)
+        claim_for_submission(session, assignment, utcnow())  # still this annotator's task
+        # what the model answered may have changed since (another tab revised it): feedback on an
+        # answer the annotator did not see, or a revision past the limit, is not stored
+        if qa.answer != previous or len(qa.revisions or []) >= MAX_REVISIONS:
+            raise LeaseError("this answer changed while the model wrote a new one (another tab?); look at it again")
+        # each entry keeps the answer it replaces with the model and prompt that wrote that answer
+        written_by = qa.revisions[-1] if qa.revisions else {"model": qa.model, "prompt_version": qa.prompt_version}
         qa.revisions = [*(qa.revisions or []), {"answer": qa.answer, "feedback": feedback, "at": now,
-                                                "model": answer.model_id, "prompt_version": answer.prompt_version}]
+                                                "model": written_by.get("revised_by_model", written_by["model"]),
+                                                "prompt_version": written_by.get("revised_by_prompt",
+                                                                                 written_by["prompt_version"]),
+                                                "revised_by_model": answer.model_id,
+                                                "revised_by_prompt": answer.prompt_version}]
         qa.messages = [*(qa.messages or []), {"role": "user", "content": feedback, "kind": "feedback", "at": now},
                        {"role": "assistant", "content": answer.text, "at": now}]
         qa.answer = answer.text
@@ -226,8 +251,7 @@ def accept_answer(db: Database, *, qa_id: int, user_id: int, active_seconds: flo
                   now: dt.datetime | None = None) -> QAPair:
     """Accept the current answer: the pair becomes an accepted QA row and the task is submitted."""
     with db.session(write_lock=True) as session:
-        qa = _pending(session, qa_id, user_id, lock=True)
-        assignment = get_assignment(session, qa.assignment_id, user_id, lock=True)
+        assignment, qa = _lock_exchange(session, qa_id, user_id)
         now = now or utcnow()  # after the locks: waiting for them may outlast the lease
         claim_for_submission(session, assignment, now)
         qa.status = "accepted"

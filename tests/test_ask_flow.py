@@ -1,0 +1,160 @@
+"""The ask-the-model exchange's state machine under concurrency and lapsed leases, on SQLite and
+PostgreSQL: a stand-in model that can be held mid-answer (the real bundled model is exercised in
+tests/test_app_ask.py); no OCR."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+import pixmo.ask as ask
+from annotation_app.main import create_app
+from pixmo.assignments import expire_leases
+from pixmo.config import Settings
+from pixmo.db.models import Assignment, QAPair, utcnow
+from tests.app_helpers import add_users, make_project, tokens_for
+
+
+class HeldModel:
+    """Answers at once, or waits for ``gate`` when it is set (a slow model call)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def _go(self) -> None:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.n += 1
+
+    def answer(self, question, caption, ocr):  # noqa: ANN001, ANN201
+        self._go()
+        return ask.Answer(f"answer {self.n}", "held-model", "ask-v1")
+
+    def revise(self, question, caption, ocr, previous, feedback):  # noqa: ANN001, ANN201
+        self._go()
+        return ask.Answer(f"revised {self.n}", "held-model", "revise-v1")
+
+
+@pytest.fixture
+def flow(db, store, tmp_path, monkeypatch):
+    monkeypatch.setattr(ask, "_ocr_cached", lambda sha, key, store: "")
+    model = HeldModel()
+    ids = add_users(db, [("ann", "annotator"), ("ann2", "annotator")], password=None)
+    tokens = tokens_for(db, ["ann", "ann2"])
+    app = create_app(Settings(env="test", data_dir=tmp_path / "data"), db=db, store=store, ask_model=model)
+    c = {n: TestClient(app, headers={"Authorization": f"Bearer {t}"}) for n, t in tokens.items()}
+    project, _ = make_project(db, store, "ama", "ask", n_images=1, overlap=1)
+    task = c["ann"].post(f"/api/projects/{project}/next").json()["assignment"]
+    qa = c["ann"].post(f"/api/assignments/{task['id']}/ask", json={"question": "What is it?"}).json()
+    return {"db": db, "store": store, "model": model, "ids": ids, "c": c, "task": task, "qa": qa, "project": project}
+
+
+def test_parallel_revisions_stay_within_the_limit_and_pair_feedback_with_its_answer(flow):
+    c, qa, model = flow["c"], flow["qa"], flow["model"]
+    for i in range(ask.MAX_REVISIONS - 1):
+        assert c["ann"].post(f"/api/qa/{qa['id']}/revise", json={"feedback": f"no {i}"}).status_code == 200
+    model.gate = threading.Event()  # three tabs send feedback on the same answer at once
+    codes = []
+    threads = [threading.Thread(target=lambda i=i: codes.append(
+        c["ann"].post(f"/api/qa/{qa['id']}/revise", json={"feedback": f"tab {i}"}).status_code)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    model.gate.set()
+    for t in threads:
+        t.join(30)
+    assert sorted(codes) == [200, 409, 409]
+    with flow["db"].session() as s:
+        row = s.get(QAPair, qa["id"])
+    assert len(row.revisions) == ask.MAX_REVISIONS
+    # each entry: the answer replaced, the feedback given on it, and who wrote that answer
+    answers = [r["answer"] for r in row.revisions]
+    assert answers[0] == "answer 1" and all(a.startswith("revised") for a in answers[1:])
+    assert [r["prompt_version"] for r in row.revisions] == ["ask-v1"] + ["revise-v1"] * (ask.MAX_REVISIONS - 1)
+
+
+def test_a_revision_that_ends_after_a_skip_is_not_stored(flow):
+    c, qa, model, task = flow["c"], flow["qa"], flow["model"], flow["task"]
+    model.gate, out = threading.Event(), {}
+    t = threading.Thread(target=lambda: out.update(r=c["ann"].post(f"/api/qa/{qa['id']}/revise", json={"feedback": "x"})))
+    model.entered.clear()
+    t.start()
+    model.entered.wait(10)
+    assert c["ann"].post(f"/api/assignments/{task['id']}/skip", json={"reason": "unclear"}).status_code == 200
+    model.gate.set()
+    t.join(30)
+    assert out["r"].status_code == 409 and "skipped" in out["r"].json()["detail"]
+    with flow["db"].session() as s:
+        assert s.get(QAPair, qa["id"]).revisions == []
+
+
+def test_a_lapsed_lease_works_for_asking_as_for_accepting(flow):
+    """Ask, revise and accept follow one rule: a lapsed lease still counts while nobody took the
+    image over; once someone has, all three answer 409."""
+    db, c, qa, task = flow["db"], flow["c"], flow["qa"], flow["task"]
+
+    def lapse() -> None:
+        with db.session() as s:
+            s.execute(update(Assignment).where(Assignment.id == task["id"])
+                      .values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+        expire_leases(db)
+
+    lapse()
+    r = c["ann"].post(f"/api/qa/{qa['id']}/revise", json={"feedback": "shorter"})
+    assert r.status_code == 200, r.text
+    lapse()
+    r = c["ann"].post(f"/api/assignments/{task['id']}/ask", json={"question": "And now?"})
+    assert r.status_code == 201, r.text
+    second = r.json()
+    lapse()
+    assert c["ann2"].post(f"/api/projects/{flow['project']}/next").json()["assignment"] is not None  # taken over
+    for path, body in ((f"/api/qa/{second['id']}/revise", {"feedback": "x"}),
+                       (f"/api/assignments/{task['id']}/ask", {"question": "Still?"}),
+                       (f"/api/qa/{second['id']}/accept", {})):
+        r = c["ann"].post(path, json=body)
+        assert r.status_code == 409 and "someone else" in r.json()["detail"], (path, r.status_code, r.text)
+
+
+def test_asking_again_while_accepting_does_not_deadlock(flow, monkeypatch):
+    db, qa, task, ids, model = flow["db"], flow["qa"], flow["task"], flow["ids"], flow["model"]
+    real = ask.get_assignment
+    slow = threading.local()
+
+    def held(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if getattr(slow, "on", False):
+            time.sleep(0.5)  # the accept holds its first lock a while
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ask, "get_assignment", held)
+    out = {}
+
+    def accept() -> None:
+        slow.on = True
+        try:
+            out["accept"] = ask.accept_answer(db, qa_id=qa["id"], user_id=ids["ann"]).status
+        except Exception as exc:  # noqa: BLE001
+            out["accept"] = type(exc).__name__
+
+    def again() -> None:
+        time.sleep(0.2)
+        try:
+            out["ask"] = ask.ask_question(db, flow["store"], model, assignment_id=task["id"], user_id=ids["ann"],
+                                          question="Another?").status
+        except Exception as exc:  # noqa: BLE001
+            out["ask"] = type(exc).__name__
+
+    threads = [threading.Thread(target=accept), threading.Thread(target=again)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # one of them wins; the other is refused cleanly (never a deadlock's 500)
+    assert sorted(out.values()) in (["LeaseError", "accepted"], ["ValidationError", "pending"]), out
