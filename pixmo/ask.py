@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pixmo.assignments import LeaseError, claim_for_submission, get_assignment, mark_submitted
-from pixmo.db.models import Assignment, Caption, Image, Project, QAPair, utcnow
+from pixmo.db.models import Assignment, Image, Project, QAPair, utcnow
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, PixmoError, ValidationError
 from pixmo.storage import BlobStore
@@ -91,12 +91,14 @@ class ImageContext:
     ocr_text: str
 
 
-def best_caption(session: Session, image_id: int) -> Caption | None:
-    """The caption to answer from: a merged one before a cleaned one, newest first."""
-    return session.scalars(
-        select(Caption).where(Caption.image_id == image_id, Caption.status == "ok", Caption.text != "")
-        .order_by((Caption.kind == "merged").desc(), Caption.id.desc()).limit(1)
-    ).first()
+def best_caption(session: Session, image_id: int) -> tuple[str, int | None]:
+    """The text to answer from, and its caption row's id: the caption the export would write for the
+    image (`pixmo.export.records.best_caption`: never one a reviewer rejected or flagged, or one
+    written from rejected speech; merged before cleaned, a curator's before a model's), else the
+    longest usable transcript (id None), else ``""``."""
+    from pixmo.export.records import best_caption_of
+
+    return best_caption_of(session, image_id)
 
 
 @lru_cache(maxsize=512)
@@ -111,12 +113,12 @@ def image_context(session: Session, store: BlobStore, image_id: int) -> ImageCon
     image = session.get(Image, image_id)
     if image is None:
         raise NotFoundError(f"no image {image_id}")
-    caption = best_caption(session, image_id)
+    text, caption_id = best_caption(session, image_id)
     try:
         ocr = _ocr_cached(image.sha256, image.storage_key, store)
     except ValidationError:
         ocr = ""
-    return ImageContext(caption.id if caption else None, caption.text if caption else "", ocr)
+    return ImageContext(caption_id, text, ocr)
 
 
 def exchange_for(session: Session, assignment: Assignment) -> list[QAPair]:

@@ -25,6 +25,7 @@ class HeldModel:
 
     def __init__(self) -> None:
         self.n = 0
+        self.captions: list[str] = []  # the caption each question was answered from
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
 
@@ -35,6 +36,7 @@ class HeldModel:
         self.n += 1
 
     def answer(self, question, caption, ocr):  # noqa: ANN001, ANN201
+        self.captions.append(caption)
         self._go()
         return ask.Answer(f"answer {self.n}", "held-model", "ask-v1")
 
@@ -158,3 +160,22 @@ def test_asking_again_while_accepting_does_not_deadlock(flow, monkeypatch):
         t.join(30)
     # one of them wins; the other is refused cleanly (never a deadlock's 500)
     assert sorted(out.values()) in (["LeaseError", "accepted"], ["ValidationError", "pending"]), out
+
+
+def test_the_model_answers_from_the_caption_the_export_would_use(flow):
+    from pixmo.db.models import Caption, Review
+
+    db, c, task = flow["db"], flow["c"], flow["task"]
+    with db.session() as s:
+        image_id = s.get(Assignment, task["id"]).image_id
+        human = Caption(image_id=image_id, kind="cleaned", text="A red bicycle against a wall.", model="curator",
+                        prompt_version="edit", produced_by="human", source_transcript_ids=[], source_key="h")
+        wrong = Caption(image_id=image_id, kind="merged", text="Two dogs on a beach.", model="m",
+                        prompt_version="merge-v1", produced_by="llm", source_transcript_ids=[], source_key="m")
+        s.add_all([human, wrong])
+        s.flush()
+        s.add(Review(target_type="caption", target_id=wrong.id, image_id=image_id, verdict="rejected",
+                     reason="hallucinated"))
+    r = c["ann"].post(f"/api/assignments/{task['id']}/ask", json={"question": "What colour is it?"})
+    assert r.status_code == 201, r.text
+    assert flow["model"].captions[-1] == "A red bicycle against a wall."  # not the newer, rejected merge

@@ -316,6 +316,15 @@ def best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str] | None = 
     return _best_caption(rows, verdicts, _usable_transcripts(rows, verdicts))[0]
 
 
+def best_caption_of(session: Session, image_id: int) -> tuple[str, int | None]:
+    """`best_caption` of one image read from the database now: (text, caption id or None)."""
+    rows = load_rows(session, [image_id]).get(image_id)
+    if rows is None:
+        return "", None
+    verdicts = latest_verdicts(rows.reviews)
+    return _best_caption(rows, verdicts, _usable_transcripts(rows, verdicts))
+
+
 def _best_caption(
     rows: ImageRows, verdicts: dict[tuple[str, int], str], good_transcripts: list[dict[str, Any]]
 ) -> tuple[str, int | None]:
