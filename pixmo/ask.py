@@ -203,14 +203,19 @@ def _pending(session: Session, qa_id: int, user_id: int, *, lock: bool = False) 
     return qa
 
 
-def _lock_exchange(session: Session, qa_id: int, user_id: int) -> tuple[Assignment, QAPair]:
+def _lock_exchange(session: Session, qa_id: int, user_id: int, *, accepted_ok: bool = False) -> tuple[Assignment, QAPair]:
     """The task, then the pending question, locked in that order (as ask_question locks them): the
-    other order deadlocked with a new question asked at the same moment (PostgreSQL)."""
+    other order deadlocked with a new question asked at the same moment (PostgreSQL). With
+    ``accepted_ok``, a question already accepted is returned too (an accept sent again)."""
     assignment_id = session.scalar(
         select(QAPair.assignment_id).where(QAPair.id == qa_id, QAPair.user_id == user_id, QAPair.source == "ask"))
     if assignment_id is None:
         raise NotFoundError(f"no question {qa_id} of yours")
     assignment = get_assignment(session, assignment_id, user_id, lock=True)
+    if accepted_ok:
+        qa = session.scalars(select(QAPair).where(QAPair.id == qa_id).with_for_update()).one()
+        if qa.status == "accepted":
+            return assignment, qa
     return assignment, _pending(session, qa_id, user_id, lock=True)
 
 
@@ -251,9 +256,14 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
 
 def accept_answer(db: Database, *, qa_id: int, user_id: int, active_seconds: float | None = None,
                   now: dt.datetime | None = None) -> QAPair:
-    """Accept the current answer: the pair becomes an accepted QA row and the task is submitted."""
+    """Accept the current answer: the pair becomes an accepted QA row and the task is submitted.
+
+    Sent again (a retry after a lost response), it returns the accepted row as it is.
+    """
     with db.session(write_lock=True) as session:
-        assignment, qa = _lock_exchange(session, qa_id, user_id)
+        assignment, qa = _lock_exchange(session, qa_id, user_id, accepted_ok=True)
+        if qa.status == "accepted":
+            return qa
         now = now or utcnow()  # after the locks: waiting for them may outlast the lease
         claim_for_submission(session, assignment, now)
         qa.status = "accepted"

@@ -179,3 +179,11 @@ def test_the_model_answers_from_the_caption_the_export_would_use(flow):
     r = c["ann"].post(f"/api/assignments/{task['id']}/ask", json={"question": "What colour is it?"})
     assert r.status_code == 201, r.text
     assert flow["model"].captions[-1] == "A red bicycle against a wall."  # not the newer, rejected merge
+
+
+def test_an_accept_sent_again_returns_the_accepted_answer(flow):
+    c, qa = flow["c"], flow["qa"]
+    first = c["ann"].post(f"/api/qa/{qa['id']}/accept", json={})
+    again = c["ann"].post(f"/api/qa/{qa['id']}/accept", json={})  # the first response was lost
+    assert first.status_code == again.status_code == 200 and again.json() == first.json()
+    assert c["ann2"].post(f"/api/qa/{qa['id']}/accept", json={}).status_code == 404  # not another user's
