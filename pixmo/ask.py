@@ -108,14 +108,20 @@ def _ocr_cached(sha256: str, key: str, store: BlobStore) -> str:
     return ocr_text(store.get_bytes(key))
 
 
-def image_context(session: Session, store: BlobStore, image_id: int) -> ImageContext:
-    """The best caption and the OCR text (computed once per image and process) of an image."""
-    image = session.get(Image, image_id)
-    if image is None:
-        raise NotFoundError(f"no image {image_id}")
-    text, caption_id = best_caption(session, image_id)
+def image_context(db: Database, store: BlobStore, image_id: int) -> ImageContext:
+    """The best caption and the OCR text (computed once per image and process) of an image.
+
+    The OCR runs after the database session has ended: a first OCR of a large image takes seconds,
+    and many questions at once would otherwise hold as many pool connections idle in a transaction.
+    """
+    with db.session() as session:
+        image = session.get(Image, image_id)
+        if image is None:
+            raise NotFoundError(f"no image {image_id}")
+        text, caption_id = best_caption(session, image_id)
+        sha256, key = image.sha256, image.storage_key
     try:
-        ocr = _ocr_cached(image.sha256, image.storage_key, store)
+        ocr = _ocr_cached(sha256, key, store)
     except ValidationError:
         ocr = ""
     return ImageContext(caption_id, text, ocr)
@@ -159,7 +165,8 @@ def ask_question(db: Database, store: BlobStore, model: AskModel, *, assignment_
     question = _clean(question, "question")
     with db.session() as session:
         assignment, _ = _open_lease(session, assignment_id, user_id)
-        context = image_context(session, store, assignment.image_id)
+        image_id = assignment.image_id
+    context = image_context(db, store, image_id)
     answer = model.answer(question, context.caption, context.ocr_text)  # slow: outside any transaction
     now = utcnow().isoformat()
     for _ in range(5):
@@ -216,6 +223,7 @@ def _lock_exchange(session: Session, qa_id: int, user_id: int, *, accepted_ok: b
         qa = session.scalars(select(QAPair).where(QAPair.id == qa_id).with_for_update()).one()
         if qa.status == "accepted":
             return assignment, qa
+    _require_leased(assignment)  # a skipped task's questions were set aside: say why, not "rejected"
     return assignment, _pending(session, qa_id, user_id, lock=True)
 
 
@@ -228,8 +236,8 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
         _open_lease(session, qa.assignment_id, user_id)
         if len(qa.revisions or []) >= MAX_REVISIONS:
             raise ValidationError(f"{MAX_REVISIONS} revisions already; accept the answer or ask a new question")
-        context = image_context(session, store, qa.image_id)
-        question, previous = qa.question, qa.answer
+        question, previous, image_id = qa.question, qa.answer, qa.image_id
+    context = image_context(db, store, image_id)
     answer = model.revise(question, context.caption, context.ocr_text, previous, feedback)
     now = utcnow().isoformat()
     with db.session(write_lock=True) as session:

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from pixmo.db.models import Assignment, Project, ProjectImage, User, as_utc, utcnow
+from pixmo.db.models import Assignment, Project, ProjectImage, QAPair, User, as_utc, utcnow
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, PixmoError, ValidationError
 from pixmo.projects import project_config
@@ -289,6 +289,10 @@ def skip_assignment(db: Database, assignment_id: int, user_id: int, reason: str 
         assignment.status = "skipped"
         assignment.skip_reason = (reason or "").replace("\0", "").strip()[:500] or None
         assignment.submitted_at = now
+        # questions left unanswered in a skipped ask task are set aside, as a new question sets the
+        # earlier ones aside: none stays pending for good
+        session.execute(update(QAPair).where(QAPair.assignment_id == assignment.id, QAPair.status == "pending")
+                        .values(status="rejected"))
         return assignment
 
 

@@ -203,19 +203,18 @@ def test_a_question_answered_after_the_task_was_skipped_is_not_stored(db, store,
     pending question attached to it."""
     import pixmo.ask as ask
     from pixmo.db.models import QAPair
-    from pixmo.errors import ValidationError
 
     project_id, _ = make_project(db, store, "ama", "ask", n_images=1)
     users = add_users(db, [("a", "annotator")], password=None)
     lease = next_assignment(db, project_id, users["a"])
-    monkeypatch.setattr(ask, "image_context", lambda session, store, image_id: ask.ImageContext(None, "a cat", ""))
+    monkeypatch.setattr(ask, "image_context", lambda db, store, image_id: ask.ImageContext(None, "a cat", ""))
 
     class SlowModel:
         def answer(self, question, caption, ocr_text):
             skip_assignment(db, lease.assignment.id, users["a"], "changed my mind")  # meanwhile, elsewhere
             return ask.Answer("A cat.", "m", "ask-v1")
 
-    with pytest.raises(ValidationError, match="this task is skipped"):
+    with pytest.raises(LeaseError, match="this task was skipped"):
         ask.ask_question(db, store, SlowModel(), assignment_id=lease.assignment.id, user_id=users["a"],
                          question="What animal is it?")
     with db.session() as s:

@@ -187,3 +187,12 @@ def test_an_accept_sent_again_returns_the_accepted_answer(flow):
     again = c["ann"].post(f"/api/qa/{qa['id']}/accept", json={})  # the first response was lost
     assert first.status_code == again.status_code == 200 and again.json() == first.json()
     assert c["ann2"].post(f"/api/qa/{qa['id']}/accept", json={}).status_code == 404  # not another user's
+
+
+def test_a_skipped_task_leaves_no_question_pending(flow):
+    c, qa, task = flow["c"], flow["qa"], flow["task"]
+    assert c["ann"].post(f"/api/assignments/{task['id']}/skip", json={"reason": "blurry"}).status_code == 200
+    with flow["db"].session() as s:
+        assert s.get(QAPair, qa["id"]).status == "rejected"  # set aside, as a newer question would set it
+    r = c["ann"].post(f"/api/qa/{qa['id']}/accept", json={})
+    assert r.status_code == 409 and "skipped" in r.json()["detail"]
