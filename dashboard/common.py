@@ -15,6 +15,7 @@ from pixmo.storage import BlobStore, open_store
 
 USER_KEY = "pixmo_user_id"
 LOGIN_KEY = "pixmo_login"  # the login's session token or token hash (curation.Reviewer.login)
+ENDED_KEY = "pixmo_login_ended"  # why the last login ended, for the login page
 BROWSE_IMAGE_KEY = "browse_image_id"
 CACHE_TTL_S = 60  # aggregates over a million rows are worth caching for a minute
 
@@ -44,9 +45,10 @@ def current_reviewer() -> curation.Reviewer | None:
     try:
         with database().session() as session:
             return curation.reviewer_for_login(session, user_id, st.session_state.get(LOGIN_KEY))
-    except curation.NotAllowedError:
+    except curation.NotAllowedError as exc:
         st.session_state.pop(USER_KEY, None)
         st.session_state.pop(LOGIN_KEY, None)
+        st.session_state[ENDED_KEY] = str(exc)  # the login page says why (a form in hand is lost)
         return None
 
 

@@ -8,6 +8,7 @@ transaction per batch). A failed sample is data (a status and a reason); a faile
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -149,12 +150,12 @@ class Stage(Generic[Item, Result]):
         """The run itself, under the stage's lock: the job row, the batches, the stats."""
         # process batches ahead of the writer so I/O, decoding and DB writes overlap
         feeder = ThreadPoolExecutor(max_workers=1)
+        pending: list[Future] = []
         try:
             with job_run(self.db, self.kind, _jsonable(self.params)) as job, \
                     Progress(self.kind, self.total(), progress) as bar:
                 self.job_id = job.id
                 try:
-                    pending: list[Future] = []
                     for batch in batched(self.items(), self.batch_size):
                         pending.append(feeder.submit(self.process_batch, batch))
                         if len(pending) >= pipeline_depth:
@@ -172,6 +173,9 @@ class Stage(Generic[Item, Result]):
         finally:
             # a batch already running finishes (unwritten) before the stage's lock is let go:
             # another run taking the lock meanwhile would process its items again
+            if any(f.running() for f in pending):
+                print(f"{self.kind}: stopping; the batch under way finishes first (its results are not written)",
+                      file=sys.stderr, flush=True)
             feeder.shutdown(wait=True)
         return self.stats.as_dict()
 

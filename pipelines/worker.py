@@ -16,10 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
+
 from pipelines.base import Stage, StageBusy
 from pipelines.rewrite import STAGES as REWRITE_STAGES
 from pipelines.rewrite import RewriteParams, build_backend
 from pipelines.transcribe import RecordingTranscriber, TranscribeParams, TranscribeStage
+from pixmo.db.models import Project
 from pixmo.db.session import Database
 from pixmo.errors import PixmoError, ValidationError
 from pixmo.llm.backend import LLMBackend
@@ -66,6 +69,11 @@ class Worker:
         self.api_key = api_key
         self._llm, self._own_llm = llm, llm is None
         self._transcriber: RecordingTranscriber | None = None
+        self._tracebacks_shown: set[tuple[str, str, str]] = set()
+        if self.options.project:  # a misspelt project would fail every step of every round
+            with db.session() as session:
+                if session.scalar(select(Project.id).where(Project.name == self.options.project)) is None:
+                    raise ValidationError(f"no project named {self.options.project!r}")
 
     def _stage(self, step: str) -> Stage:
         o = self.options
@@ -93,7 +101,10 @@ class Worker:
         except PixmoError as exc:
             return StepRun(step, "failed", error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker outlives what one step runs into
-            log.exception("pixmo worker: step %s failed", step)
+            seen = (step, type(exc).__name__, str(exc))
+            if seen not in self._tracebacks_shown:  # once per kind of failure: a database down for an
+                self._tracebacks_shown.add(seen)    # hour must not fill the log with the same traceback
+                log.exception("pixmo worker: step %s failed", step)
             self._drop_models()  # a model in a bad state (a CUDA error, say) is loaded afresh next time
             return StepRun(step, "failed", error=f"{type(exc).__name__}: {exc}")
         return StepRun(step, "done", {**stats, "job_id": stage.job_id})

@@ -111,10 +111,12 @@ def test_worker_once(initialised):
     assert idle.exit_code == 0 and "transcribe, clean, merge once" in idle.output
     bad = invoke("worker", "--once", "--steps", "transcribe,translate")
     assert bad.exit_code == 2 and "unknown step(s) translate" in bad.output
-    failed = invoke("worker", "--once", "--steps", "clean", "--project", "nope", "--json")
+    misspelt = invoke("worker", "--once", "--project", "nope")  # refused at once, not every round
+    assert misspelt.exit_code == 2 and "no project named 'nope'" in misspelt.output
+    failed = invoke("worker", "--once", "--steps", "transcribe", "--asr-backend", "nope", "--json")
     assert failed.exit_code == 1
     line = json.loads(failed.output)
-    assert line["step"] == "clean" and line["status"] == "failed" and "no project named 'nope'" in line["error"]
+    assert line["step"] == "transcribe" and line["status"] == "failed" and "unknown ASR backend 'nope'" in line["error"]
     with get_database(get_settings().resolved_database_url).session() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0  # idle and refused steps leave no job
 

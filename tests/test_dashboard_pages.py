@@ -110,6 +110,7 @@ def test_login_is_required_and_annotators_are_refused(app_db):
     forged.session_state["pixmo_login"] = "session:ended-long-ago"
     forged.run()
     assert [t.value for t in forged.title] == ["PixMo curation dashboard"]
+    assert forged.warning and "login has ended" in forged.warning[0].value  # says why
 
 
 def app_login_error(at: AppTest, user: str) -> str:

@@ -128,7 +128,7 @@ def test_the_same_snapshot_recorded_at_once_by_several_exports_is_one_row(db):
         assert row.output_url in {f"/out{i}" for i in range(4)} and row.counts == {"samples": int(row.output_url[4:])}
 
 
-def test_a_failing_stage_marks_its_job_at_once_and_keeps_its_lock_until_its_batches_end(db):
+def test_a_failing_stage_marks_its_job_at_once_and_keeps_its_lock_until_its_batches_end(db, capsys):
     """A stop (SIGTERM) or failure mid-run marks the job at once, not after the batch processed
     ahead (a container's stop grace period may end first); the stage's lock is let go only when
     that batch has ended, or another run could take the same items meanwhile."""
@@ -172,6 +172,7 @@ def test_a_failing_stage_marks_its_job_at_once_and_keeps_its_lock_until_its_batc
         Toy(db).run(progress=False)
     assert seen == {"job failed while batch 2 ran": True, "lock free while batch 2 ran": False}
     assert status() == "failed"
+    assert "toy: stopping; the batch under way finishes first" in capsys.readouterr().err  # not a silent wait
 
 
 def test_a_job_whose_finish_failed_is_reaped_by_the_next_one(db):

@@ -86,7 +86,7 @@ def test_a_step_another_run_holds_is_skipped_and_a_manual_run_is_refused(db, sto
     assert _jobs(db) == []  # refused before anything was recorded
 
 
-def test_any_error_fails_only_its_step(db, store, monkeypatch):
+def test_any_error_fails_only_its_step_with_one_traceback_per_kind(db, store, monkeypatch, caplog):
     worker = Worker(db, store, WorkerOptions(steps=("transcribe", "clean")))
     real = worker._stage
 
@@ -101,6 +101,8 @@ def test_any_error_fails_only_its_step(db, store, monkeypatch):
     assert [(r.step, r.status) for r in runs] == [("transcribe", "failed"), ("clean", "idle")]
     assert runs[0].error == "ConnectionError: the database went away"
     assert worker._transcriber is None  # an unexpected error may have left it unusable: loaded afresh next time
+    worker.round()  # the database is still gone: reported again, its traceback not logged again
+    assert sum(1 for r in caplog.records if r.exc_info) == 1
 
 
 def test_the_step_lock_holds_across_processes_and_dies_with_its_holder(sqlite_db):
@@ -138,10 +140,13 @@ def test_the_step_lock_holds_across_processes_and_dies_with_its_holder(sqlite_db
 
 
 def test_a_failing_step_is_reported_and_the_round_goes_on(db, store):
-    worker = Worker(db, store, WorkerOptions(steps=("transcribe", "clean"), project="no-such-project"))
+    with pytest.raises(ValidationError, match="no project named 'no-such-project'"):  # at once, not every round
+        Worker(db, store, WorkerOptions(project="no-such-project"))
+    worker = Worker(db, store, WorkerOptions(steps=("transcribe", "clean"), transcribe={"backend": "nope"},
+                                             rewrite={"prompt_version": "v999"}))
     runs = worker.round()
     assert [(r.step, r.status) for r in runs] == [("transcribe", "failed"), ("clean", "failed")]
-    assert all("no project named 'no-such-project'" in r.error for r in runs)
+    assert "unknown ASR backend 'nope'" in runs[0].error and "v999" in runs[1].error
 
 
 def test_unknown_steps_are_refused():

@@ -2,11 +2,13 @@
 
 import streamlit as st
 
-from dashboard.common import client_ip, database, remember
+from dashboard.common import ENDED_KEY, client_ip, database, remember
 from pixmo import curation
 
 st.title("PixMo curation dashboard")
 st.write("Log in as a **reviewer** or **admin**. Annotators use the annotation app instead.")
+if ended := st.session_state.pop(ENDED_KEY, None):
+    st.warning(f"You were logged out: {ended}")
 
 by_password, by_token = st.tabs(["Password", "API token"])
 with by_password, st.form("login_password"):
