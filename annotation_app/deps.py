@@ -29,6 +29,11 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 ROLE_RANK = {"annotator": 1, "reviewer": 2, "admin": 3}
 
 
+def is_reviewer(user: User) -> bool:
+    """Reviewers and admins: they may see what annotators are not told (which tasks are checks, image ids)."""
+    return ROLE_RANK.get(user.role, 0) >= ROLE_RANK["reviewer"]
+
+
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 

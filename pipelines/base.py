@@ -24,6 +24,7 @@ from pixmo.errors import PixmoError, ValidationError
 from pixmo.jobs import job_run
 from pixmo.progress import Progress
 
+
 class StageBusy(PixmoError):
     """Another run of the same stage holds it on this database."""
 

@@ -327,7 +327,6 @@ class _CaptionStage(RewriteStage):
             q = q.where(Transcript.asr_model == self.params.asr_model)
         return q
 
-
     def failed_rows(self):  # noqa: ANN201
         q = select(Caption.id).where(Caption.kind == self.caption_kind, Caption.model == self.model_id,
                                      Caption.prompt_version == self.prompt.version, Caption.status == "failed")

@@ -227,6 +227,15 @@ def _lock_exchange(session: Session, qa_id: int, user_id: int, *, accepted_ok: b
     return assignment, _pending(session, qa_id, user_id, lock=True)
 
 
+def _current_writer(qa: QAPair) -> tuple[str, str]:
+    """The model and prompt version that wrote the exchange's current answer."""
+    if not qa.revisions:
+        return qa.model, qa.prompt_version
+    last = qa.revisions[-1]
+    # entries written before ``revised_by_*`` existed named the writer of the answer that followed them
+    return last.get("revised_by_model", last["model"]), last.get("revised_by_prompt", last["prompt_version"])
+
+
 def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int, user_id: int,
                   feedback: str) -> QAPair:
     """The annotator says what is wrong; the model writes a new answer (the old one is kept)."""
@@ -248,11 +257,9 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
         if qa.answer != previous or len(qa.revisions or []) >= MAX_REVISIONS:
             raise LeaseError("this answer changed while the model wrote a new one (another tab?); look at it again")
         # each entry keeps the answer it replaces with the model and prompt that wrote that answer
-        written_by = qa.revisions[-1] if qa.revisions else {"model": qa.model, "prompt_version": qa.prompt_version}
+        model_id, prompt_version = _current_writer(qa)
         qa.revisions = [*(qa.revisions or []), {"answer": qa.answer, "feedback": feedback, "at": now,
-                                                "model": written_by.get("revised_by_model", written_by["model"]),
-                                                "prompt_version": written_by.get("revised_by_prompt",
-                                                                                 written_by["prompt_version"]),
+                                                "model": model_id, "prompt_version": prompt_version,
                                                 "revised_by_model": answer.model_id,
                                                 "revised_by_prompt": answer.prompt_version}]
         qa.messages = [*(qa.messages or []), {"role": "user", "content": feedback, "kind": "feedback", "at": now},

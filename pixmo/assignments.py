@@ -123,7 +123,7 @@ def _want_gold(session: Session, project_id: int, user_id: int, fraction: float,
     # the next task is gold when this block has had fewer than are due by then: a gold item that
     # could not be served (every one done) is caught up within its block, never carried further,
     # so new gold items after a long dry spell do not come in a telltale run
-    due = gold_due(fraction, total + 1, key) - gold_due(fraction, start, key)
+    due = gold_due(fraction, total + 1, key) - _due(fraction, start)  # a whole block holds exactly its share
     return due > sum(1 for g in in_block if g)
 
 

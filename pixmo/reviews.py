@@ -195,10 +195,9 @@ def sync_assignment_verdict(session: Session, target_type: str, target_id: int, 
     if assignment_id is None:
         return
     session.flush()  # the new review counts
-    items = {"assignment": [assignment_id]} | {
-        name: list(session.scalars(select(model.id).where(model.assignment_id == assignment_id)))
-        for name, model in TARGETS.items()
-    }
+    items: dict[str, list[int]] = {"assignment": [assignment_id]}
+    for item_type, item_id in _items_of(session, assignment_id):
+        items.setdefault(item_type, []).append(item_id)
     current = set(newest_verdicts(session, items).values()) or {verdict}
     combined = next((v for v in _ASSIGNMENT_VERDICT_ORDER if v in current), verdict)
     session.execute(update(Assignment).where(Assignment.id == assignment_id).values(review_verdict=combined))

@@ -76,7 +76,7 @@ def deactivate_user(session: Session, username: str) -> Deactivated:
     _keep_an_admin(session, user, "deactivated")
     user.is_active = False
     sessions = end_sessions(session, user)
-    tokens = session.execute(delete(ApiToken).where(ApiToken.user_id == user.id)).rowcount
+    tokens = revoke_tokens(session, username)
     leases = session.execute(
         update(Assignment)
         .where(Assignment.user_id == user.id, Assignment.status == "leased", Assignment.expires_at > utcnow())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
-from annotation_app.deps import AnyUser, DbDep, SettingsDep, StoreDep
+from annotation_app.deps import AnyUser, DbDep, SettingsDep, StoreDep, is_reviewer
 from annotation_app.schemas import AssignmentOut, HeartbeatIn, NextOut, SkipIn
 from annotation_app.templating import blob_url, render
 from pixmo.assignments import get_assignment, heartbeat, next_assignment, skip_assignment
@@ -27,9 +27,9 @@ def _out(session, store, assignment: Assignment, user: User, resumed: bool = Fal
     image = session.get(Image, assignment.image_id)
     label = task_label(session, assignment) if project.kind in ("points", "point_explain") else None
     return AssignmentOut(
-        id=assignment.id, project_id=project.id, project_kind=project.kind, image_id=image.id if user.role != "annotator" else None,
+        id=assignment.id, project_id=project.id, project_kind=project.kind, image_id=image.id if is_reviewer(user) else None,
         image_url=blob_url(store, image.storage_key), width=image.width, height=image.height,
-        status=assignment.status, is_gold=assignment.is_gold if user.role != "annotator" else None, expires_at=assignment.expires_at,
+        status=assignment.status, is_gold=assignment.is_gold if is_reviewer(user) else None, expires_at=assignment.expires_at,
         resumed=resumed, label=label, task_url=f"/tasks/{assignment.id}",
     )
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import func, select
 
-from annotation_app.deps import Admin, AnyUser, DbDep, Reviewer
+from annotation_app.deps import Admin, AnyUser, DbDep, Reviewer, is_reviewer
 from annotation_app.schemas import AttachIn, AttachOut, ProjectIn, ProjectOut
 from annotation_app.templating import render
 from pixmo.assignments import project_progress
@@ -33,7 +33,7 @@ HIDDEN_FROM_ANNOTATORS = ("gold_fraction",)
 
 def _out(project: Project, images: int | None = None, user: User | None = None) -> ProjectOut:
     config = dict(project.config or {})
-    if user is not None and user.role == "annotator":
+    if user is not None and not is_reviewer(user):
         for name in HIDDEN_FROM_ANNOTATORS:
             config.pop(name, None)
     return ProjectOut(id=project.id, name=project.name, kind=project.kind, instructions=project.instructions,

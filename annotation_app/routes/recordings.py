@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
 from fastapi.responses import JSONResponse
 
-from annotation_app.deps import ROLE_RANK, AnyUser, DbDep, SettingsDep, StoreDep
+from annotation_app.deps import AnyUser, DbDep, SettingsDep, StoreDep, is_reviewer
 from annotation_app.schemas import RecordingOut
 from annotation_app.templating import blob_url
 from pixmo.db.models import Recording
@@ -62,8 +62,8 @@ def get_recording(recording_id: int, db: DbDep, store: StoreDep, user: AnyUser) 
     """A recording's metadata and a short-lived audio URL (its author, reviewers and admins)."""
     with db.session() as session:
         rec = session.get(Recording, recording_id)
-        if rec is None or (rec.user_id != user.id and ROLE_RANK[user.role] < ROLE_RANK["reviewer"]):
+        if rec is None or (rec.user_id != user.id and not is_reviewer(user)):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no recording {recording_id}")
         # the image id stays from annotators, as in their tasks (gold images stand out in the id order)
-        image_id = rec.image_id if ROLE_RANK[user.role] >= ROLE_RANK["reviewer"] else None
+        image_id = rec.image_id if is_reviewer(user) else None
         return {**_out(rec).model_dump(), "audio_url": blob_url(store, rec.storage_key), "image_id": image_id}
