@@ -28,8 +28,10 @@ def worker(
     api_key: Annotated[Optional[str], typer.Option(help="openai: API key (default: $OPENAI_API_KEY); never stored.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per step run.")] = False,
 ) -> None:
-    """Run the pipeline steps over and over: a step with nothing new records no job, and a step
-    another worker is running is left to it (several workers share the steps out)."""
+    """Transcribe and rewrite whatever is new, every minute (or --once).
+
+    A step with nothing new records no job; a step another worker is running is left to it, so
+    several workers share the steps out."""
     from pipelines.worker import StepRun, Worker, WorkerOptions
     from pixmo.cli import _db, _fail, _store, console
     from pixmo.errors import PixmoError
