@@ -146,6 +146,12 @@ class AskIn(BaseModel):
     question: str = Field(min_length=1, max_length=2000)
 
 
+class ExplainIn(BaseModel):
+    question: str = Field(min_length=1, max_length=2000)
+    marks: list[Any] = Field(description='the things the answer points at: [{"label": "chair", "points": [[x, y], ...]}], '
+                                         "normalised [0, 1], cited [1], [2], ... in this order")
+
+
 class ReviseIn(BaseModel):
     feedback: str = Field(min_length=1, max_length=2000)
 
@@ -157,7 +163,9 @@ class AcceptIn(BaseModel):
 class QAOut(BaseModel):
     id: int
     question: str
-    answer: str
+    answer: str = Field(description="the stored answer (a point explanation's has Molmo point text in place of each citation)")
     status: str
     revisions: list[Any]
     model: str | None
+    text: str | None = Field(None, description="a point explanation as the model wrote it, citing marks as [n]")
+    marks: list[Any] | None = Field(None, description="a point explanation's marks, [n] cites the n-th")

@@ -1,13 +1,20 @@
-"""Ask-the-model exchanges (PixMo-AskModelAnything).
+"""Exchanges with the model: ask-the-model (PixMo-AskModelAnything) and point explanations.
 
-An annotator writes a question about an image; a language-only LLM answers from the image's best
-caption and its OCR text; the annotator accepts, or says what is wrong and the model revises. The
-whole exchange (messages and every earlier answer with its feedback) is one ``qa_pairs`` row with
-``source="ask"``: ``pending`` while it runs, ``accepted`` when the annotator accepts it (that is
-the QA row exporters use), ``rejected`` when the annotator abandons the question for another one.
+Ask: an annotator writes a question about an image; a language-only LLM answers from the image's
+best caption and its OCR text; the annotator accepts, or says what is wrong and the model revises.
+Point explanations (PixMo-Point-Explanations): the annotator writes a question and first marks the
+things the answer should point at (a label and points each); the LLM answers citing the marks,
+and the stored answer has Molmo point text in place of each citation; the annotator accepts it,
+or changes the question or the marks and asks again.
 
-The LLM sits behind :class:`AskModel`, a small adapter over ``pixmo.llm`` (its ``ask`` and
-``revise`` tasks with their versioned prompts), so the app and tests can hand in any backend.
+The whole exchange (messages and every earlier answer with its feedback) is one ``qa_pairs`` row
+with ``source`` ``ask`` or ``point_explain``: ``pending`` while it runs, ``accepted`` when the
+annotator accepts it (that is the QA row exporters use), ``rejected`` when the annotator abandons
+the question for another one.
+
+The LLM sits behind :class:`AskModel`, a small adapter over ``pixmo.llm`` (its ``ask``, ``revise``
+and ``point_explain`` tasks with their versioned prompts), so the app and tests can hand in any
+backend.
 """
 
 from __future__ import annotations
@@ -23,14 +30,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pixmo.assignments import LeaseError, claim_for_submission, get_assignment, mark_submitted
-from pixmo.db.models import Assignment, Image, Project, QAPair, utcnow
+from pixmo.db.models import EXCHANGE_SOURCES, Assignment, Image, Project, QAPair, utcnow
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, PixmoError, ValidationError
+from pixmo.formats.points import validate_points
+from pixmo.projects import ProjectConfig, clean_label, project_config
 from pixmo.storage import BlobStore
 
 MAX_REVISIONS = 5
 MAX_TEXT_CHARS = 2000
 ANSWER_MAX_TOKENS = 120
+MAX_MARKS = 9  # cited [1] to [9]: more marks than that is no longer one answer
 
 
 class AskFailed(PixmoError):
@@ -42,6 +52,13 @@ class Answer:
     text: str
     model_id: str
     prompt_version: str
+
+
+@dataclass(frozen=True)
+class Explanation(Answer):
+    """A point explanation: ``text`` cites marks as ``[n]``; ``response`` has Molmo point text there."""
+
+    response: str = ""
 
 
 class AskModel:
@@ -80,6 +97,14 @@ class AskModel:
 
         return self._result(tasks.revise(self.backend, question, caption, ocr_text, previous_answer, feedback,
                                          max_tokens=self.max_tokens))
+
+    def explain(self, question: str, marks: list[dict[str, Any]]) -> Explanation:
+        """Answer ``question`` citing ``marks`` (``[{"label", "points"}]``, normalised points)."""
+        from pixmo.llm import tasks
+
+        result = tasks.point_explain(self.backend, question, marks, max_tokens=self.max_tokens)
+        answer = self._result(result)
+        return Explanation(answer.text, answer.model_id, answer.prompt_version, result.output.response)
 
 
 @dataclass(frozen=True)
@@ -130,7 +155,8 @@ def image_context(db: Database, store: BlobStore, image_id: int) -> ImageContext
 def exchange_for(session: Session, assignment: Assignment) -> list[QAPair]:
     """The questions asked in an assignment so far, oldest first."""
     return list(session.scalars(
-        select(QAPair).where(QAPair.assignment_id == assignment.id, QAPair.source == "ask").order_by(QAPair.id)
+        select(QAPair).where(QAPair.assignment_id == assignment.id, QAPair.source.in_(EXCHANGE_SOURCES))
+        .order_by(QAPair.id)
     ))
 
 
@@ -143,11 +169,11 @@ def _clean(text: str, what: str) -> str:
     return text
 
 
-def _open_lease(session: Session, assignment_id: int, user_id: int) -> tuple[Assignment, Project]:
+def _open_lease(session: Session, assignment_id: int, user_id: int, kind: str = "ask") -> tuple[Assignment, Project]:
     assignment = get_assignment(session, assignment_id, user_id)
     project = session.get(Project, assignment.project_id)
-    if project.kind != "ask":
-        raise ValidationError(f"this is a {project.kind} task, not an ask task")
+    if project.kind != kind:
+        raise ValidationError(f"this is a {project.kind} task, not {'an' if kind[0] in 'aeiou' else 'a'} {kind} task")
     _require_leased(assignment)
     return assignment, project
 
@@ -169,6 +195,80 @@ def ask_question(db: Database, store: BlobStore, model: AskModel, *, assignment_
     context = image_context(db, store, image_id)
     answer = model.answer(question, context.caption, context.ocr_text)  # slow: outside any transaction
     now = utcnow().isoformat()
+    return _store_exchange(
+        db, assignment_id, user_id, source="ask", question=question, answer=answer.text, writer=answer,
+        caption_id=context.caption_id,
+        messages=[{"role": "context", "caption": context.caption, "ocr_text": context.ocr_text, "at": now},
+                  {"role": "user", "content": question, "at": now},
+                  {"role": "assistant", "content": answer.text, "at": now}])
+
+
+def check_marks(cfg: ProjectConfig, marks: Any) -> list[dict[str, Any]]:
+    """The cleaned marks of a point explanation, ``[{"label", "points"}]`` (normalised, rounded);
+    ValidationError says which mark is wrong and how."""
+    if not isinstance(marks, list) or not marks:
+        raise ValidationError("Mark at least one thing the answer should point at.")
+    if len(marks) > MAX_MARKS:
+        raise ValidationError(f"{len(marks)} marks is more than {MAX_MARKS}; an answer cites at most {MAX_MARKS}.")
+    out = []
+    for n, mark in enumerate(marks, start=1):
+        if not isinstance(mark, dict):
+            raise ValidationError(f"Mark [{n}] must be an object with a label and points.")
+        try:
+            label = clean_label(mark.get("label") if isinstance(mark.get("label"), str) else None)
+        except ValueError as exc:  # control characters, or too long
+            raise ValidationError(f"Mark [{n}]: the label is refused: {exc}.") from None
+        if not label:
+            raise ValidationError(f"Mark [{n}]: say what it is (the label is empty).")
+        points = mark.get("points")
+        if not isinstance(points, list) or not points:
+            raise ValidationError(f"Mark [{n}] ({label}) has no points: click where it is.")
+        if len(points) > cfg.max_points:
+            raise ValidationError(f"Mark [{n}] ({label}): {len(points)} points is more than this project's "
+                                  f"limit of {cfg.max_points}.")
+        if any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in points):
+            raise ValidationError(f"Mark [{n}] ({label}): each point must be an [x, y] pair.")
+        try:
+            checked = validate_points(points)
+        except ValidationError as exc:
+            raise ValidationError(f"Mark [{n}] ({label}): a point lies outside the image ({exc}).") from None
+        out.append({"label": label, "points": [[round(p.x, 5), round(p.y, 5)] for p in checked]})
+    return out
+
+
+def explain_points(db: Database, model: AskModel, *, assignment_id: int, user_id: int, question: str,
+                   marks: Any) -> QAPair:
+    """Have the model answer a question citing the annotator's marks on the leased image (a
+    ``point_explain`` task); earlier pending answers are set aside. The stored answer has Molmo
+    point text in place of each citation (PixMo-Point-Explanations' ``response``)."""
+    question = _clean(question, "question")
+    with db.session() as session:
+        _, project = _open_lease(session, assignment_id, user_id, "point_explain")
+        cfg = project_config(project)
+    marks = check_marks(cfg, marks)
+    explanation = model.explain(question, marks)  # slow: outside any transaction
+    now = utcnow().isoformat()
+    return _store_exchange(
+        db, assignment_id, user_id, source="point_explain", question=question, answer=explanation.response,
+        writer=explanation, caption_id=None,
+        messages=[{"role": "context", "marks": marks, "at": now},
+                  {"role": "user", "content": question, "at": now},
+                  {"role": "assistant", "content": explanation.text, "at": now}])
+
+
+def explanation_view(qa: QAPair) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """A point explanation as the annotator saw it: the model's text citing ``[n]``, and the marks
+    (None, None for other QA)."""
+    if qa.source != "point_explain" or not qa.messages:
+        return None, None
+    context = next((m for m in qa.messages if m.get("role") == "context"), {})
+    said = [m["content"] for m in qa.messages if m.get("role") == "assistant"]
+    return (said[-1] if said else None), context.get("marks")
+
+
+def _store_exchange(db: Database, assignment_id: int, user_id: int, *, source: str, question: str, answer: str,
+                    writer: Answer, caption_id: int | None, messages: list[dict[str, Any]]) -> QAPair:
+    """A new pending exchange on the task, once the model has answered; the earlier pending ones are set aside."""
     for _ in range(5):
         try:
             with db.session(write_lock=True) as session:
@@ -179,18 +279,15 @@ def ask_question(db: Database, store: BlobStore, model: AskModel, *, assignment_
                     if old.status == "pending":
                         old.status = "rejected"
                 idx = 0
-                if context.caption_id is not None:  # (caption, model, prompt, idx) is unique
+                if caption_id is not None:  # (caption, model, prompt, idx) is unique
                     idx = 1 + (session.scalar(select(func.max(QAPair.idx)).where(
-                        QAPair.caption_id == context.caption_id, QAPair.model == answer.model_id,
-                        QAPair.prompt_version == answer.prompt_version)) or 0)
+                        QAPair.caption_id == caption_id, QAPair.model == writer.model_id,
+                        QAPair.prompt_version == writer.prompt_version)) or 0)
                 qa = QAPair(
                     image_id=assignment.image_id, project_id=assignment.project_id, user_id=user_id,
-                    assignment_id=assignment.id, caption_id=context.caption_id, idx=idx, source="ask",
-                    status="pending", question=question, answer=answer.text, model=answer.model_id,
-                    prompt_version=answer.prompt_version, revisions=[],
-                    messages=[{"role": "context", "caption": context.caption, "ocr_text": context.ocr_text, "at": now},
-                              {"role": "user", "content": question, "at": now},
-                              {"role": "assistant", "content": answer.text, "at": now}],
+                    assignment_id=assignment.id, caption_id=caption_id, idx=idx, source=source,
+                    status="pending", question=question, answer=answer, model=writer.model_id,
+                    prompt_version=writer.prompt_version, revisions=[], messages=messages,
                 )
                 session.add(qa)
                 session.flush()
@@ -201,7 +298,7 @@ def ask_question(db: Database, store: BlobStore, model: AskModel, *, assignment_
 
 
 def _pending(session: Session, qa_id: int, user_id: int, *, lock: bool = False) -> QAPair:
-    stmt = select(QAPair).where(QAPair.id == qa_id, QAPair.user_id == user_id, QAPair.source == "ask")
+    stmt = select(QAPair).where(QAPair.id == qa_id, QAPair.user_id == user_id, QAPair.source.in_(EXCHANGE_SOURCES))
     qa = session.scalars(stmt.with_for_update() if lock else stmt).first()
     if qa is None:
         raise NotFoundError(f"no question {qa_id} of yours")
@@ -215,7 +312,8 @@ def _lock_exchange(session: Session, qa_id: int, user_id: int, *, accepted_ok: b
     other order deadlocked with a new question asked at the same moment (PostgreSQL). With
     ``accepted_ok``, a question already accepted is returned too (an accept sent again)."""
     assignment_id = session.scalar(
-        select(QAPair.assignment_id).where(QAPair.id == qa_id, QAPair.user_id == user_id, QAPair.source == "ask"))
+        select(QAPair.assignment_id).where(QAPair.id == qa_id, QAPair.user_id == user_id,
+                                           QAPair.source.in_(EXCHANGE_SOURCES)))
     if assignment_id is None:
         raise NotFoundError(f"no question {qa_id} of yours")
     assignment = get_assignment(session, assignment_id, user_id, lock=True)
@@ -242,6 +340,8 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
     feedback = _clean(feedback, "feedback")
     with db.session() as session:
         qa = _pending(session, qa_id, user_id)
+        if qa.source != "ask":
+            raise ValidationError("A point explanation is not revised: change the question or the marks and ask again.")
         _open_lease(session, qa.assignment_id, user_id)
         if len(qa.revisions or []) >= MAX_REVISIONS:
             raise ValidationError(f"{MAX_REVISIONS} revisions already; accept the answer or ask a new question")

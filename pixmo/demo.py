@@ -47,6 +47,7 @@ from pixmo.storage import BlobStore, content_key
 DEMO_PASSWORD = "demo-password"
 DEMO_USERS = [("demo-admin", "admin"), ("demo-reviewer", "reviewer"), ("ann1", "annotator"), ("ann2", "annotator"), ("ann3", "annotator")]
 CAPTION_PROJECT, POINTS_PROJECT, ASK_PROJECT = "demo-captions", "demo-points", "demo-ask"
+EXPLAIN_PROJECT = "demo-explain"
 
 PHOTOS = {
     "astronaut": "A portrait photo of an astronaut in a white spacesuit holding a helmet, with an American flag and a model of the space shuttle in the background.",
@@ -176,25 +177,29 @@ def demo_images(n: int, seed: int = 0) -> list[DemoImage]:
     return photos + [_shapes_image(rng, i) for i in range(n - len(photos))]
 
 
-def _ask_pairs(session, image_id: int, project_id: int, user_id: int, caption: str, label: str, points) -> list[QAPair]:  # noqa: ANN001
+def _ask_pairs(session, image_id: int, project_ids: dict[str, int], user_id: int, caption: str, label: str, points) -> list[QAPair]:  # noqa: ANN001
     """An accepted ask-the-model answer (the caption's first sentence) and an accepted point
-    explanation of one labelled object."""
-    assignment = Assignment(project_id=project_id, image_id=image_id, user_id=user_id, status="submitted",
-                            active_seconds=30.0)
-    session.add(assignment)
-    session.flush()
-    assignment.submitted_at = assignment.created_at
+    explanation of one labelled object, each from a submitted task of its project."""
     summary = caption.split(". ")[0].rstrip(".") + "."
+    marks = [{"label": label, "points": [list(p) for p in points]}]
     exchanges = [
-        ("ask", "What is in this picture?", summary),
-        ("point_explain", f"Where is the {label}?", f"The {label} is here: {render_points(points, label)}."),
+        (ASK_PROJECT, "ask", "What is in this picture?", summary,
+         [{"role": "user", "content": "What is in this picture?"}, {"role": "assistant", "content": summary}]),
+        (EXPLAIN_PROJECT, "point_explain", f"Where is the {label}?", f"The {label} is here: {render_points(points, label)}.",
+         [{"role": "context", "marks": marks}, {"role": "user", "content": f"Where is the {label}?"},
+          {"role": "assistant", "content": f"The {label} is here [1]."}]),
     ]
-    return [
-        QAPair(image_id=image_id, project_id=project_id, user_id=user_id, assignment_id=assignment.id, source=source,
-               status="accepted", question=question, answer=answer, model="demo/template", prompt_version="demo-v1",
-               messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
-        for source, question, answer in exchanges
-    ]
+    pairs = []
+    for project, source, question, answer, messages in exchanges:
+        assignment = Assignment(project_id=project_ids[project], image_id=image_id, user_id=user_id,
+                                status="submitted", active_seconds=30.0)
+        session.add(assignment)
+        session.flush()
+        assignment.submitted_at = assignment.created_at
+        pairs.append(QAPair(image_id=image_id, project_id=project_ids[project], user_id=user_id,
+                            assignment_id=assignment.id, source=source, status="accepted", question=question,
+                            answer=answer, model="demo/template", prompt_version="demo-v1", messages=messages))
+    return pairs
 
 
 def create_demo(db: Database, store: BlobStore, n_images: int = 12, seed: int = 0, speech: bool = True) -> dict:
@@ -213,6 +218,8 @@ def create_demo(db: Database, store: BlobStore, n_images: int = 12, seed: int = 
             (CAPTION_PROJECT, "caption", {"overlap": 2, "min_seconds": 5, "max_seconds": 120}),
             (POINTS_PROJECT, "points", {"labels": sorted({f"{c} {s}" for c in COLORS for s in SHAPES})}),
             (ASK_PROJECT, "ask", {}),
+            # its labels are suggestions for the marks
+            (EXPLAIN_PROJECT, "point_explain", {"labels": sorted({f"{c} {s}" for c in COLORS for s in SHAPES})}),
         ]:
             project = session.scalars(select(Project).where(Project.name == name)).first()
             projects[name] = project or create_project(
@@ -232,7 +239,7 @@ def create_demo(db: Database, store: BlobStore, n_images: int = 12, seed: int = 
         sha = hashlib.sha256(im.data).hexdigest()
         with db.session() as session:
             image = session.scalars(select(Image).where(Image.sha256 == sha)).one()
-            for pname in (POINTS_PROJECT, ASK_PROJECT):
+            for pname in (POINTS_PROJECT, ASK_PROJECT, EXPLAIN_PROJECT):
                 attach_images(session, session.get(Project, project_ids[pname]), [image.id])
             if session.scalars(select(Recording.id).where(Recording.image_id == image.id)).first():
                 continue  # this image was annotated by an earlier demo run
@@ -309,7 +316,7 @@ def create_demo(db: Database, store: BlobStore, n_images: int = 12, seed: int = 
                 ))
                 made["qa_pairs"] += 1
             if im.points:  # an ask-the-model exchange and a point explanation, as the web app would store
-                session.add_all(_ask_pairs(session, image.id, project_ids[ASK_PROJECT],
+                session.add_all(_ask_pairs(session, image.id, project_ids,
                                            user_ids[annotators[n_image % len(annotators)]], im.caption,
                                            *min(im.points.items())))
                 made["qa_pairs"] += 2

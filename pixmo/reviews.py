@@ -14,7 +14,7 @@ from sqlalchemy import exists, null, select, update
 from sqlalchemy.orm import Session
 
 from pixmo.db.models import (
-    REVIEW_TARGET_MODELS, REVIEW_TARGETS, VERDICTS, Assignment, Caption, Image, PointSet, Project, QAPair, Recording, Review, Transcript, User,
+    EXCHANGE_SOURCES, REVIEW_TARGET_MODELS, REVIEW_TARGETS, VERDICTS, Assignment, Caption, Image, PointSet, Project, QAPair, Recording, Review, Transcript, User,
 )
 from pixmo.db.queries import newest_verdicts, review_target
 from pixmo.db.session import Database
@@ -130,8 +130,8 @@ def add_review(
         raise ValidationError("nobody reviews their own work")
     if target_type == "qa_pair":
         source, status = session.execute(select(QAPair.source, QAPair.status).where(QAPair.id == int(target_id))).one()
-        if source == "ask" and status != "accepted":  # its verdict would land on the whole task
-            raise ValidationError(f"only the accepted answer of an ask-the-model exchange is reviewed; this one is {status}")
+        if source in EXCHANGE_SOURCES and status != "accepted":  # its verdict would land on the whole task
+            raise ValidationError(f"only the accepted answer of an exchange with the model is reviewed; this one is {status}")
     assignment_id = _assignment_of(session, target_type, int(target_id))
     if assignment_id is not None:
         # the submission's row first (PostgreSQL): two reviewers judging items of one submission at
@@ -159,12 +159,12 @@ def _assignment_of(session: Session, target_type: str, target_id: int) -> int | 
 
 
 def _items_of(session: Session, assignment_id: int) -> list[tuple[str, int]]:
-    """(target type, id) of the reviewable items of a submission (an ask exchange: its accepted answer)."""
+    """(target type, id) of the reviewable items of a submission (an exchange with the model: its accepted answer)."""
     items = []
     for name, model in TARGETS.items():
         stmt = select(model.id).where(model.assignment_id == assignment_id)
         if model is QAPair:
-            stmt = stmt.where((QAPair.source != "ask") | (QAPair.status == "accepted"))
+            stmt = stmt.where(QAPair.source.not_in(EXCHANGE_SOURCES) | (QAPair.status == "accepted"))
         items += [(name, i) for i in session.scalars(stmt.order_by(model.id))]
     return items
 

@@ -100,16 +100,15 @@ def _replay(session, key: str, user_id: int, assignment_id: int) -> Recording | 
     return rec
 
 
-def _claimed(session, assignment_id: int, user_id: int, kind: str | tuple[str, ...]) -> tuple[Assignment, Project, dt.datetime]:  # noqa: ANN001
+def _claimed(session, assignment_id: int, user_id: int, kind: str) -> tuple[Assignment, Project, dt.datetime]:  # noqa: ANN001
     """The locked assignment, claimed for a submission, its project, and the time of the claim."""
     assignment = get_assignment(session, assignment_id, user_id, lock=True)
     # the time is read once the row is locked: waiting for the lock may outlast the lease, which
     # another annotator may then have taken over
     now = utcnow()
     project = session.get(Project, assignment.project_id)
-    kinds = (kind,) if isinstance(kind, str) else kind
-    if project.kind not in kinds:
-        raise ValidationError(f"this is a {project.kind} task, not a {kinds[0]} task")
+    if project.kind != kind:
+        raise ValidationError(f"this is a {project.kind} task, not a {kind} task")
     claim_for_submission(session, assignment, now)
     return assignment, project, now
 
@@ -221,7 +220,7 @@ def submit_points(
         cfg = project_config(project)
     label, clean = check_points(cfg, label, points, not_present, method)
     with db.session(write_lock=True) as session:
-        assignment, _, now = _claimed(session, assignment_id, user_id, ("points", "point_explain"))
+        assignment, _, now = _claimed(session, assignment_id, user_id, "points")
         ps = PointSet(
             image_id=assignment.image_id, project_id=assignment.project_id, user_id=user_id,
             assignment_id=assignment.id, label=label, points=clean, not_present=bool(not_present), method=method,

@@ -85,8 +85,10 @@ def _routes(env) -> list[tuple[str, str, str, dict]]:
         ("POST", f"/api/assignments/{caption_lease['id']}/recording", "annotator",
          {"files": {"audio": ("a.webm", audio_bytes(3), "audio/webm")}, "data": {"idempotency_key": "role-test-key-1"}}),
         ("GET", "/api/recordings/1", "annotator", {}),
-        # (the model is never called here: a caption task takes no question, and qa 999 does not exist)
+        # (the model is never called here: a caption task takes no question nor marks, and qa 999 does not exist)
         ("POST", f"/api/assignments/{caption_lease['id']}/ask", "annotator", {"json": {"question": "why?"}}),
+        ("POST", f"/api/assignments/{caption_lease['id']}/explain", "annotator",
+         {"json": {"question": "where?", "marks": [{"label": "dog", "points": [[0.5, 0.5]]}]}}),
         ("POST", "/api/qa/999/revise", "annotator", {"json": {"feedback": "wrong"}}),
         ("POST", "/api/qa/999/accept", "annotator", {"json": {}}),
         ("POST", "/logout", "annotator", {}),

@@ -101,3 +101,27 @@ def test_ask_revise_accept(sqlite_db, store, tmp_path, ask_model):
         assert s.get(Assignment, task["id"]).review_verdict is None
     r = rev.post("/api/reviews", json={"target_type": "qa_pair", "target_id": qa["id"], "verdict": "approved"})
     assert r.status_code == 201, r.text
+
+
+def test_a_point_explanation_from_the_bundled_model(sqlite_db, store, tmp_path, ask_model):
+    """The real model answers a point-explanation task citing the annotator's marks; the stored
+    answer carries Molmo point text for each citation."""
+    from pixmo.export.hf import split_point_explanation
+    from tests.app_helpers import make_project
+
+    db = sqlite_db
+    add_users(db, [("ann", "annotator")], password=None)
+    project_id, _ = make_project(db, store, "explain", "point_explain", overlap=1)
+    app = create_app(Settings(env="test", data_dir=tmp_path / "d"), db=db, store=store, ask_model=ask_model)
+    ann = TestClient(app, headers={"Authorization": f"Bearer {tokens_for(db, ['ann'])['ann']}"})
+    task = ann.post(f"/api/projects/{project_id}/next").json()["assignment"]
+    marks = [{"label": "dog", "points": [[0.2, 0.5]]}, {"label": "cat", "points": [[0.7, 0.4], [0.8, 0.45]]}]
+    r = ann.post(f"/api/assignments/{task['id']}/explain",
+                 json={"question": "What animals are in the picture?", "marks": marks})
+    assert r.status_code == 201, r.text
+    qa = r.json()
+    assert qa["model"] and ("[1]" in qa["text"] or "[2]" in qa["text"])
+    parts = split_point_explanation(qa["answer"])
+    assert parts["parsed_response"] and "<|POINT|>" in parts["parsed_response"]
+    assert set(parts["inline_text"]) <= {"dog", "cat"} and parts["inline_text"]
+    assert ann.post(f"/api/qa/{qa['id']}/accept", json={}).json()["status"] == "accepted"

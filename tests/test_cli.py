@@ -129,7 +129,7 @@ def test_demo_makes_every_kind_of_annotation(initialised):
     assert totals["images"] == 6
     for kind in ("recordings", "transcripts", "captions", "point_sets", "qa_pairs", "reviews"):
         assert totals[kind] > 0, kind
-    assert {p["name"] for p in data["projects"]} == {"demo-captions", "demo-points", "demo-ask"}
+    assert {p["name"] for p in data["projects"]} == {"demo-captions", "demo-points", "demo-ask", "demo-explain"}
     # a second run tops up nothing: same images, same annotations
     invoke("demo", "--images", "6", "--no-speech")
     assert json.loads(invoke("stats", "--json").output)["totals"] == totals

@@ -89,7 +89,7 @@ def test_funnel_matches_rows(seeded):
     with db.session() as s:
         funnels = curation.funnel(s)
         one = curation.funnel(s, facts["caption_project"])
-    assert [f.name for f in funnels] == ["demo-captions", "demo-points", "demo-ask"]
+    assert [f.name for f in funnels] == ["demo-captions", "demo-points", "demo-ask", "demo-explain"]
     for pf in funnels:
         images = len(expected[pf.project_id]["images"])
         assert [s.name for s in pf.stages] == list(curation.FUNNEL_STAGES[pf.kind])
@@ -317,8 +317,10 @@ def test_review_targets_offer_only_reviewable_qa_pairs():
         {"id": 2, "source": "ask", "status": "rejected", "question": "what else?"},
         {"id": 3, "source": "ask", "status": "accepted", "question": "which one?"},
         {"id": 4, "source": "capqa", "status": "pending", "question": "how many?"},
+        {"id": 5, "source": "point_explain", "status": "rejected", "question": "where?"},  # set aside for another
+        {"id": 6, "source": "point_explain", "status": "accepted", "question": "where else?"},
     ]}
-    assert [i for _, i, _ in curation.review_targets(detail)] == [3, 4]
+    assert [i for _, i, _ in curation.review_targets(detail)] == [3, 4, 6]
 
 
 # ------------------------------------------------------------------ quality

@@ -76,7 +76,7 @@ def test_round_trip_demo_export_verify_and_byte_identical_rerun(db, store, tmp_p
         record = json.loads(members["json"])
         assert record["key"] == key and record["image"]["sha256"] == key
         assert members[record["image"]["ext"]]  # original bytes: sha checked by verify
-        assert record["projects"] == ["demo-ask", "demo-captions", "demo-points"]
+        assert record["projects"] == ["demo-ask", "demo-captions", "demo-explain", "demo-points"]
         assert record["captions"] and record["transcripts"] and record["recordings"]
         assert record["lineage"]["prompt_versions"] == ["demo-v1"]
         texts = {c["text"] for c in record["captions"]} | {t["text"] for t in record["transcripts"]}

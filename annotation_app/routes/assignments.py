@@ -15,7 +15,7 @@ from pixmo.submissions import task_label
 
 router = APIRouter(tags=["assignments"])
 
-TEMPLATES = {"caption": "task_caption.html", "points": "task_points.html", "point_explain": "task_points.html",
+TEMPLATES = {"caption": "task_caption.html", "points": "task_points.html", "point_explain": "task_point_explain.html",
              "ask": "task_ask.html"}
 
 
@@ -25,7 +25,7 @@ def _out(session, store, assignment: Assignment, user: User, resumed: bool = Fal
     image's id (gold images, attached apart, stand out in the id order)."""
     project = session.get(Project, assignment.project_id)
     image = session.get(Image, assignment.image_id)
-    label = task_label(session, assignment) if project.kind in ("points", "point_explain") else None
+    label = task_label(session, assignment) if project.kind == "points" else None
     return AssignmentOut(
         id=assignment.id, project_id=project.id, project_kind=project.kind, image_id=image.id if is_reviewer(user) else None,
         image_url=blob_url(store, image.storage_key), width=image.width, height=image.height,
@@ -61,10 +61,15 @@ def task_page(request: Request, assignment_id: int, db: DbDep, store: StoreDep, 
         project = session.get(Project, assignment.project_id)
         task = _out(session, store, assignment, user)
         context = {"project": project, "config": project_config(project), "task": task, "assignment": assignment}
-        if project.kind == "ask":
-            from pixmo.ask import exchange_for
+        if project.kind in ("ask", "point_explain"):
+            from pixmo.ask import exchange_for, explanation_view
 
-            context["exchange"] = exchange_for(session, assignment)
+            context["exchange"] = exchange = exchange_for(session, assignment)
+            pending = [qa for qa in exchange if qa.status == "pending"]
+            if project.kind == "point_explain" and pending:  # the answer on screen when the page was left
+                text, marks = explanation_view(pending[-1])
+                context["current"] = {"id": pending[-1].id, "question": pending[-1].question, "text": text,
+                                      "marks": marks}
     response = render(request, TEMPLATES[project.kind], **context)
     # not kept for Back: a cached copy of a submitted task showed live controls
     response.headers["Cache-Control"] = "no-store"

@@ -26,6 +26,7 @@ from pixmo.curation.sql import (
     review_in_project,
 )
 from pixmo.db.models import (
+    EXCHANGE_SOURCES,
     Assignment,
     Caption,
     Image,
@@ -312,8 +313,8 @@ def review_targets(detail: dict[str, Any]) -> list[tuple[str, int, str]]:
     for ps in detail["point_sets"]:
         out.append(("point_set", ps["id"], f"point set #{ps['id']} '{ps['label']}' by {ps['annotator']}"))
     for q in detail["qa_pairs"]:
-        if q["source"] == "ask" and q["status"] != "accepted":
-            continue  # only the accepted answer of an ask-the-model exchange is reviewed (add_review refuses others)
+        if q["source"] in EXCHANGE_SOURCES and q["status"] != "accepted":
+            continue  # only the accepted answer of an exchange with the model is reviewed (add_review refuses others)
         out.append(("qa_pair", q["id"], f"QA #{q['id']} ({q['source']}): {_snippet(q['question'], 60)}"))
     for a in detail["assignments"]:
         if a["status"] == "submitted":

@@ -33,7 +33,8 @@ FUNNEL_STAGES: dict[str, tuple[str, ...]] = {
     "caption": ("images", "assigned", "recorded", "transcribed", "captioned", "reviewed", "exported"),
     "points": ("images", "assigned", "pointed", "reviewed", "exported"),
     "ask": ("images", "assigned", "answered", "reviewed", "exported"),
-    "point_explain": ("images", "assigned", "pointed", "answered", "reviewed", "exported"),
+    # its marks live in the accepted answer (they are not exhaustive point sets)
+    "point_explain": ("images", "assigned", "answered", "reviewed", "exported"),
 }
 
 STAGE_HELP = {

@@ -44,6 +44,8 @@ CAPTION_KINDS = ("cleaned", "merged")
 PRODUCERS = ("llm", "rule", "human")
 POINT_METHODS = ("pointing", "counting")
 QA_SOURCES = ("capqa", "ask", "point_explain")
+# QA written in an annotator's exchange with the model: pending until the annotator accepts it
+EXCHANGE_SOURCES = ("ask", "point_explain")
 QA_STATUSES = ("pending", "accepted", "rejected", "failed")
 VERDICTS = ("approved", "rejected", "flagged")
 REVIEW_TARGETS = ("recording", "transcript", "caption", "point_set", "qa_pair", "assignment")
