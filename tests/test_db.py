@@ -189,3 +189,18 @@ def test_named_locks_on_postgresql_are_per_schema_and_outlive_a_lost_connection(
         b.dispose()
         _drop_schema(schema_a)
         _drop_schema(schema_b)
+
+
+def test_shared_named_locks_exclude_only_the_exclusive_holder(db):
+    """Database.try_lock(shared=True) (how HF subsets hold their export's place side by side) on both
+    backends: shared holders do not block each other; an exclusive holder and a shared one do."""
+    with db.try_lock("export-x", shared=True) as first, db.try_lock("export-x", shared=True) as second:
+        assert first and second
+        with db.try_lock("export-x") as exclusive:
+            assert not exclusive
+    with db.try_lock("export-x") as exclusive:
+        assert exclusive
+        with db.try_lock("export-x", shared=True) as shared:
+            assert not shared
+    with db.try_lock("export-x", shared=True) as again:  # all released
+        assert again

@@ -656,6 +656,36 @@ def test_export_to_s3_verifies_and_loads(demo, s3_server, monkeypatch):
         assert sorted(seen) == sorted(s.scalars(select(Image.sha256)))
 
 
+def test_two_exports_into_one_s3_prefix_refuse_each_other(demo, s3_server, monkeypatch):
+    """A bucket has no lock: the deployment's database holds the place while an export writes, so a
+    second export there fails at once instead of deleting the first one's shards as leftovers."""
+    from pixmo.config import get_settings
+    from pixmo.errors import StorageError
+    from pixmo.export import export_hf
+    from pixmo.export.target import held_for_export, open_target
+
+    db, store = demo
+    monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)
+    get_settings.cache_clear()
+    bucket = make_s3_store(s3_server, prefix="exports/held")
+    url = f"s3://{bucket.bucket}/exports/held"
+    target = open_target(url)
+    with held_for_export(db, target):  # a whole export under way
+        with pytest.raises(StorageError, match=f"another export is writing to {url} now"):
+            export_webdataset(db, store, url, options=WebDatasetOptions(workers=1))
+        with pytest.raises(StorageError, match="another export is writing"):
+            export_hf(db, store, url, "cap")
+    assert list(bucket.iter_keys()) == []  # the refused ones wrote nothing
+    with held_for_export(db, target, "cap"):  # one HF subset under way: other subsets go on beside it
+        export_hf(db, store, url, "points")
+        with pytest.raises(StorageError, match=f"another export is writing to {url}/cap now"):
+            export_hf(db, store, url, "cap")
+        with pytest.raises(StorageError, match="another export is writing"):
+            export_webdataset(db, store, url, options=WebDatasetOptions(workers=1))
+    export_webdataset(db, store, url, options=WebDatasetOptions(workers=1))  # free again
+    assert verify_export(url).ok
+
+
 def test_an_s3_export_overlapping_an_s3_blob_store_is_refused(demo, s3_server, monkeypatch):
     from pixmo.config import get_settings
     from pixmo.errors import StorageError

@@ -79,7 +79,7 @@ def _sqlite_file(url: str) -> str | None:
 
 
 @contextmanager
-def _file_lock(database: str | None, name: str) -> Iterator[bool]:
+def _file_lock(database: str | None, name: str, shared: bool = False) -> Iterator[bool]:
     if database is None:  # nobody else can open it
         yield True
         return
@@ -93,7 +93,7 @@ def _file_lock(database: str | None, name: str) -> Iterator[bool]:
         fd = os.open(lock, os.O_RDONLY)  # made by another user: flock needs no write access
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -177,16 +177,17 @@ class Database:
         return True
 
     @contextmanager
-    def try_lock(self, name: str) -> Iterator[bool]:
+    def try_lock(self, name: str, *, shared: bool = False) -> Iterator[bool]:
         """Hold a named lock, shared by every process using this database, while the block runs;
-        yields False (and holds nothing) when another holder has it now.
+        yields False (and holds nothing) when another holder has it now. ``shared`` holders do not
+        exclude each other, only the exclusive one.
 
         PostgreSQL: a session advisory lock on a connection of its own (the server frees it if this
         process dies). SQLite: flock on a file beside the database (the kernel frees it likewise);
         a private in-memory database has no other users, so the lock is always got.
         """
         if self.is_sqlite:
-            with _file_lock(_sqlite_file(self.url), name) as held:
+            with _file_lock(_sqlite_file(self.url), name, shared) as held:
                 yield held
             return
         from sqlalchemy import text
@@ -195,15 +196,16 @@ class Database:
         # the schema is part of the key: deployments (and test runs) in other schemas of the same
         # database do not block each other
         key = "hashtextextended(current_schema() || '|pixmo|' || :name, 0)"
+        kind = "_shared" if shared else ""
         with self.engine.connect() as conn:
-            held = bool(conn.execute(text(f"SELECT pg_try_advisory_lock({key})"), {"name": name}).scalar())
+            held = bool(conn.execute(text(f"SELECT pg_try_advisory_lock{kind}({key})"), {"name": name}).scalar())
             conn.commit()
             try:
                 yield held
             finally:
                 if held:
                     try:
-                        conn.execute(text(f"SELECT pg_advisory_unlock({key})"), {"name": name})
+                        conn.execute(text(f"SELECT pg_advisory_unlock{kind}({key})"), {"name": name})
                         conn.commit()
                     except DBAPIError:
                         # the connection was lost (and the lock with it, server-side): the block's

@@ -36,7 +36,7 @@ from pixmo.export.options import ExportFilters
 from pixmo.progress import Progress
 from pixmo.export.records import BuiltSample, build_samples, load_usernames
 from pixmo.export.select import select_images, snapshot_time
-from pixmo.export.target import ExportTarget, HashingWriter, check_apart, open_target, write_errors
+from pixmo.export.target import ExportTarget, HashingWriter, check_apart, held_for_export, open_target, write_errors
 from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
 from pixmo.jobs import job_run
 from pixmo.storage import BlobStore
@@ -273,7 +273,7 @@ def export_hf(
     check_apart(target, store)
     started = time.perf_counter()
     params = {"out": target.url, "subset": subset, "filters": filters.as_dict(), "rows_per_file": rows_per_file}
-    with job_run(db, f"export-hf-{subset}", params) as job, target.writing(subset):
+    with job_run(db, f"export-hf-{subset}", params) as job, held_for_export(db, target, subset):
         for name in target.temp_names():  # what a killed run of this subset left
             if name.startswith(f"{subset}/"):
                 target.delete(name)

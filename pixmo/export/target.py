@@ -23,6 +23,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
+from pixmo.db.session import Database
 from pixmo.errors import StorageError
 from pixmo.storage import TMP_PREFIX, BlobStore, LocalStore, S3Store, fsync_dir, open_store
 
@@ -118,6 +119,25 @@ class ExportTarget(ABC):
         ``part`` (a subfolder, as an HF subset) is held alone while the rest is shared with other
         parts; without it the whole target is held. Only folders can be held: a blob store is not.
         """
+        yield
+
+
+@contextlib.contextmanager
+def held_for_export(db: Database, target: ExportTarget, part: str | None = None) -> Iterator[None]:
+    """`ExportTarget.writing`, and the same hold as named locks in ``db``: a blob store (S3) has no
+    lock of its own, so two exports of one deployment into the same bucket and prefix refuse each
+    other there too (exports from other databases into one prefix are not seen)."""
+    where = target.url if part is None else f"{target.url.rstrip('/')}/{part}"
+    # hashed: a URL may be longer than a lock file's name may be
+    key = "export-" + hashlib.sha256(target.url.encode()).hexdigest()[:32]
+    with contextlib.ExitStack() as held:
+        held.enter_context(target.writing(part))
+        locks = [(key, part is not None)] + ([(f"{key}-{hashlib.sha256(part.encode()).hexdigest()[:16]}", False)]
+                                             if part is not None else [])
+        for name, shared in locks:
+            if not held.enter_context(db.try_lock(name, shared=shared)):
+                raise StorageError(f"another export is writing to {where} now; wait for it to finish or export "
+                                   "to another place")
         yield
 
 

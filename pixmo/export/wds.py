@@ -32,7 +32,7 @@ from pixmo.progress import Progress
 from pixmo.export.records import load_usernames
 from pixmo.export.select import select_images, snapshot_time
 from pixmo.export.shards import ShardPlan, ShardResult, plan_shards, write_shard
-from pixmo.export.target import ExportTarget, check_apart, open_target
+from pixmo.export.target import ExportTarget, check_apart, held_for_export, open_target
 from pixmo.jobs import job_run
 from pixmo.storage import BlobStore
 
@@ -190,7 +190,7 @@ def export_webdataset(
     check_apart(target, store)
     started = time.perf_counter()
     params = {"out": target.url, "filters": filters.as_dict(), "options": asdict(options)}
-    with job_run(db, "export", params) as job, target.writing():
+    with job_run(db, "export", params) as job, held_for_export(db, target):
         as_of, warnings = snapshot_time(db, filters)
         with db.session() as session:
             candidates = select_images(session, filters, as_of=as_of, with_audio=options.with_audio)
