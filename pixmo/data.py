@@ -8,7 +8,8 @@
         sample["caption"]            # the best caption (the .txt member)
         sample["targets"]            # Molmo-style (task, prompt, text): caption, transcripts, points, counts, QA
 
-Shards are split across nodes (``RANK``/``WORLD_SIZE`` or torch.distributed) and across DataLoader
+Shards are split across nodes (``rank``/``world_size`` given, else ``RANK``/``WORLD_SIZE`` or
+torch.distributed) and across DataLoader
 workers, so each sample is seen once per epoch; give the export at least nodes x workers shards
 (``--maxcount``). Shard order is shuffled per worker and samples go through a shuffle buffer.
 Exports on S3 (``s3://bucket/prefix``) are read with the toolkit's S3 settings
@@ -202,6 +203,8 @@ def pixmo_dataset(
     decode: str = "tensor",
     transform: Callable | None = None,
     resampled: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
 ):  # noqa: ANN201 - a webdataset.WebDataset (a torch IterableDataset)
     """A ``webdataset.WebDataset`` over the shards of ``split``, yielding `to_training_sample` dicts.
 
@@ -211,6 +214,8 @@ def pixmo_dataset(
     own epoch count into resampled draws of a dataset iterated again in one process): pass
     ``seed + epoch`` for a new, still repeatable order per epoch; ``decode`` is ``tensor``, ``pil``
     or ``bytes``; ``transform`` is applied to the decoded image; ``resampled`` samples shards with replacement for endless training.
+    ``rank`` and ``world_size`` say which node this is (every ``world_size``-th shard from ``rank``);
+    without them webdataset reads ``RANK``/``WORLD_SIZE`` or torch.distributed.
     """
     import webdataset as wds
 
@@ -230,7 +235,7 @@ def pixmo_dataset(
         urls,
         shardshuffle=False if resampled or fresh_shard_order else shardshuffle,
         resampled=resampled,
-        nodesplitter=wds.split_by_node,
+        nodesplitter=_node_splitter(rank, world_size),
         workersplitter=wds.split_by_worker,
         empty_check=False,  # a worker may get no shard when there are fewer shards than workers
         seed=seed,
@@ -244,6 +249,32 @@ def pixmo_dataset(
     if shuffle:
         dataset = dataset.shuffle(shuffle, seed=seed)
     return dataset.map(_Decode(decode, transform))
+
+
+class _NodeShards:
+    """Every ``world_size``-th shard from ``rank`` (picklable: spawned DataLoader workers pickle it)."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self, shards):  # noqa: ANN001, ANN204 - an iterator of webdataset's shard dicts
+        for i, shard in enumerate(shards):
+            if i % self.world_size == self.rank:
+                yield shard
+
+
+def _node_splitter(rank: int | None, world_size: int | None):  # noqa: ANN202
+    import webdataset as wds
+
+    if rank is None and world_size is None:
+        return wds.split_by_node  # RANK/WORLD_SIZE, or torch.distributed
+    if rank is None or world_size is None:
+        raise ValueError("give both rank and world_size, or neither")
+    if isinstance(rank, bool) or isinstance(world_size, bool) or not (
+            isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
+        raise ValueError(f"rank must be an integer in [0, world_size), and world_size at least 1; got rank={rank!r}, "
+                         f"world_size={world_size!r}")
+    return _NodeShards(rank, world_size)
 
 
 class _Decode:
@@ -287,10 +318,10 @@ def _hand_over(item: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any] | 
     return item
 
 
-def _warn_if_too_few_shards(shards: int, workers: int) -> None:
+def _warn_if_too_few_shards(shards: int, workers: int, nodes: int | None = None) -> None:
     from webdataset.utils import pytorch_worker_info
 
-    nodes = pytorch_worker_info()[1]
+    nodes = nodes or pytorch_worker_info()[1]
     if shards < nodes * max(1, workers):
         warnings.warn(
             f"{shards} shard(s) for {nodes} node(s) x {max(1, workers)} worker(s): some get no samples (a node "
@@ -324,7 +355,7 @@ def pixmo_loader(
 
     urls = shard_urls(source, dataset_options.pop("split", "train"))
     if not dataset_options.get("resampled"):
-        _warn_if_too_few_shards(len(urls), num_workers)
+        _warn_if_too_few_shards(len(urls), num_workers, dataset_options.get("world_size"))
     dataset = pixmo_dataset(urls, **dataset_options)
     extra = {"persistent_workers": persistent_workers, "pin_memory": pin_memory}
     if prefetch_factor is not None:

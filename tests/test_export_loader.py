@@ -65,6 +65,18 @@ def test_nodes_split_the_shards(exported, monkeypatch):
         per_node.append({s["__key__"] for s in pixmo_dataset(out, shuffle=0, decode="bytes")})
     assert per_node[0] and per_node[1]
     assert not per_node[0] & per_node[1] and per_node[0] | per_node[1] == keys
+    # or told directly (a launcher that sets no environment); it wins over the environment
+    given = [{s["__key__"] for s in pixmo_dataset(out, shuffle=0, decode="bytes", rank=r, world_size=2)} for r in (1, 0)]
+    assert given == per_node[::-1]
+    from pixmo.data import pixmo_loader
+
+    loaded = [s["__key__"] for s in pixmo_loader(out, num_workers=2, shuffle=0, decode="bytes", rank=0, world_size=2)]
+    assert sorted(loaded) == sorted(per_node[0])  # through DataLoader workers too, each sample once
+    three = [{s["__key__"] for s in pixmo_dataset(out, shuffle=0, decode="bytes", rank=r, world_size=3)} for r in range(3)]
+    assert sum(map(len, three)) == len(keys) and set().union(*three) == keys
+    for bad in ({"rank": 0}, {"rank": 2, "world_size": 2}, {"rank": -1, "world_size": 2}, {"rank": True, "world_size": 2}):
+        with pytest.raises(ValueError, match="rank"):
+            pixmo_dataset(out, **bad)
 
 
 def test_samples_decode_to_tensors_with_molmo_targets(exported):
