@@ -214,8 +214,10 @@ def check_marks(cfg: ProjectConfig, marks: Any) -> list[dict[str, Any]]:
     for n, mark in enumerate(marks, start=1):
         if not isinstance(mark, dict):
             raise ValidationError(f"Mark [{n}] must be an object with a label and points.")
+        if not isinstance(mark.get("label"), str):
+            raise ValidationError(f"Mark [{n}]: the label must be text.")
         try:
-            label = clean_label(mark.get("label") if isinstance(mark.get("label"), str) else None)
+            label = clean_label(mark["label"])
         except ValueError as exc:  # control characters, or too long
             raise ValidationError(f"Mark [{n}]: the label is refused: {exc}.") from None
         if not label:
@@ -228,6 +230,8 @@ def check_marks(cfg: ProjectConfig, marks: Any) -> list[dict[str, Any]]:
                                   f"limit of {cfg.max_points}.")
         if any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in points):
             raise ValidationError(f"Mark [{n}] ({label}): each point must be an [x, y] pair.")
+        if any(isinstance(c, bool) or not isinstance(c, (int, float)) for p in points for c in p):
+            raise ValidationError(f"Mark [{n}] ({label}): each point must be an [x, y] pair of numbers.")
         try:
             checked = validate_points(points)
         except ValidationError as exc:

@@ -187,7 +187,7 @@ def _ask_pairs(session, image_id: int, project_ids: dict[str, int], user_id: int
          [{"role": "user", "content": "What is in this picture?"}, {"role": "assistant", "content": summary}]),
         (EXPLAIN_PROJECT, "point_explain", f"Where is the {label}?", f"The {label} is here: {render_points(points, label)}.",
          [{"role": "context", "marks": marks}, {"role": "user", "content": f"Where is the {label}?"},
-          {"role": "assistant", "content": f"The {label} is here [1]."}]),
+          {"role": "assistant", "content": f"The {label} is here: [1]."}]),
     ]
     pairs = []
     for project, source, question, answer, messages in exchanges:

@@ -60,7 +60,7 @@ def review_queue(session: Session, reviewer_id: int, project_id: int | None = No
             .where(_unreviewed(model, target_type), (model.user_id.is_(None)) | (model.user_id != reviewer_id))
         )
         if model is QAPair:
-            stmt = stmt.where(QAPair.source.in_(("ask", "point_explain")), QAPair.status == "accepted")
+            stmt = stmt.where(QAPair.source.in_(EXCHANGE_SOURCES), QAPair.status == "accepted")
         if project_id is not None:
             stmt = stmt.where(model.project_id == project_id)
         rows = session.execute(stmt.order_by(model.id).limit(limit)).all()
@@ -92,7 +92,12 @@ def _details(row: Any, transcript: Transcript | None = None) -> dict[str, Any]:
                 "asr_model": transcript.asr_model if transcript else None}
     if isinstance(row, PointSet):
         return {"label": row.label, "points": row.points, "not_present": row.not_present, "method": row.method}
-    return {"question": row.question, "answer": row.answer, "revisions": row.revisions}
+    details = {"question": row.question, "answer": row.answer, "revisions": row.revisions}
+    if row.source == "point_explain":  # what the annotator saw: the text citing [n], and the marks to draw
+        from pixmo.ask import explanation_view
+
+        details["text"], details["marks"] = explanation_view(row)
+    return details
 
 
 def target_owner(session: Session, target_type: str, target_id: int) -> tuple[int, int | None]:

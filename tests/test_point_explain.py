@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -35,11 +36,13 @@ class ScriptedBackend:
 
     model_id = "scripted-model"
 
-    def __init__(self, *replies: str) -> None:
+    def __init__(self, *replies: str, delay: float = 0.0) -> None:
         self.replies = list(replies)
+        self.delay = delay  # seconds each reply takes, as a real model's would
         self.conversations: list[list[dict]] = []
 
     def complete_batch(self, conversations, **options):  # noqa: ANN001, ANN003, ANN201
+        time.sleep(self.delay)
         self.conversations += conversations
         out = []
         for _ in conversations:
@@ -108,7 +111,12 @@ def test_marks_a_question_and_an_accepted_answer_become_a_point_explanations_row
     assert got["alt_text"] == ["chair", "sofa"] and got["inline_text"] == ["chair", "sofa"]
     assert got["points"] == [[[20.0, 70.0], [60.0, 70.0]], [[50.0, 40.0]]]
 
-    # reviewed like an ask answer
+    # the reviewer sees what the annotator saw: the text citing [n], the marks drawn numbered, a legend
+    page = c["rev"].get("/review").text
+    assert REPLY in page and page.count('class="marker numbered"') == 3
+    assert "[1] chair (2 points)" in page and "[2] sofa (1 point)" in page
+    (item,) = c["rev"].get("/api/reviews/queue").json()
+    assert item["details"]["text"] == REPLY and item["details"]["marks"] == MARKS
     assert record_review(db, ids["rev"], "qa_pair", qa["id"], "approved").verdict == "approved"
 
 
@@ -121,6 +129,10 @@ def test_marks_a_question_and_an_accepted_answer_become_a_point_explanations_row
     ([{"label": "lamp", "points": [[0.5, 0.5]]}] * (MAX_MARKS + 1), f"more than {MAX_MARKS}"),
     ([{"label": "a\x00b", "points": [[0.5, 0.5]]}], "the label is refused"),
     (["chair"], "must be an object"),
+    ([{"label": 5, "points": [[0.5, 0.5]]}], "Mark [1]: the label must be text"),
+    ([{"label": "lamp", "points": [["0.1", "0.2"]]}], "pair of numbers"),
+    ([{"label": "lamp", "points": [[True, False]]}], "pair of numbers"),
+    ([{"label": "lamp", "points": [[None, 0.5]]}], "pair of numbers"),
 ])
 def test_bad_marks_are_refused_before_the_model_is_asked(db, store, app_for, marks, message):
     make, _ = app_for
@@ -209,7 +221,7 @@ def test_the_page_in_chromium_marks_asks_resumes_and_accepts(sqlite_template, tm
     add_users(db, [("alice", "annotator")])
     make_project(db, store, "explain", "point_explain", size=(480, 360), overlap=1)
     app = create_app(Settings(env="test", data_dir=tmp_path / "data"), db=db, store=store,
-                     ask_model=AskModel(ScriptedBackend("The squares [1] are left of the dot [2].")))
+                     ask_model=AskModel(ScriptedBackend("The squares [1] are left of the dot [2].", delay=1.5)))
     clicks = {"square": [(0.2, 0.3), (0.3, 0.6)], "dot": [(0.8, 0.5)]}
     with serve_in_thread(app) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless=new", "--disable-gpu"])
@@ -243,7 +255,12 @@ def test_the_page_in_chromium_marks_asks_resumes_and_accepts(sqlite_template, tm
         page.fill("#label", "dot")
         click(*clicks["dot"][0])
         page.click("#ask")  # the mark being made is added first
+        # while the model answers, nothing that was asked can change (the answer is for what was sent)
+        assert page.eval_on_selector("#question", "e => e.readOnly") and page.eval_on_selector("#label", "e => e.readOnly")
+        assert page.locator("#marks button").count() == 2 and all(
+            b.is_disabled() for b in page.locator("#marks button").all())
         page.wait_for_selector("#answer-card:not([hidden])")
+        assert not page.eval_on_selector("#question", "e => e.readOnly")
         assert page.inner_text("#answer") == "The squares [1] are left of the dot [2]."
         assert page.locator(".marker.marked").count() == 3
 

@@ -38,7 +38,7 @@ function render() {
     const n = mark.points.length;
     li.append(`[${i + 1}] ${mark.label} (${n} point${n === 1 ? "" : "s"}) `);
     const remove = document.createElement("button");
-    remove.type = "button"; remove.className = "btn"; remove.textContent = "Remove";
+    remove.type = "button"; remove.className = "btn"; remove.textContent = "Remove"; remove.disabled = busy;
     remove.addEventListener("click", () => { marks.splice(i, 1); changed(); });
     li.append(remove);
     return li;
@@ -48,6 +48,8 @@ function render() {
   $("add-mark").disabled = draft.length === 0 || busy;
   $("ask").disabled = (marks.length === 0 && draft.length === 0) || busy;
   $("accept").disabled = busy;
+  // what was asked stays as it was sent while the model answers: the answer is for that
+  questionEl.readOnly = busy; labelEl.readOnly = busy;
 }
 
 function changed() {
