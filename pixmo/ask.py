@@ -270,6 +270,13 @@ def explanation_view(qa: QAPair) -> tuple[str | None, list[dict[str, Any]] | Non
     return (said[-1] if said else None), context.get("marks")
 
 
+def _next_idx(session: Session, caption_id: int, writer: Answer) -> int:
+    """A free index for a QA row of this caption by this model and prompt ((caption, model, prompt, idx) is unique)."""
+    return 1 + (session.scalar(select(func.max(QAPair.idx)).where(
+        QAPair.caption_id == caption_id, QAPair.model == writer.model_id,
+        QAPair.prompt_version == writer.prompt_version)) or 0)
+
+
 def _store_exchange(db: Database, assignment_id: int, user_id: int, *, source: str, question: str, answer: str,
                     writer: Answer, caption_id: int | None, messages: list[dict[str, Any]]) -> QAPair:
     """A new pending exchange on the task, once the model has answered; the earlier pending ones are set aside."""
@@ -282,11 +289,7 @@ def _store_exchange(db: Database, assignment_id: int, user_id: int, *, source: s
                 for old in exchange_for(session, assignment):
                     if old.status == "pending":
                         old.status = "rejected"
-                idx = 0
-                if caption_id is not None:  # (caption, model, prompt, idx) is unique
-                    idx = 1 + (session.scalar(select(func.max(QAPair.idx)).where(
-                        QAPair.caption_id == caption_id, QAPair.model == writer.model_id,
-                        QAPair.prompt_version == writer.prompt_version)) or 0)
+                idx = 0 if caption_id is None else _next_idx(session, caption_id, writer)
                 qa = QAPair(
                     image_id=assignment.image_id, project_id=assignment.project_id, user_id=user_id,
                     assignment_id=assignment.id, caption_id=caption_id, idx=idx, source=source,
@@ -329,15 +332,6 @@ def _lock_exchange(session: Session, qa_id: int, user_id: int, *, accepted_ok: b
     return assignment, _pending(session, qa_id, user_id, lock=True)
 
 
-def _current_writer(qa: QAPair) -> tuple[str, str]:
-    """The model and prompt version that wrote the exchange's current answer."""
-    if not qa.revisions:
-        return qa.model, qa.prompt_version
-    last = qa.revisions[-1]
-    # entries written before ``revised_by_*`` existed named the writer of the answer that followed them
-    return last.get("revised_by_model", last["model"]), last.get("revised_by_prompt", last["prompt_version"])
-
-
 def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int, user_id: int,
                   feedback: str) -> QAPair:
     """The annotator says what is wrong; the model writes a new answer (the old one is kept)."""
@@ -353,24 +347,31 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
     context = image_context(db, store, image_id)
     answer = model.revise(question, context.caption, context.ocr_text, previous, feedback)
     now = utcnow().isoformat()
-    with db.session(write_lock=True) as session:
-        assignment, qa = _lock_exchange(session, qa_id, user_id)
-        claim_for_submission(session, assignment, utcnow())  # still this annotator's task
-        # what the model answered may have changed since (another tab revised it): feedback on an
-        # answer the annotator did not see, or a revision past the limit, is not stored
-        if qa.answer != previous or len(qa.revisions or []) >= MAX_REVISIONS:
-            raise LeaseError("this answer changed while the model wrote a new one (another tab?); look at it again")
-        # each entry keeps the answer it replaces with the model and prompt that wrote that answer
-        model_id, prompt_version = _current_writer(qa)
-        qa.revisions = [*(qa.revisions or []), {"answer": qa.answer, "feedback": feedback, "at": now,
-                                                "model": model_id, "prompt_version": prompt_version,
-                                                "revised_by_model": answer.model_id,
-                                                "revised_by_prompt": answer.prompt_version}]
-        qa.messages = [*(qa.messages or []), {"role": "user", "content": feedback, "kind": "feedback", "at": now},
-                       {"role": "assistant", "content": answer.text, "at": now}]
-        qa.answer = answer.text
-        session.flush()
-        return qa
+    for _ in range(5):
+        try:
+            with db.session(write_lock=True) as session:
+                assignment, qa = _lock_exchange(session, qa_id, user_id)
+                claim_for_submission(session, assignment, utcnow())  # still this annotator's task
+                # what the model answered may have changed since (another tab revised it): feedback on
+                # an answer the annotator did not see, or a revision past the limit, is not stored
+                if qa.answer != previous or len(qa.revisions or []) >= MAX_REVISIONS:
+                    raise LeaseError("this answer changed while the model wrote a new one (another tab?); look at it again")
+                # each entry keeps the answer it replaces with the model and prompt that wrote that answer
+                qa.revisions = [*(qa.revisions or []), {"answer": qa.answer, "feedback": feedback, "at": now,
+                                                        "model": qa.model, "prompt_version": qa.prompt_version}]
+                qa.messages = [*(qa.messages or []), {"role": "user", "content": feedback, "kind": "feedback", "at": now},
+                               {"role": "assistant", "content": answer.text, "at": now}]
+                qa.answer = answer.text
+                # the row names the writer of its current answer: the lineage the export reads
+                if (qa.model, qa.prompt_version) != (answer.model_id, answer.prompt_version):
+                    qa.model, qa.prompt_version = answer.model_id, answer.prompt_version
+                    if qa.caption_id is not None:
+                        qa.idx = _next_idx(session, qa.caption_id, answer)
+                session.flush()
+                return qa
+        except IntegrityError:
+            continue  # another exchange on this caption took the index; take the next one
+    raise AskFailed("could not store the answer; try again")
 
 
 def accept_answer(db: Database, *, qa_id: int, user_id: int, active_seconds: float | None = None,

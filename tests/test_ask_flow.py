@@ -81,6 +81,7 @@ def test_parallel_revisions_stay_within_the_limit_and_pair_feedback_with_its_ans
     answers = [r["answer"] for r in row.revisions]
     assert answers[0] == "answer 1" and all(a.startswith("revised") for a in answers[1:])
     assert [r["prompt_version"] for r in row.revisions] == ["ask-v1"] + ["revise-v1"] * (ask.MAX_REVISIONS - 1)
+    assert (row.model, row.prompt_version) == ("held-model", "revise-v1")  # the row names its current answer's writer
 
 
 def test_a_revision_that_ends_after_a_skip_is_not_stored(flow):

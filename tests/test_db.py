@@ -204,3 +204,45 @@ def test_shared_named_locks_exclude_only_the_exclusive_holder(db):
             assert not shared
     with db.try_lock("export-x", shared=True) as again:  # all released
         assert again
+
+
+def test_migration_0007_names_the_writer_of_each_revised_ask_answer(db):
+    """A revised ask answer's row named the model and prompt of its first answer; 0007 gives it the
+    writer of its current answer (from its last revision entry, in either entry form), with a free
+    index where its caption already has a row of that writer."""
+    from alembic import command
+
+    from pixmo.db.migrate import alembic_config, upgrade
+    from pixmo.db.models import QAPair
+
+    command.downgrade(alembic_config(db.url), "0006")
+    with db.session() as s:
+        image = Image(sha256="c" * 64, storage_key="k", width=4, height=4, mime="image/png", bytes=1)
+        s.add(image)
+        s.flush()
+        cap = Caption(image_id=image.id, kind="cleaned", text="A cat.", model="m", prompt_version="clean-v1",
+                      source_key="x")
+        s.add(cap)
+        s.flush()
+
+        def qa(**kw):  # noqa: ANN003, ANN202
+            row = QAPair(image_id=image.id, question="q?", answer="a.", status="accepted", **kw)
+            s.add(row)
+            s.flush()
+            return row.id
+
+        entry = {"answer": "a0", "feedback": "f", "at": "2026-01-01T00:00:00"}
+        ids = {
+            "revised": qa(source="ask", caption_id=cap.id, model="m", prompt_version="ask-v1", idx=1, revisions=[
+                {**entry, "model": "m", "prompt_version": "ask-v1", "revised_by_model": "m", "revised_by_prompt": "revise-v1"}]),
+            "taken": qa(source="ask", caption_id=cap.id, model="m", prompt_version="revise-v1", idx=1, revisions=[]),
+            "older": qa(source="ask", model="m", prompt_version="ask-v1", revisions=[  # before revised_by_* existed
+                {**entry, "model": "m2", "prompt_version": "revise-v1"}]),
+            "unrevised": qa(source="ask", model="m", prompt_version="ask-v1", revisions=[]),
+            "capqa": qa(source="capqa", model="m", prompt_version="capqa-v1", revisions=[{"attempts": 3}]),
+        }
+    upgrade(db.url)
+    with db.session() as s:
+        got = {k: (r.model, r.prompt_version, r.idx) for k, i in ids.items() for r in [s.get(QAPair, i)]}
+    assert got == {"revised": ("m", "revise-v1", 2), "taken": ("m", "revise-v1", 1), "older": ("m2", "revise-v1", 0),
+                   "unrevised": ("m", "ask-v1", 0), "capqa": ("m", "capqa-v1", 0)}
