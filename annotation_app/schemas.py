@@ -70,6 +70,17 @@ class AttachOut(BaseModel):
     images: int
 
 
+class GoldIn(BaseModel):
+    answer: dict[str, Any] | None = Field(description='{"points": {"label": [[x, y], ...]}} (normalised 0-1; [] for '
+                                                      "not present); null clears it")
+
+
+class GoldOut(BaseModel):
+    image_id: int
+    is_gold: bool
+    gold_answer: dict[str, Any] | None
+
+
 class AssignmentOut(BaseModel):
     id: int
     project_id: int

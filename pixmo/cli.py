@@ -271,6 +271,34 @@ def project_list() -> None:
     console.print(table)
 
 
+@project_app.command("gold")
+def project_gold(
+    project: Annotated[str, typer.Argument(help="Project name.")],
+    image: Annotated[str, typer.Argument(help="Image id or sha256 (attached to the project).")],
+    answer: Annotated[Optional[str], typer.Option(
+        help='Expected points: \'{"points": {"red circle": [[0.25, 0.4]], "dog": []}}\' (normalised 0-1; [] not present).')] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the answer (the image stays a gold item).")] = False,
+) -> None:
+    """Make an image a gold (check) item of a points project, with the answer its point sets are scored against."""
+    from pixmo.project_images import find_image, set_gold_answer
+    from pixmo.projects import get_project
+
+    if (answer is None) == (not clear):
+        _fail(ValueError("give --answer JSON, or --clear"))
+    try:
+        value = None if clear else json.loads(answer)
+    except json.JSONDecodeError as exc:
+        _fail(ValueError(f"--answer is not JSON: {exc}"))
+    try:
+        with _db().session(write_lock=True) as session:
+            p = get_project(session, project)
+            row = set_gold_answer(session, p, find_image(session, image), value)
+            shown = json.dumps(row.gold_answer) if row.gold_answer else "none"
+            console.print(f"image {row.image_id} of [bold]{p.name}[/bold] is a gold item; answer: {shown}")
+    except PixmoError as exc:
+        _fail(exc)
+
+
 @ingest_app.command("folder")
 def ingest_folder_cmd(
     path: Annotated[Path, typer.Argument(help="Folder to walk (recursively).")],

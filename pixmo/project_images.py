@@ -1,13 +1,17 @@
-"""Attach already-ingested images to a project: by id, by sha256, from another project, or all."""
+"""Attach already-ingested images to a project (by id, by sha256, from another project, or all),
+and give gold (check) images their expected answers."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pixmo.db.models import Image, Project, ProjectImage
 from pixmo.errors import NotFoundError, ValidationError
-from pixmo.projects import attach_images, get_project
+from pixmo.formats.points import validate_points
+from pixmo.projects import attach_images, clean_label, get_project, project_config
 
 
 def attach_ingested(
@@ -47,3 +51,61 @@ def attach_ingested(
 
 def image_count(session: Session, project: Project) -> int:
     return int(session.scalar(select(func.count()).select_from(ProjectImage).where(ProjectImage.project_id == project.id)) or 0)
+
+
+def find_image(session: Session, ref: str | int) -> Image:
+    """An image by id or by sha256 (NotFoundError names what was looked for)."""
+    text = str(ref).strip().lower()
+    image = session.get(Image, int(text)) if text.isdigit() else session.scalars(
+        select(Image).where(Image.sha256 == text)).first()
+    if image is None:
+        raise NotFoundError(f"no image {ref!r} (give an image id or sha256)")
+    return image
+
+
+def check_gold_answer(project: Project, answer: Any) -> dict[str, Any]:
+    """A pointing gold answer in its stored form, ``{"points": {label: [[x, y], ...]}}`` (normalised,
+    ``[]``: not present); ``{"label": .., "points": [..]}`` is taken for one label. ValidationError
+    says what is wrong."""
+    if isinstance(answer, dict) and isinstance(answer.get("label"), str) and isinstance(answer.get("points"), list):
+        answer = {"points": {answer["label"]: answer["points"]}}
+    if not isinstance(answer, dict) or not isinstance(answer.get("points"), dict) or not answer["points"]:
+        raise ValidationError('a gold answer is {"points": {"label": [[x, y], ...]}} (normalised 0-1; [] for not '
+                              'present), or {"label": "...", "points": [[x, y], ...]}')
+    allowed = project_config(project).labels
+    out: dict[str, list[list[float]]] = {}
+    for label, points in answer["points"].items():
+        try:
+            label = clean_label(label)
+        except ValueError as exc:
+            raise ValidationError(f"gold label refused: {exc}") from None
+        if not label:
+            raise ValidationError("a gold label is empty")
+        if allowed and label not in allowed:
+            raise ValidationError(f"{label!r} is not one of the project's labels")
+        if not isinstance(points, list) or any(
+                not isinstance(p, (list, tuple)) or len(p) != 2
+                or any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in p) for p in points):
+            raise ValidationError(f"the gold points of {label!r} must be a list of [x, y] pairs of numbers")
+        try:
+            checked = validate_points(points)
+        except ValidationError as exc:
+            raise ValidationError(f"a gold point of {label!r} lies outside the image ({exc})") from None
+        out[label] = [[round(p.x, 5), round(p.y, 5)] for p in checked]
+    return {"points": out}
+
+
+def set_gold_answer(session: Session, project: Project, image: Image, answer: Any | None) -> ProjectImage:
+    """Make an attached image a gold (check) item of a pointing project with this expected answer;
+    ``None`` clears the answer (the image stays gold, unscored). Point sets on it are then scored
+    for gold accuracy (`pixmo.curation.gold`)."""
+    if project.kind != "points":
+        raise ValidationError(f"gold answers are scored for points projects; {project.name!r} is a {project.kind} project")
+    row = session.scalars(select(ProjectImage).where(ProjectImage.project_id == project.id,
+                                                     ProjectImage.image_id == image.id).with_for_update()).first()
+    if row is None:
+        raise NotFoundError(f"image {image.id} is not in project {project.name!r}; attach it first")
+    row.gold_answer = None if answer is None else check_gold_answer(project, answer)
+    row.is_gold = True
+    session.flush()
+    return row

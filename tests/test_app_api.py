@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from annotation_app.main import create_app
 from pixmo.audio import decode_audio
 from pixmo.config import Settings
-from pixmo.db.models import Assignment, Base, LoginAttempt, PointSet, Recording, Review, Transcript, utcnow
+from pixmo.db.models import Assignment, Base, LoginAttempt, PointSet, ProjectImage, Recording, Review, Transcript, utcnow
 from tests.app_helpers import PASSWORD, add_users, audio_bytes, make_project, tokens_for, tone, wav_bytes
 
 HTML_LABEL = '<img src=x onerror="alert(1)">&<b>cat</b>'
@@ -69,6 +69,8 @@ def _routes(env) -> list[tuple[str, str, str, dict]]:
     a = lease(env, "points", "annotator")  # the annotator's own lease
     caption_lease = lease(env, "caption", "annotator")
     p = env["points"]
+    with env["db"].session() as s:
+        gold_image = s.scalars(select(ProjectImage.image_id).where(ProjectImage.project_id == p)).first()
     return [
         ("GET", "/", "annotator", {}),
         ("GET", "/api/me", "annotator", {}),
@@ -110,6 +112,7 @@ def _routes(env) -> list[tuple[str, str, str, dict]]:
         ("POST", f"/admin/users/{env['users']['ann2']}", "admin", {"data": {"action": "role", "role": "annotator"}}),
         ("POST", "/api/projects", "admin", {"json": {"name": "api-made", "kind": "caption"}}),
         ("POST", f"/api/projects/{p}/images", "admin", {"json": {"all_images": True}}),
+        ("PUT", f"/api/projects/{p}/gold/{gold_image}", "admin", {"json": {"answer": {"points": {"dog": []}}}}),
     ]
 
 

@@ -35,7 +35,7 @@ def initialised(tmp_path, monkeypatch):
     "cmd",
     [[], ["init"], ["user", "add"], ["user", "list"], ["user", "token"], ["user", "tokens"], ["user", "revoke"],
      ["user", "deactivate"], ["user", "activate"], ["user", "role"], ["user", "password"], ["project", "create"],
-     ["project", "list"],
+     ["project", "list"], ["project", "gold"],
      ["ingest", "folder"], ["stats"], ["demo"], ["worker"]],
 )
 def test_every_command_has_help(cmd):

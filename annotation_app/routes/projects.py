@@ -9,12 +9,12 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import func, select
 
 from annotation_app.deps import Admin, AnyUser, DbDep, Reviewer, is_reviewer
-from annotation_app.schemas import AttachIn, AttachOut, ProjectIn, ProjectOut
+from annotation_app.schemas import AttachIn, AttachOut, GoldIn, GoldOut, ProjectIn, ProjectOut
 from annotation_app.templating import render
 from pixmo.assignments import project_progress
 from pixmo.db.models import PROJECT_KINDS, Image, Project, User
 from pixmo.errors import NotFoundError, PixmoError
-from pixmo.project_images import attach_ingested, image_count
+from pixmo.project_images import attach_ingested, find_image, image_count, set_gold_answer
 from pixmo.projects import GUIDING_QUESTIONS, create_project, list_projects
 
 router = APIRouter(tags=["projects"])
@@ -164,6 +164,14 @@ def api_attach(project_id: int, body: AttachIn, db: DbDep, admin: Admin):
         added = attach_ingested(session, project, image_ids=body.image_ids, sha256=body.sha256,
                                 from_project=body.from_project, all_images=body.all_images, gold=body.gold)
         return AttachOut(attached=added, images=image_count(session, project))
+
+
+@router.put("/api/projects/{project_id}/gold/{image}", response_model=GoldOut)
+def api_gold(project_id: int, image: str, body: GoldIn, db: DbDep, admin: Admin):
+    """Make an attached image (id or sha256) a gold item of a points project with its expected answer (admin only)."""
+    with db.session(write_lock=True) as session:
+        row = set_gold_answer(session, _project(session, project_id), find_image(session, image), body.answer)
+        return GoldOut(image_id=row.image_id, is_gold=row.is_gold, gold_answer=row.gold_answer)
 
 
 @router.get("/api/projects/{project_id}/progress")
