@@ -364,9 +364,9 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
                 qa.answer = answer.text
                 # the row names the writer of its current answer: the lineage the export reads
                 if (qa.model, qa.prompt_version) != (answer.model_id, answer.prompt_version):
-                    qa.model, qa.prompt_version = answer.model_id, answer.prompt_version
-                    if qa.caption_id is not None:
-                        qa.idx = _next_idx(session, qa.caption_id, answer)
+                    # the free index first: the query would flush the row's new writer with its old index
+                    idx = qa.idx if qa.caption_id is None else _next_idx(session, qa.caption_id, answer)
+                    qa.model, qa.prompt_version, qa.idx = answer.model_id, answer.prompt_version, idx
                 session.flush()
                 return qa
         except IntegrityError:

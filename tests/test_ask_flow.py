@@ -10,7 +10,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 import pixmo.ask as ask
 from annotation_app.main import create_app
@@ -197,3 +197,31 @@ def test_a_skipped_task_leaves_no_question_pending(flow):
         assert s.get(QAPair, qa["id"]).status == "rejected"  # set aside, as a newer question would set it
     r = c["ann"].post(f"/api/qa/{qa['id']}/accept", json={})
     assert r.status_code == 409 and "skipped" in r.json()["detail"]
+
+
+def test_two_exchanges_on_one_caption_are_both_revised(db, store, tmp_path, monkeypatch):
+    """A revised row takes the reviser's model and prompt with a free index: the second exchange on
+    the same caption failed for good (its revision was flushed with its old index, taken by the first)."""
+    from pixmo.db.models import Caption, ProjectImage
+
+    monkeypatch.setattr(ask, "_ocr_cached", lambda sha, key, store: "")
+    add_users(db, [("ann", "annotator"), ("ann2", "annotator")], password=None)
+    tokens = tokens_for(db, ["ann", "ann2"])
+    app = create_app(Settings(env="test", data_dir=tmp_path / "data"), db=db, store=store, ask_model=HeldModel())
+    c = {n: TestClient(app, headers={"Authorization": f"Bearer {t}"}) for n, t in tokens.items()}
+    project, _ = make_project(db, store, "ama", "ask", n_images=1, overlap=2)
+    with db.session() as s:
+        image_id = s.scalars(select(ProjectImage.image_id).where(ProjectImage.project_id == project)).one()
+        s.add(Caption(image_id=image_id, kind="cleaned", text="A red car.", model="m", prompt_version="clean-v1",
+                      source_key="x"))
+    qas = []
+    for who in ("ann", "ann2"):
+        task = c[who].post(f"/api/projects/{project}/next").json()["assignment"]
+        qas.append(c[who].post(f"/api/assignments/{task['id']}/ask", json={"question": "What is it?"}).json())
+    for who, qa in zip(("ann", "ann2"), qas, strict=True):
+        r = c[who].post(f"/api/qa/{qa['id']}/revise", json={"feedback": "shorter"})
+        assert r.status_code == 200, r.text
+    with db.session() as s:
+        rows = [s.get(QAPair, qa["id"]) for qa in qas]
+    assert [(r.prompt_version, r.idx) for r in rows] == [("revise-v1", 1), ("revise-v1", 2)]
+    assert all(r.caption_id is not None for r in rows)

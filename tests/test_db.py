@@ -238,11 +238,20 @@ def test_migration_0007_names_the_writer_of_each_revised_ask_answer(db):
             "taken": qa(source="ask", caption_id=cap.id, model="m", prompt_version="revise-v1", idx=1, revisions=[]),
             "older": qa(source="ask", model="m", prompt_version="ask-v1", revisions=[  # before revised_by_* existed
                 {**entry, "model": "m2", "prompt_version": "revise-v1"}]),
+            "older2": qa(source="ask", model="m", prompt_version="ask-v1", revisions=[
+                {**entry, "model": "m2", "prompt_version": "revise-v1"}, {**entry, "model": "m3", "prompt_version": "revise-v1"}]),
             "unrevised": qa(source="ask", model="m", prompt_version="ask-v1", revisions=[]),
             "capqa": qa(source="capqa", model="m", prompt_version="capqa-v1", revisions=[{"attempts": 3}]),
         }
     upgrade(db.url)
     with db.session() as s:
         got = {k: (r.model, r.prompt_version, r.idx) for k, i in ids.items() for r in [s.get(QAPair, i)]}
+        entries = {k: s.get(QAPair, i).revisions for k, i in ids.items()}
     assert got == {"revised": ("m", "revise-v1", 2), "taken": ("m", "revise-v1", 1), "older": ("m2", "revise-v1", 0),
-                   "unrevised": ("m", "ask-v1", 0), "capqa": ("m", "capqa-v1", 0)}
+                   "older2": ("m3", "revise-v1", 0), "unrevised": ("m", "ask-v1", 0), "capqa": ("m", "capqa-v1", 0)}
+    # every entry names the writer of the answer it replaced: the first answer's was the row's
+    assert entries["revised"] == [{**entry, "model": "m", "prompt_version": "ask-v1"}]
+    assert entries["older"] == [{**entry, "model": "m", "prompt_version": "ask-v1"}]
+    assert entries["older2"] == [{**entry, "model": "m", "prompt_version": "ask-v1"},
+                                 {**entry, "model": "m2", "prompt_version": "revise-v1"}]
+    assert entries["capqa"] == [{"attempts": 3}]

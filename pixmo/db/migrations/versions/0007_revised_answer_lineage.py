@@ -1,7 +1,8 @@
 """qa_pairs: a revised ask-the-model answer names the model and prompt that wrote it
 
 Until now the row kept the model and prompt version of the first answer, and the writer of the
-current one was only in its last revision entry; the export's lineage read the row. Data only.
+current one was only in its last revision entry; the export's lineage read the row. Each revision
+entry now names the writer of the answer it replaces (older entries named the next one's). Data only.
 
 Revision ID: 0007
 Revises: 0006
@@ -23,6 +24,26 @@ QA = sa.table("qa_pairs", sa.column("id", sa.Integer), sa.column("caption_id", s
               sa.column("revisions", sa.JSON))
 
 
+def _rewritten(model: str, prompt: str, revisions: list) -> tuple[tuple[str, str], list]:
+    """(writer of the current answer, entries that each name the writer of the answer they replace).
+
+    Entries came in two older forms: the first named the writer of the answer that *followed* them;
+    the second named the writer of the replaced answer and added ``revised_by_*`` for the next one.
+    """
+    writer, out = (model, prompt), []
+    for entry in revisions:
+        entry = dict(entry)
+        if "revised_by_model" in entry:
+            following = (entry.pop("revised_by_model"), entry.pop("revised_by_prompt", entry.get("prompt_version")))
+        else:
+            following = (entry.get("model"), entry.get("prompt_version"))
+        entry["model"], entry["prompt_version"] = writer
+        out.append(entry)
+        if None not in following:
+            writer = following
+    return writer, out
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     rows = bind.execute(sa.select(QA.c.id, QA.c.caption_id, QA.c.model, QA.c.prompt_version, QA.c.revisions)
@@ -32,17 +53,16 @@ def upgrade() -> None:
             revisions = json.loads(revisions)
         if not revisions:
             continue
-        last = revisions[-1]
-        # entries written before revised_by_* existed named the writer of the answer that followed them
-        writer = (last.get("revised_by_model", last.get("model")), last.get("revised_by_prompt", last.get("prompt_version")))
-        if None in writer or writer == (model, prompt):
-            continue
-        values = {"model": writer[0], "prompt_version": writer[1]}
-        if caption_id is not None:  # (caption, model, prompt, idx) is unique
-            values["idx"] = 1 + (bind.execute(sa.select(sa.func.max(QA.c.idx)).where(
-                QA.c.caption_id == caption_id, QA.c.model == writer[0], QA.c.prompt_version == writer[1])).scalar() or 0)
+        writer, entries = _rewritten(model, prompt, revisions)
+        values = {"revisions": entries}
+        if writer != (model, prompt):
+            values.update(model=writer[0], prompt_version=writer[1])
+            if caption_id is not None:  # (caption, model, prompt, idx) is unique
+                values["idx"] = 1 + (bind.execute(sa.select(sa.func.max(QA.c.idx)).where(
+                    QA.c.caption_id == caption_id, QA.c.model == writer[0],
+                    QA.c.prompt_version == writer[1])).scalar() or 0)
         bind.execute(sa.update(QA).where(QA.c.id == qa_id).values(**values))
 
 
 def downgrade() -> None:
-    pass  # the writers stay right; the first answer's are in the revision entries
+    pass  # the writers stay right: the first answer's is in the first revision entry
