@@ -175,13 +175,14 @@ def test_named_locks_on_postgresql_are_per_schema_and_outlive_a_lost_connection(
     )
     try:
         with a.try_lock("stage:x") as held:
-            assert held
+            assert held and held.still_held()
             with b.try_lock("stage:x") as other_schema, a.try_lock("stage:x") as same_schema:
                 assert other_schema and not same_schema
             with a.engine.connect() as conn:
                 pid = conn.execute(holder, {"key": f"{schema_a}|pixmo|stage:x"}).scalar_one()
                 conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
                 conn.commit()
+            assert not held.still_held()  # the holder can tell (an export checks before deleting)
         with a.try_lock("stage:x") as held:  # the block above ended cleanly; the lock is free
             assert held
     finally:

@@ -656,7 +656,7 @@ def test_export_to_s3_verifies_and_loads(demo, s3_server, monkeypatch):
         assert sorted(seen) == sorted(s.scalars(select(Image.sha256)))
 
 
-def test_two_exports_into_one_s3_prefix_refuse_each_other(demo, s3_server, monkeypatch):
+def test_two_exports_into_one_s3_prefix_refuse_each_other(demo, s3_server, monkeypatch, tmp_path):
     """A bucket has no lock: the deployment's database holds the place while an export writes, so a
     second export there fails at once instead of deleting the first one's shards as leftovers."""
     from pixmo.config import get_settings
@@ -684,6 +684,22 @@ def test_two_exports_into_one_s3_prefix_refuse_each_other(demo, s3_server, monke
             export_webdataset(db, store, url, options=WebDatasetOptions(workers=1))
     export_webdataset(db, store, url, options=WebDatasetOptions(workers=1))  # free again
     assert verify_export(url).ok
+    # the place is held however its URL is spelled
+    with held_for_export(db, open_target(f"s3://{bucket.bucket}//exports/held/")):
+        with pytest.raises(StorageError, match="another export is writing"):
+            export_webdataset(db, store, url, options=WebDatasetOptions(workers=1))
+    # a hold whose database lock lapsed (its PostgreSQL connection cut) stops the export before it
+    # deletes or publishes anything: another export may hold the place by then
+    from pixmo.db.session import NamedLock
+
+    before = sorted(bucket.iter_keys())
+    monkeypatch.setattr(NamedLock, "still_held", lambda self: False)
+    with pytest.raises(StorageError, match="was lost"):
+        export_webdataset(db, store, url, options=WebDatasetOptions(workers=1, maxcount=3))
+    assert sorted(bucket.iter_keys()) == before and verify_export(url).ok
+    # a folder is held by flock alone (machines sharing the database each have their own folder)
+    with held_for_export(db, open_target(tmp_path / "out")) as hold:
+        assert hold.locks == []
 
 
 def test_an_s3_export_overlapping_an_s3_blob_store_is_refused(demo, s3_server, monkeypatch):

@@ -161,7 +161,7 @@ def test_a_failing_stage_marks_its_job_at_once_and_keeps_its_lock_until_its_batc
                 seen["job failed while batch 2 ran"] = status() == "failed"
                 time.sleep(0.3)
                 with db.try_lock("stage:toy") as free:
-                    seen["lock free while batch 2 ran"] = free
+                    seen["lock free while batch 2 ran"] = bool(free)
             return batch
 
         def write(self, session, results):  # noqa: ANN001, ANN202

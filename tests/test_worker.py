@@ -111,7 +111,7 @@ def test_the_step_lock_holds_across_processes_and_dies_with_its_holder(sqlite_db
             import sys
             from pixmo.db.session import Database
             with Database({sqlite_db.url!r}).try_lock("stage:rewrite.clean") as held:
-                print(held, flush=True)
+                print(bool(held), flush=True)
                 sys.stdin.readline()
         """)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -102,6 +102,20 @@ def _file_lock(database: str | None, name: str, shared: bool = False) -> Iterato
         os.close(fd)  # releases the lock; the empty file stays for the next holder
 
 
+class NamedLock:
+    """What `Database.try_lock` yields: true when the lock was got. ``still_held()`` says whether it
+    still is (false once a PostgreSQL lock's connection has been cut, which frees the lock)."""
+
+    def __init__(self, held: bool, alive: Callable[[], bool] | None = None) -> None:
+        self.held, self._alive = held, alive
+
+    def __bool__(self) -> bool:
+        return self.held
+
+    def still_held(self) -> bool:
+        return self.held and (self._alive is None or self._alive())
+
+
 class Database:
     """An engine plus a session factory for one database URL."""
 
@@ -177,18 +191,19 @@ class Database:
         return True
 
     @contextmanager
-    def try_lock(self, name: str, *, shared: bool = False) -> Iterator[bool]:
+    def try_lock(self, name: str, *, shared: bool = False) -> Iterator[NamedLock]:
         """Hold a named lock, shared by every process using this database, while the block runs;
-        yields False (and holds nothing) when another holder has it now. ``shared`` holders do not
-        exclude each other, only the exclusive one.
+        yields a `NamedLock`, false (holding nothing) when another holder has it now. ``shared``
+        holders do not exclude each other, only the exclusive one.
 
         PostgreSQL: a session advisory lock on a connection of its own (the server frees it if this
-        process dies). SQLite: flock on a file beside the database (the kernel frees it likewise);
-        a private in-memory database has no other users, so the lock is always got.
+        process dies, and also if that connection is cut: `NamedLock.still_held` tells). SQLite:
+        flock on a file beside the database (the kernel frees it likewise); a private in-memory
+        database has no other users, so the lock is always got.
         """
         if self.is_sqlite:
             with _file_lock(_sqlite_file(self.url), name, shared) as held:
-                yield held
+                yield NamedLock(held)
             return
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
@@ -200,8 +215,17 @@ class Database:
         with self.engine.connect() as conn:
             held = bool(conn.execute(text(f"SELECT pg_try_advisory_lock{kind}({key})"), {"name": name}).scalar())
             conn.commit()
+
+            def alive() -> bool:
+                try:
+                    conn.execute(text("SELECT 1"))
+                    conn.commit()
+                    return True
+                except DBAPIError:
+                    return False
+
             try:
-                yield held
+                yield NamedLock(held, alive)
             finally:
                 if held:
                     try:

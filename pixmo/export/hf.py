@@ -273,7 +273,7 @@ def export_hf(
     check_apart(target, store)
     started = time.perf_counter()
     params = {"out": target.url, "subset": subset, "filters": filters.as_dict(), "rows_per_file": rows_per_file}
-    with job_run(db, f"export-hf-{subset}", params) as job, held_for_export(db, target, subset):
+    with job_run(db, f"export-hf-{subset}", params) as job, held_for_export(db, target, subset) as hold:
         for name in target.temp_names():  # what a killed run of this subset left
             if name.startswith(f"{subset}/"):
                 target.delete(name)
@@ -293,6 +293,7 @@ def export_hf(
                     writer.write(rows)
                     total += len(rows)
                     bar.advance(len(chunk))
+            hold.check()
             writer.finish()
             # only now that the new files are complete: drop what an earlier, larger export left
             keep = {f["name"] for f in writer.files}

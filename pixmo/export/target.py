@@ -23,7 +23,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from pixmo.db.session import Database
+from pixmo.db.session import Database, NamedLock
 from pixmo.errors import StorageError
 from pixmo.storage import TMP_PREFIX, BlobStore, LocalStore, S3Store, fsync_dir, open_store
 
@@ -122,23 +122,44 @@ class ExportTarget(ABC):
         yield
 
 
+class ExportHold:
+    """An export's hold on its place (`held_for_export`); ``check()`` before a destructive step."""
+
+    def __init__(self, where: str, locks: list[NamedLock]) -> None:
+        self.where, self.locks = where, locks
+
+    def check(self) -> None:
+        """StorageError when a database lock of the hold has lapsed (its connection was cut): another
+        export may be writing there now, so this one stops before it deletes or publishes anything."""
+        if not all(lock.still_held() for lock in self.locks):
+            raise StorageError(f"the hold on {self.where} was lost (the database connection was cut): another export "
+                               "may be writing there now; run this one again")
+
+
 @contextlib.contextmanager
-def held_for_export(db: Database, target: ExportTarget, part: str | None = None) -> Iterator[None]:
-    """`ExportTarget.writing`, and the same hold as named locks in ``db``: a blob store (S3) has no
-    lock of its own, so two exports of one deployment into the same bucket and prefix refuse each
-    other there too (exports from other databases into one prefix are not seen)."""
+def held_for_export(db: Database, target: ExportTarget, part: str | None = None) -> Iterator[ExportHold]:
+    """`ExportTarget.writing`; for a blob store (S3), which has no lock of its own, the same hold as
+    named locks in ``db``, so that two exports of one deployment into the same bucket and prefix
+    refuse each other there too (exports from other databases into one prefix are not seen). A
+    folder is held by flock alone: two machines sharing a database each have their own ``/data/out``."""
     where = target.url if part is None else f"{target.url.rstrip('/')}/{part}"
-    # hashed: a URL may be longer than a lock file's name may be
-    key = "export-" + hashlib.sha256(target.url.encode()).hexdigest()[:32]
     with contextlib.ExitStack() as held:
         held.enter_context(target.writing(part))
-        locks = [(key, part is not None)] + ([(f"{key}-{hashlib.sha256(part.encode()).hexdigest()[:16]}", False)]
-                                             if part is not None else [])
-        for name, shared in locks:
-            if not held.enter_context(db.try_lock(name, shared=shared)):
-                raise StorageError(f"another export is writing to {where} now; wait for it to finish or export "
-                                   "to another place")
-        yield
+        locks: list[NamedLock] = []
+        if isinstance(target, StoreTarget):
+            # the place itself, however the URL was spelled; hashed, as a URL may be longer than a lock file's name
+            place = "|".join(map(str, _store_place(target.store)))
+            key = "export-" + hashlib.sha256(place.encode()).hexdigest()[:32]
+            names = [(key, part is not None)]
+            if part is not None:
+                names.append((f"{key}-{hashlib.sha256(part.encode()).hexdigest()[:16]}", False))
+            for name, shared in names:
+                lock = held.enter_context(db.try_lock(name, shared=shared))
+                if not lock:
+                    raise StorageError(f"another export is writing to {where} now; wait for it to finish or export "
+                                       "to another place")
+                locks.append(lock)
+        yield ExportHold(where, locks)
 
 
 @contextlib.contextmanager
@@ -373,6 +394,15 @@ def _content_type(name: str) -> str:
     if name.endswith(".parquet"):
         return "application/vnd.apache.parquet"
     return "application/octet-stream"
+
+
+def _store_place(store: BlobStore) -> tuple:
+    """Where a store's blobs are, the same however its URL was written."""
+    if isinstance(store, S3Store):
+        return ("s3", store.endpoint_url or "", store.bucket, store.prefix)
+    if isinstance(store, LocalStore):
+        return ("file", str(Path(store.root).resolve()))
+    return ("store", store.describe())
 
 
 def _store_url(store: BlobStore) -> str:

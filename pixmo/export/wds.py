@@ -190,17 +190,19 @@ def export_webdataset(
     check_apart(target, store)
     started = time.perf_counter()
     params = {"out": target.url, "filters": filters.as_dict(), "options": asdict(options)}
-    with job_run(db, "export", params) as job, held_for_export(db, target):
+    with job_run(db, "export", params) as job, held_for_export(db, target) as hold:
         as_of, warnings = snapshot_time(db, filters)
         with db.session() as session:
             candidates = select_images(session, filters, as_of=as_of, with_audio=options.with_audio)
         plans = plan_shards(candidates, maxcount=options.maxcount, maxsize=options.maxsize,
                             val_fraction=options.val_fraction)
+        hold.check()
         _clear_previous(target, plans)
         with Progress("export", len(candidates), progress) as bar:
             results = _write_all(plans, db, store, target, options, as_of, bar)
         manifest = build_manifest(filters, options, results)
         manifest_data = manifest_bytes(manifest)
+        hold.check()
         target.put_bytes(MANIFEST_NAME, manifest_data)
         elapsed = time.perf_counter() - started
         export_id = record_export(
