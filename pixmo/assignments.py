@@ -318,10 +318,12 @@ def project_progress(session: Session, project: Project, now: dt.datetime | None
     cfg = project_config(project)
     images = session.scalar(select(func.count()).select_from(PI).where(PI.project_id == project.id)) or 0
     gold = session.scalar(select(func.count()).select_from(PI).where(PI.project_id == project.id, PI.is_gold.is_(True))) or 0
+    # regular images only, as the share is of them: an image made gold after it was done counts no more
+    regular = select(PI.image_id).where(PI.project_id == project.id, PI.is_gold.is_(False))
     done_per_image = (
         select(A.image_id, func.count().label("n"))
         .where(A.project_id == project.id, A.status == "submitted", A.is_gold.is_(False),
-               or_(A.review_verdict.is_(None), A.review_verdict != "rejected"))
+               or_(A.review_verdict.is_(None), A.review_verdict != "rejected"), A.image_id.in_(regular))
         .group_by(A.image_id)
         .subquery()
     )

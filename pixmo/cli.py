@@ -63,7 +63,9 @@ def _store():
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {exc}")
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/red] {escape(str(exc))}")  # the message may quote user text like "[/x] car"
     raise typer.Exit(2)
 
 
@@ -289,14 +291,18 @@ def project_gold(
         value = None if clear else json.loads(answer)
     except json.JSONDecodeError as exc:
         _fail(ValueError(f"--answer is not JSON: {exc}"))
+    if value is None and not clear:
+        _fail(ValueError("--answer null: use --clear to remove the answer"))
     try:
         with _db().session(write_lock=True) as session:
             p = get_project(session, project)
             row = set_gold_answer(session, p, find_image(session, image), value)
-            shown = json.dumps(row.gold_answer) if row.gold_answer else "none"
-            console.print(f"image {row.image_id} of [bold]{p.name}[/bold] is a gold item; answer: {shown}")
+            image_id, name, shown = row.image_id, p.name, json.dumps(row.gold_answer) if row.gold_answer else "none"
     except PixmoError as exc:
         _fail(exc)
+    from rich.markup import escape
+
+    console.print(f"image {image_id} of [bold]{escape(name)}[/bold] is a gold item; answer: {escape(shown)}")
 
 
 @ingest_app.command("folder")

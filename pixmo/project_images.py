@@ -56,8 +56,10 @@ def image_count(session: Session, project: Project) -> int:
 def find_image(session: Session, ref: str | int) -> Image:
     """An image by id or by sha256 (NotFoundError names what was looked for)."""
     text = str(ref).strip().lower()
-    image = session.get(Image, int(text)) if text.isdigit() else session.scalars(
-        select(Image).where(Image.sha256 == text)).first()
+    if len(text) == 64 or not (text.isascii() and text.isdigit()):  # a sha256 even when all digits
+        image = session.scalars(select(Image).where(Image.sha256 == text)).first()
+    else:
+        image = session.get(Image, int(text)) if int(text) < 2**63 else None
     if image is None:
         raise NotFoundError(f"no image {ref!r} (give an image id or sha256)")
     return image
@@ -83,6 +85,8 @@ def check_gold_answer(project: Project, answer: Any) -> dict[str, Any]:
             raise ValidationError("a gold label is empty")
         if allowed and label not in allowed:
             raise ValidationError(f"{label!r} is not one of the project's labels")
+        if label in out:
+            raise ValidationError(f"the label {label!r} is given twice")
         if not isinstance(points, list) or any(
                 not isinstance(p, (list, tuple)) or len(p) != 2
                 or any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in p) for p in points):

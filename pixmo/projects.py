@@ -41,6 +41,10 @@ def clean_label(label: str | None) -> str:
     label = " ".join((label or "").split())
     if _has_control_chars(label):
         raise ValueError("a label may not hold control characters")
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no text a database or a reply can hold
+        raise ValueError("a label must be valid Unicode text") from None
     if len(label) > MAX_LABEL_CHARS:
         raise ValueError(f"a label is at most {MAX_LABEL_CHARS} characters")
     return label

@@ -65,10 +65,14 @@ def test_an_admin_sets_a_gold_answer_and_point_sets_on_it_are_scored(gold_env):
     ({"points": {"dog": "here"}}, 422, "pairs of numbers"),
     ({"points": {}}, 422, "a gold answer is"),
     ({"dog": [[0.5, 0.5]]}, 422, "a gold answer is"),
+    ({"points": {"dog": [[0.1, 0.1]], " dog ": []}}, 422, "given twice"),
+    ('{"answer": {"points": {"dog\\ud800": [[0.1, 0.1]]}}}', 422, "valid Unicode text"),  # a lone surrogate (was a 500)
 ])
 def test_bad_gold_answers_are_refused_and_change_nothing(gold_env, answer, status, message):
     db, c = gold_env["db"], gold_env["c"]
-    r = c["adm"].put(f"/api/projects/{gold_env['points']}/gold/{gold_env['images'][0]}", json={"answer": answer})
+    body = {"content": answer, "headers": {"Content-Type": "application/json"}} if isinstance(answer, str) \
+        else {"json": {"answer": answer}}  # a str: the raw body, JSON escapes and all
+    r = c["adm"].put(f"/api/projects/{gold_env['points']}/gold/{gold_env['images'][0]}", **body)
     assert r.status_code == status and message in r.json()["detail"], r.text
     with db.session() as s:
         assert not any(s.scalars(select(ProjectImage.is_gold)))
@@ -77,6 +81,10 @@ def test_bad_gold_answers_are_refused_and_change_nothing(gold_env, answer, statu
 def test_gold_answers_need_an_attached_image_of_a_points_project(gold_env):
     c = gold_env["c"]["adm"]
     body = {"answer": {"points": {"dog": []}}}
+    # what is not an image id is looked up as a sha256 (64 digits too); nothing here is a server error
+    for ref in ("9" * 64, "\u00b2", "9" * 30):
+        r = c.put(f"/api/projects/{gold_env['points']}/gold/{ref}", json=body)
+        assert r.status_code == 404 and "no image" in r.json()["detail"], (ref, r.text)
     r = c.put(f"/api/projects/{gold_env['ama']}/gold/{gold_env['images'][0]}", json=body)
     assert r.status_code == 422 and "scored for points projects" in r.json()["detail"]
     r = c.put(f"/api/projects/{gold_env['points']}/gold/{'f' * 64}", json=body)
@@ -85,6 +93,25 @@ def test_gold_answers_need_an_attached_image_of_a_points_project(gold_env):
         other = s.scalars(select(ProjectImage.image_id).where(ProjectImage.project_id == gold_env["ama"])).one()
     r = c.put(f"/api/projects/{gold_env['points']}/gold/{other}", json=body)
     assert r.status_code == 404 and "attach it first" in r.json()["detail"]
+
+
+def test_progress_counts_regular_images_only(gold_env):
+    """An image made gold after it was done no longer counts as a done regular image (it showed 200 %)."""
+    from pixmo.assignments import project_progress
+    from pixmo.db.models import Assignment, Project
+
+    db, users = gold_env["db"], gold_env["users"]
+    with db.session() as s:
+        for image in gold_env["images"]:
+            s.add(Assignment(project_id=gold_env["points"], image_id=image, user_id=users["ann"], status="submitted"))
+    with db.session() as s:
+        assert project_progress(s, s.get(Project, gold_env["points"]))["percent_complete"] == 100.0
+    r = gold_env["c"]["adm"].put(f"/api/projects/{gold_env['points']}/gold/{gold_env['images'][0]}",
+                                 json={"answer": {"points": {"dog": []}}})
+    assert r.status_code == 200, r.text
+    with db.session() as s:
+        progress = project_progress(s, s.get(Project, gold_env["points"]))
+    assert (progress["gold_images"], progress["complete_images"], progress["percent_complete"]) == (1, 1, 100.0)
 
 
 def test_the_cli_sets_and_clears_a_gold_answer(tmp_path, monkeypatch):
@@ -118,6 +145,11 @@ def test_the_cli_sets_and_clears_a_gold_answer(tmp_path, monkeypatch):
         assert bad.exit_code == 2 and "not JSON" in bad.output
         neither = invoke("project", "gold", "demo-points", sha)
         assert neither.exit_code == 2 and "--answer JSON, or --clear" in neither.output
+        null = invoke("project", "gold", "demo-points", sha, "--answer", "null")
+        assert null.exit_code == 2 and "use --clear" in null.output
+        # user text in a message is shown as written, not read as console markup (it crashed)
+        odd = invoke("project", "gold", "demo-points", sha, "--answer", '{"points": {"[/x] car": [[0.5, 0.5]]}}')
+        assert odd.exit_code == 2 and "'[/x] car' is not one of the project's labels" in " ".join(odd.output.split())
         assert invoke("project", "gold", "demo-points", str(image_id), "--clear").exit_code == 0
         with db.session() as s:
             assert s.scalars(select(ProjectImage.gold_answer).where(ProjectImage.image_id == image_id,
