@@ -215,19 +215,23 @@ class Database:
         with self.engine.connect() as conn:
             held = bool(conn.execute(text(f"SELECT pg_try_advisory_lock{kind}({key})"), {"name": name}).scalar())
             conn.commit()
+            lost = False
 
             def alive() -> bool:
-                try:
-                    conn.execute(text("SELECT 1"))
-                    conn.commit()
-                    return True
-                except DBAPIError:
-                    return False
+                nonlocal lost
+                if not lost:
+                    try:
+                        conn.execute(text("SELECT 1"))
+                        conn.commit()
+                    except DBAPIError:
+                        lost = True  # and the lock with it, server-side
+                        conn.invalidate()
+                return not lost
 
             try:
                 yield NamedLock(held, alive)
             finally:
-                if held:
+                if held and not lost:
                     try:
                         conn.execute(text(f"SELECT pg_advisory_unlock{kind}({key})"), {"name": name})
                         conn.commit()
