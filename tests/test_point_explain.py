@@ -220,6 +220,7 @@ def test_the_page_in_chromium_marks_asks_resumes_and_accepts(sqlite_template, tm
     store = LocalStore(tmp_path / "blobs", secret="browser-test-secret-0123456789", public_url="http://127.0.0.1")
     add_users(db, [("alice", "annotator")])
     make_project(db, store, "explain", "point_explain", size=(480, 360), overlap=1)
+    make_project(db, store, "ama", "ask", size=(480, 360), overlap=1, seed=5)
     app = create_app(Settings(env="test", data_dir=tmp_path / "data"), db=db, store=store,
                      ask_model=AskModel(ScriptedBackend("The squares [1] are left of the dot [2].", delay=1.5)))
     clicks = {"square": [(0.2, 0.3), (0.3, 0.6)], "dot": [(0.8, 0.5)]}
@@ -270,6 +271,14 @@ def test_the_page_in_chromium_marks_asks_resumes_and_accepts(sqlite_template, tm
         assert "[2] dot (1 point)" in page.inner_text("#marks")
         page.click("#accept")
         page.wait_for_selector("text=Nothing left for you")
+        # the ask page starts as every task page does (startTask in common.js): no script error
+        page.goto(url + "/")
+        page.click("button[data-project=ama]")
+        page.wait_for_url("**/tasks/*")
+        page.wait_for_load_state("load")
+        page.fill("#question", "")
+        page.click("#ask")
+        assert page.inner_text("#error") == "Write a question first."  # its script is running
         assert errors == []
         browser.close()
     with db.session() as s:

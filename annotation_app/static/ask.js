@@ -1,12 +1,7 @@
 // Ask-the-model task: ask a question, then accept the answer or say what is wrong (the model revises).
-import { ActiveTimer, api, nextTask, showError, startHeartbeat, taskData, wireSkip } from "./common.js";
-import { Viewer } from "./viewer.js";
+import { api, nextTask, showError, startTask } from "./common.js";
 
-const task = taskData();
-new Viewer(document.getElementById("viewer"));
-const timer = new ActiveTimer(60, task.active_seconds);
-startHeartbeat(task, timer);
-wireSkip(task, timer);
+const { task, timer } = startTask();
 
 const $ = (id) => document.getElementById(id);
 let qaId = JSON.parse($("qa-data").textContent).qa_id;

@@ -1,12 +1,7 @@
 // Speech caption task: record (MediaRecorder) with a timer and level meter, play back, re-record, submit.
-import { ActiveTimer, api, ApiError, isTyping, nextTask, randomId, showError, startHeartbeat, taskData, wireSkip } from "./common.js";
-import { Viewer } from "./viewer.js";
+import { api, ApiError, isTyping, nextTask, randomId, showError, startTask } from "./common.js";
 
-const task = taskData();
-new Viewer(document.getElementById("viewer"));
-const timer = new ActiveTimer(60, task.active_seconds);
-startHeartbeat(task, timer);
-wireSkip(task, timer);
+const { task, timer } = startTask();
 
 const $ = (id) => document.getElementById(id);
 const recordBtn = $("record"), rerecordBtn = $("rerecord"), submitBtn = $("submit");

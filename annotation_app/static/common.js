@@ -1,4 +1,5 @@
 // Shared helpers for the task pages: the API client (CSRF header), active time, leaving a task.
+import { Viewer } from "./viewer.js";
 
 export const csrfToken = () => document.querySelector('meta[name="csrf-token"]')?.content ?? "";
 
@@ -27,6 +28,16 @@ export function randomId() {
 }
 
 export const taskData = () => JSON.parse(document.getElementById("task-data").textContent);
+
+/** What every task page starts with: its data, the image viewer, active time, heartbeat and skip. */
+export function startTask() {
+  const task = taskData();
+  const viewer = new Viewer(document.getElementById("viewer"));
+  const timer = new ActiveTimer(60, task.active_seconds);
+  startHeartbeat(task, timer);
+  wireSkip(task, timer);
+  return { task, viewer, timer };
+}
 
 /** Counts seconds while the page is visible and the annotator did something in the last minute,
  *  on from ``start`` (what the task holds already: a reload must not start again from zero, as the

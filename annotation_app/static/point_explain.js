@@ -1,13 +1,8 @@
 // Point-explanation task: a question, marks (a label and its points each), the model's answer citing
 // the marks as [1], [2], ...; accept it, or change the question or the marks and ask again.
-import { ActiveTimer, api, isTyping, nextTask, showError, startHeartbeat, taskData, wireSkip } from "./common.js";
-import { Viewer } from "./viewer.js";
+import { api, isTyping, nextTask, showError, startTask } from "./common.js";
 
-const task = taskData();
-const viewer = new Viewer(document.getElementById("viewer"));
-const timer = new ActiveTimer(60, task.active_seconds);
-startHeartbeat(task, timer);
-wireSkip(task, timer);
+const { task, viewer, timer } = startTask();
 
 const $ = (id) => document.getElementById(id);
 const labelEl = $("label"), questionEl = $("question");

@@ -1,12 +1,7 @@
 // Pointing task: click to add a point, click a point to remove it, undo, "not present", live count, submit.
-import { ActiveTimer, api, isTyping, nextTask, showError, startHeartbeat, taskData, wireSkip } from "./common.js";
-import { Viewer } from "./viewer.js";
+import { api, isTyping, nextTask, showError, startTask } from "./common.js";
 
-const task = taskData();
-const viewer = new Viewer(document.getElementById("viewer"));
-const timer = new ActiveTimer(60, task.active_seconds);
-startHeartbeat(task, timer);
-wireSkip(task, timer);
+const { task, viewer, timer } = startTask();
 
 const $ = (id) => document.getElementById(id);
 const markers = $("markers"), countEl = $("count"), submitBtn = $("submit"), undoBtn = $("undo"), labelEl = $("label");
