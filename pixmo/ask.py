@@ -33,7 +33,7 @@ from pixmo.assignments import LeaseError, claim_for_submission, get_assignment, 
 from pixmo.db.models import EXCHANGE_SOURCES, Assignment, Image, Project, QAPair, utcnow
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, PixmoError, ValidationError
-from pixmo.formats.points import validate_points
+from pixmo.formats.points import PointShapeError, stored_points
 from pixmo.projects import ProjectConfig, clean_label, project_config
 from pixmo.storage import BlobStore
 
@@ -228,15 +228,12 @@ def check_marks(cfg: ProjectConfig, marks: Any) -> list[dict[str, Any]]:
         if len(points) > cfg.max_points:
             raise ValidationError(f"Mark [{n}] ({label}): {len(points)} points is more than this project's "
                                   f"limit of {cfg.max_points}.")
-        if any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in points):
-            raise ValidationError(f"Mark [{n}] ({label}): each point must be an [x, y] pair.")
-        if any(isinstance(c, bool) or not isinstance(c, (int, float)) for p in points for c in p):
-            raise ValidationError(f"Mark [{n}] ({label}): each point must be an [x, y] pair of numbers.")
         try:
-            checked = validate_points(points)
+            out.append({"label": label, "points": stored_points(points)})
+        except PointShapeError:
+            raise ValidationError(f"Mark [{n}] ({label}): each point must be an [x, y] pair of numbers.") from None
         except ValidationError as exc:
             raise ValidationError(f"Mark [{n}] ({label}): a point lies outside the image ({exc}).") from None
-        out.append({"label": label, "points": [[round(p.x, 5), round(p.y, 5)] for p in checked]})
     return out
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from pixmo.db.models import Image, Project, ProjectImage
 from pixmo.errors import NotFoundError, ValidationError
-from pixmo.formats.points import validate_points
+from pixmo.formats.points import PointShapeError, stored_points
 from pixmo.projects import attach_images, clean_label, get_project, project_config
 
 
@@ -87,15 +87,12 @@ def check_gold_answer(project: Project, answer: Any) -> dict[str, Any]:
             raise ValidationError(f"{label!r} is not one of the project's labels")
         if label in out:
             raise ValidationError(f"the label {label!r} is given twice")
-        if not isinstance(points, list) or any(
-                not isinstance(p, (list, tuple)) or len(p) != 2
-                or any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in p) for p in points):
-            raise ValidationError(f"the gold points of {label!r} must be a list of [x, y] pairs of numbers")
         try:
-            checked = validate_points(points)
+            out[label] = stored_points(points)
+        except PointShapeError:
+            raise ValidationError(f"the gold points of {label!r} must be a list of [x, y] pairs of numbers") from None
         except ValidationError as exc:
             raise ValidationError(f"a gold point of {label!r} lies outside the image ({exc})") from None
-        out[label] = [[round(p.x, 5), round(p.y, 5)] for p in checked]
     return {"points": out}
 
 

@@ -127,6 +127,21 @@ def validate_points(points: Iterable[PointLike]) -> list[Point]:
 # --------------------------------------------------------------------------- conversions
 
 
+class PointShapeError(ValidationError):
+    """Points that are not a list of [x, y] pairs of numbers."""
+
+
+def stored_points(points: object) -> list[list[float]]:
+    """Points sent by a person as they are stored: a list of [x, y] pairs of numbers in [0, 1],
+    rounded to 5 places. PointShapeError when ``points`` is not such a list (strings and booleans
+    are not numbers); ValidationError when a point lies outside [0, 1]."""
+    if not isinstance(points, list) or any(
+            not isinstance(p, (list, tuple)) or len(p) != 2
+            or any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in p) for p in points):
+        raise PointShapeError("points must be a list of [x, y] pairs of numbers")
+    return [[round(p.x, 5), round(p.y, 5)] for p in validate_points(points)]
+
+
 def to_pixmo100(points: Iterable[PointLike]) -> list[Point]:
     """Normalised [0, 1] points -> PixMo's 0-100 scale (not rounded)."""
     return [Point(p.x * 100.0, p.y * 100.0) for p in validate_points(points)]
