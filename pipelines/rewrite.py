@@ -411,7 +411,8 @@ class CapQAStage(RewriteStage):
                     "source": "capqa", "model": self.model_id, "prompt_version": r.prompt_version,
                     "job_id": self.job_id}
             if r.ok:
-                rows += [base | {"idx": i, "status": "pending", "question": qa.question, "answer": qa.answer,
+                # accepted, as PixMo-CapQA's pairs were used: a reviewer's reject or flag leaves one out
+                rows += [base | {"idx": i, "status": "accepted", "question": qa.question, "answer": qa.answer,
                                  "messages": [qa.question, qa.answer]}
                          for i, qa in enumerate(r.output.pairs)]
             else:

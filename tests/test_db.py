@@ -256,3 +256,28 @@ def test_migration_0007_names_the_writer_of_each_revised_ask_answer(db):
     assert entries["older2"] == [{**entry, "model": "m", "prompt_version": "ask-v1"},
                                  {**entry, "model": "m2", "prompt_version": "revise-v1"}]
     assert entries["capqa"] == [{"attempts": 3}]
+
+
+def test_migration_0008_accepts_the_capqa_pairs_stored_pending(db):
+    """CapQA pairs were stored pending, which no exporter takes: 0008 accepts them, and leaves an
+    unfinished ask exchange (also pending) and failed pairs as they are."""
+    from alembic import command
+
+    from pixmo.db.migrate import alembic_config, upgrade
+    from pixmo.db.models import QAPair
+
+    command.downgrade(alembic_config(db.url), "0007")
+    with db.session() as s:
+        image = Image(sha256="d" * 64, storage_key="k", width=4, height=4, mime="image/png", bytes=1)
+        s.add(image)
+        s.flush()
+        rows = {name: QAPair(image_id=image.id, source=source, status=status, question="q?", answer="a.")
+                for name, source, status in [("capqa", "capqa", "pending"), ("failed", "capqa", "failed"),
+                                             ("ask", "ask", "pending"), ("done", "capqa", "accepted")]}
+        s.add_all(rows.values())
+        s.flush()
+        ids = {name: row.id for name, row in rows.items()}
+    upgrade(db.url)
+    with db.session() as s:
+        got = {name: s.get(QAPair, i).status for name, i in ids.items()}
+    assert got == {"capqa": "accepted", "failed": "failed", "ask": "pending", "done": "accepted"}

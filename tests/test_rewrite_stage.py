@@ -3,6 +3,7 @@ with their reason, a SIGKILLed run that resumes without duplicates, the Ray exec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from pipelines.rewrite import rewrite
 from pixmo.cli import app
-from pixmo.db.models import Caption, Image, Job, LLMCacheEntry, Project, QAPair, Review
+from pixmo.db.models import Caption, Image, Job, LLMCacheEntry, Project, QAPair, Recording, Review
 from tests.llm_helpers import REPO, Reply, add_transcripts, llm_server, local_backend, scripted  # noqa: F401
 
 LOCAL_MODEL = "SmolLM2-135M-Instruct.Q4_1"
@@ -82,7 +83,7 @@ def test_capqa_writes_pairs_per_caption(db, local_backend):
     if pairs[0].status == "failed":  # a 135M model may miss the JSON format: stored with the reason
         assert len(pairs) == 1 and pairs[0].error
     else:
-        assert all(p.status == "pending" and p.question and p.answer and p.messages == [p.question, p.answer]
+        assert all(p.status == "accepted" and p.question and p.answer and p.messages == [p.question, p.answer]
                    for p in pairs)
     assert rewrite(db, "capqa", llm=local_backend, pairs=1, max_tokens=40)["total"] == 0
 
@@ -118,9 +119,35 @@ def test_a_batch_with_good_and_failed_capqa_stores_both(sqlite_db, scripted):
     assert stats["statuses"] == {"failed": 1, "llm": 1}
     with sqlite_db.session() as s:
         rows = {qa.status: qa for qa in s.scalars(select(QAPair))}
-    assert set(rows) == {"pending", "failed"}
-    assert rows["pending"].answer == "A car." and rows["pending"].error is None and rows["pending"].revisions == []
+    assert set(rows) == {"accepted", "failed"}
+    assert rows["accepted"].answer == "A car." and rows["accepted"].error is None and rows["accepted"].revisions == []
     assert "pairs.0.answer: Field required" in rows["failed"].error and rows["failed"].revisions[0]["attempts"] == 3
+
+
+def test_capqa_pairs_reach_the_capqa_export_unless_a_reviewer_rejects_them(sqlite_db, scripted, tmp_path):
+    """The stage's pairs used to be stored pending, which no exporter takes and nothing ever
+    accepted: `pixmo export hf --subset capqa` stayed empty for all but the demo's rows."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from pixmo.export import export_hf
+    from pixmo.storage import LocalStore
+
+    add_transcripts(sqlite_db, [["a red car"], ["a blue bus"]])
+    with sqlite_db.session() as s:  # the helper's placeholders are no sha256 the export would take
+        for rec in s.scalars(select(Recording)):
+            rec.sha256 = hashlib.sha256(rec.storage_key.encode()).hexdigest()
+    scripted.set(Reply(echo=True))
+    rewrite(sqlite_db, "clean", **openai_opts(scripted))
+    scripted.set('{"pairs": [{"question": "What is red?", "answer": "A car."}]}',
+                 '{"pairs": [{"question": "What is blue?", "answer": "A bus."}]}')
+    assert rewrite(sqlite_db, "capqa", **openai_opts(scripted), pairs=1)["statuses"] == {"llm": 2}
+    with sqlite_db.session() as s:
+        bus = s.scalars(select(QAPair).where(QAPair.answer == "A bus.")).one()
+        s.add(Review(target_type="qa_pair", target_id=bus.id, image_id=bus.image_id, verdict="rejected", reason="vague"))
+    store = LocalStore(tmp_path / "blobs", "secret", "http://127.0.0.1")
+    result = export_hf(sqlite_db, store, str(tmp_path / "hf"), "capqa")
+    rows = [r for f in sorted((tmp_path / "hf" / "capqa").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert result.rows == 1 and [(r["question"], r["answer"], r["messages"]) for r in rows] == [
+        ("What is red?", "A car.", ["What is red?", "A car."])]
 
 
 def test_a_request_the_server_refuses_fails_alone_and_the_run_goes_on(sqlite_db, scripted):
