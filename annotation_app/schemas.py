@@ -44,6 +44,7 @@ class ProjectIn(BaseModel):
     gold_fraction: float = Field(0.0, ge=0, le=1)
     max_points: int = Field(100, ge=1, le=10_000)
     lease_minutes: float = Field(30.0, gt=0)
+    language: str = Field("en", max_length=16)
 
 
 class ProjectOut(BaseModel):

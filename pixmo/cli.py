@@ -244,6 +244,9 @@ def project_create(
     overlap: Annotated[int, typer.Option(help="Distinct annotators per image.")] = 1,
     label: Annotated[Optional[list[str]], typer.Option(help="A label for pointing (repeat).")] = None,
     gold_fraction: Annotated[float, typer.Option(help="Share of gold items mixed in.")] = 0.0,
+    language: Annotated[str, typer.Option(help="Spoken language (a Whisper code: en, de, ...); pixmo transcribe pins it.")] = "en",
+    max_points: Annotated[int, typer.Option(help="Most points in one answer.")] = 100,
+    lease_minutes: Annotated[float, typer.Option(help="How long an annotator holds a task.")] = 30.0,
 ) -> None:
     """Create a project."""
     from pixmo.projects import create_project
@@ -252,7 +255,8 @@ def project_create(
         with _db().session() as session:
             p = create_project(
                 session, name, kind, instructions, min_seconds=min_seconds, max_seconds=max_seconds,
-                overlap=overlap, labels=label or [], gold_fraction=gold_fraction,
+                overlap=overlap, labels=label or [], gold_fraction=gold_fraction, language=language,
+                max_points=max_points, lease_minutes=lease_minutes,
             )
             console.print(f"created {p.kind} project [bold]{p.name}[/bold] (id {p.id})")
     except PixmoError as exc:

@@ -62,7 +62,7 @@ class ProjectConfig(BaseModel):
     labels: list[str] = Field(default_factory=list, description="referring expressions for pointing")
     guiding_questions: list[str] = Field(default_factory=lambda: list(GUIDING_QUESTIONS))
     gold_fraction: float = Field(0.0, ge=0, le=1)
-    language: str = "en"
+    language: str = Field("en", description="spoken language, a Whisper code such as en or de (transcription pins it)")
     max_points: int = Field(100, ge=1, le=MAX_POINTS)
     lease_minutes: float = Field(30.0, gt=0, le=60 * 24 * 365)
 
@@ -72,6 +72,15 @@ class ProjectConfig(BaseModel):
         # as a submitted label is cleaned: spaces collapsed, blanks dropped (else no answer could match)
         cleaned = (clean_label(label) for label in labels)
         return list(dict.fromkeys(label for label in cleaned if label))
+
+    @field_validator("language")
+    @classmethod
+    def _check_language(cls, language: str) -> str:
+        # Whisper's codes are two letters, or three (haw, yue); the model refuses others at transcription
+        code = language.strip().lower()
+        if not (code.isascii() and code.isalpha() and 2 <= len(code) <= 3):
+            raise ValueError(f"a language is a Whisper code such as en or de, not {language!r}")
+        return code
 
     @model_validator(mode="after")
     def _check_range(self) -> ProjectConfig:

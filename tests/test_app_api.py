@@ -486,6 +486,10 @@ def test_admin_api_creates_projects_users_and_attaches_images(env):
     assert c.post("/api/projects", json={"name": "new-caps", "kind": "caption"}).status_code == 422
     assert c.post("/api/projects", json={"name": "x", "kind": "video"}).status_code == 422
     assert c.post("/api/projects", json={"name": "y", "kind": "caption", "min_seconds": 9, "max_seconds": 5}).status_code == 422
+    r = c.post("/api/projects", json={"name": "de-caps", "kind": "caption", "language": "de", "lease_minutes": 10})
+    assert r.status_code == 201 and r.json()["config"]["language"] == "de" and r.json()["config"]["lease_minutes"] == 10
+    r = c.post("/api/projects", json={"name": "z", "kind": "caption", "language": "deutsch"})
+    assert r.status_code == 422 and "a language is a Whisper code" in r.text
     r = c.post(f"/api/projects/{pid}/images", json={"from_project": "caps"})
     assert r.json() == {"attached": 3, "images": 3}
     assert c.post(f"/api/projects/{pid}/images", json={"all_images": True}).json() == {"attached": 4, "images": 7}
@@ -503,8 +507,11 @@ def test_admin_pages_create_project_and_show_errors(env):
     _login(client, "adm")
     token = _csrf(client)
     r = client.post("/admin/projects", data={"csrf_token": token, "name": "form-made", "kind": "points",
-                                             "labels": "cat\ndog\n", "attach_all": "true"}, follow_redirects=False)
+                                             "labels": "cat\ndog\n", "attach_all": "true", "language": "fr",
+                                             "lease_minutes": "15"}, follow_redirects=False)
     assert r.status_code == 303
+    assert {k: v for k, v in env["c"]["admin"].get(r.headers["location"].replace("/admin", "/api")).json()["config"].items()
+            if k in ("language", "lease_minutes")} == {"language": "fr", "lease_minutes": 15}
     page = client.get(r.headers["location"]).text
     assert "form-made" in page and "cat, dog" in page
     r = client.post("/admin/projects", data={"csrf_token": token, "name": "form-made", "kind": "points"})
@@ -526,6 +533,7 @@ def test_project_settings_that_could_never_work_are_refused_everywhere(env):
         ({"name": "many-points", "kind": "points", "max_points": "20000"}, "max_points"),
         ({"name": "N" * 200, "kind": "caption"}, "at most 128 characters"),
         ({"name": "c1\u0085name", "kind": "caption"}, "control characters"),
+        ({"name": "lang", "kind": "caption", "language": "english"}, "a language is a Whisper code"),
     ]:
         r = client.post("/admin/projects", data={"csrf_token": token, **data}, follow_redirects=False)
         assert r.status_code == 422 and message in r.text, (data, r.status_code, r.text[-300:])

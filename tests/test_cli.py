@@ -55,6 +55,17 @@ def test_users_projects_ingest_stats(initialised):
     assert invoke("project", "create", "caps", "--kind", "caption").exit_code == 0
     bad = invoke("project", "create", "x", "--kind", "video")
     assert bad.exit_code == 2 and "kind must be one of" in bad.output
+    # every setting the docs list can be given here (language, max points and lease used to be API-only)
+    made = invoke("project", "create", "de-caps", "--language", "DE", "--max-points", "5", "--lease-minutes", "10")
+    assert made.exit_code == 0, made.output
+    from pixmo.cli import _db
+    from pixmo.projects import get_project, project_config
+
+    with _db().session() as session:
+        cfg = project_config(get_project(session, "de-caps"))
+    assert (cfg.language, cfg.max_points, cfg.lease_minutes) == ("de", 5, 10.0)
+    bad = invoke("project", "create", "y", "--language", "german")
+    assert bad.exit_code == 2 and "a language is a Whisper code" in bad.output
 
     mixed_folder(initialised / "imgs")
     out = invoke("ingest", "folder", str(initialised / "imgs"), "--project", "caps", "--json")

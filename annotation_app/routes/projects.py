@@ -75,6 +75,8 @@ def projects_create_form(
     labels: Annotated[str, Form()] = "",
     gold_fraction: Annotated[float, Form()] = 0.0,
     max_points: Annotated[int, Form()] = 100,
+    lease_minutes: Annotated[float, Form()] = 30.0,
+    language: Annotated[str, Form()] = "en",
     attach_all: Annotated[bool, Form()] = False,
 ):
     label_list = [line.strip() for line in labels.splitlines() if line.strip()]
@@ -82,14 +84,16 @@ def projects_create_form(
         with db.session(write_lock=True) as session:
             project = create_project(session, name.strip(), kind, instructions, min_seconds=min_seconds,
                                      max_seconds=max_seconds, overlap=overlap, labels=label_list,
-                                     gold_fraction=gold_fraction, max_points=max_points)
+                                     gold_fraction=gold_fraction, max_points=max_points,
+                                     lease_minutes=lease_minutes, language=language)
             if attach_all:
                 attach_ingested(session, project, all_images=True)
             project_id = project.id
     except PixmoError as exc:
         return _admin_page(request, db, 422, error=str(exc), form={
             "name": name, "kind": kind, "instructions": instructions, "labels": labels, "min_seconds": min_seconds,
-            "max_seconds": max_seconds, "overlap": overlap, "gold_fraction": gold_fraction, "max_points": max_points})
+            "max_seconds": max_seconds, "overlap": overlap, "gold_fraction": gold_fraction, "max_points": max_points,
+            "lease_minutes": lease_minutes, "language": language})
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
 
