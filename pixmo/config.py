@@ -17,7 +17,8 @@ DEFAULT_SECRET = "change-me"
 class Settings(BaseSettings):
     """Every setting of the toolkit; see the README table."""
 
-    model_config = SettingsConfigDict(env_prefix="PIXMO_", env_file=".env", extra="ignore")
+    # an empty variable is an unset one: docker-compose passes ${VAR:-} through as ""
+    model_config = SettingsConfigDict(env_prefix="PIXMO_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
     env: Literal["dev", "test", "prod"] = Field("prod", description="dev and test allow the default secret.")
     data_dir: Path = Field(Path("./pixmo-data"), description="Where embedded defaults keep their files.")

@@ -25,6 +25,8 @@ def test_compose_services_and_settings():
         for dep in services[name].get("depends_on", {}):
             assert dep in services
     assert services["vllm"]["profiles"] == ["vllm"]
+    # the app's LLM can be pointed at the vllm service from .env; left empty, a setting is unset
+    assert services["app"]["environment"]["PIXMO_LLM_BASE_URL"] == "${PIXMO_LLM_BASE_URL:-}"
     # browsers fetch blobs from MinIO: its API port is published and links are signed for it
     assert "9000:9000" in services["minio"]["ports"]
     assert services["app"]["environment"]["PIXMO_S3_PUBLIC_ENDPOINT_URL"].endswith(":9000}")
@@ -38,3 +40,13 @@ def test_compose_services_and_settings():
     result = CliRunner().invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output
     assert (ROOT / "Dockerfile").is_file()
+
+
+def test_an_empty_setting_is_an_unset_one(monkeypatch):
+    """Compose passes ``${PIXMO_LLM_MODEL:-}`` through as an empty string: it must mean the default
+    (the bundled model), not a model named ""."""
+    monkeypatch.setenv("PIXMO_LLM_MODEL", "")
+    monkeypatch.setenv("PIXMO_LLM_BASE_URL", "")
+    monkeypatch.setenv("PIXMO_LLM_BACKEND", "")
+    s = Settings()
+    assert (s.llm_model, s.llm_base_url, s.llm_backend) == (None, None, "local")
