@@ -26,7 +26,7 @@ from functools import lru_cache
 from typing import Any
 
 from pixmo.formats.points import render_count, render_none, render_points
-from pixmo.verdicts import is_usable, record_verdicts
+from pixmo.verdicts import is_usable, newest_per_recording, record_verdicts, usable_qa, usable_transcripts
 
 PROMPTS = {
     "caption": "Describe this image in detail.",
@@ -97,9 +97,10 @@ def _worker_init(_worker_id: int) -> None:
 def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, str]]:
     """Training targets of one sample as ``{"task", "prompt", "text"}`` dicts, Molmo style.
 
-    The caption; each transcript; each point set as Molmo point text (``<point>``/``<points>``,
-    ``There are none.`` when not present) or, for counting sets, a counting answer; each accepted
-    QA pair. Rows rejected or flagged by a reviewer are left out.
+    The caption; the newest transcript of each recording; each point set as Molmo point text
+    (``<point>``/``<points>``, ``There are none.`` when not present) or, for counting sets, a
+    counting answer; each accepted QA pair (`pixmo.verdicts.usable_qa`). Rows rejected or flagged
+    by a reviewer are left out.
     """
     verdicts = record_verdicts(record.get("reviews", []))
 
@@ -109,8 +110,8 @@ def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, s
     out = []
     if caption:
         out.append({"task": "caption", "prompt": PROMPTS["caption"], "text": caption})
-    for t in record.get("transcripts", []):
-        if t["text"].strip() and ok("transcript", t["id"]) and ok("recording", t["recording_id"]):
+    for t in newest_per_recording(usable_transcripts(record.get("transcripts", []), verdicts)):
+        if t["text"].strip():
             out.append({"task": "transcript", "prompt": PROMPTS["transcript"], "text": t["text"]})
     for ps in record.get("point_sets", []):
         if not ok("point_set", ps["id"]):
@@ -123,9 +124,8 @@ def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, s
         else:
             text = render_points(ps["points"], ps["label"])
         out.append({"task": method, "prompt": PROMPTS[method].format(label=ps["label"]), "text": text})
-    for qa in record.get("qa", []):
-        if qa["status"] == "accepted" and ok("qa_pair", qa["id"]):
-            out.append({"task": qa["source"], "prompt": qa["question"], "text": qa["answer"]})
+    for qa in usable_qa(record.get("qa", []), verdicts):
+        out.append({"task": qa["source"], "prompt": qa["question"], "text": qa["answer"]})
     return out
 
 

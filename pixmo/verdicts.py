@@ -14,6 +14,32 @@ def is_usable(verdicts: dict[tuple[str, int], str], target_type: str, target_id:
     return verdicts.get((target_type, target_id)) not in UNUSABLE_VERDICTS
 
 
+def usable_transcripts(transcripts: Iterable[dict[str, Any]], verdicts: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
+    """Transcripts (dicts with ``id`` and ``recording_id``) whose own and recording's verdicts allow them."""
+    return [t for t in transcripts
+            if is_usable(verdicts, "transcript", t["id"]) and is_usable(verdicts, "recording", t["recording_id"])]
+
+
+def newest_per_recording(transcripts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One transcript per recording, the newest (highest id), in id order: a recording transcribed
+    again by another model is one piece of speech, as the merge stage takes it."""
+    newest: dict[int, dict[str, Any]] = {}
+    for t in sorted(transcripts, key=lambda t: t["id"]):
+        newest[t["recording_id"]] = t
+    return sorted(newest.values(), key=lambda t: t["id"])
+
+
+def usable_qa(qa: Iterable[dict[str, Any]], verdicts: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
+    """Accepted QA pairs not rejected or flagged, and no CapQA pair written from a caption that was
+    (an ask answer's caption only grounded the model: the annotator accepted the answer itself)."""
+    return [
+        q for q in qa
+        if q["status"] == "accepted" and is_usable(verdicts, "qa_pair", q["id"])
+        and not (q["source"] == "capqa" and q.get("caption_id") is not None
+                 and not is_usable(verdicts, "caption", q["caption_id"]))
+    ]
+
+
 def record_verdicts(reviews: Iterable[dict[str, Any]]) -> dict[tuple[str, int], str]:
     """``(target_type, target_id) -> verdict`` of an export record's reviews (in time order: the last wins)."""
     return {(r["target_type"], r["target_id"]): r["verdict"] for r in reviews}

@@ -30,7 +30,7 @@ __all__ = [
     "Sha256",
 ]
 
-EXPORT_SCHEMA_VERSION = 1
+EXPORT_SCHEMA_VERSION = 2  # 2: ExportQA.caption_id
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 """Lower-case hex sha256 digest."""
@@ -125,6 +125,7 @@ class ExportQA(ExportModel):
     model: str | None = None
     prompt_version: str | None = None
     status: Literal["pending", "accepted", "rejected", "failed"]
+    caption_id: int | None = Field(None, description="the caption a CapQA pair was written from, or an answer grounded in")
 
 
 class ExportReview(ExportModel):

@@ -72,6 +72,41 @@ def test_best_caption_skips_reviewed_out_captions_and_sources():
     assert best_caption(_rows(captions, reviews=everything_rejected)) == ""
 
 
+def test_a_recording_transcribed_by_two_models_is_one_transcript_of_the_sample():
+    """Each usable transcript used to count: a recording transcribed again by a better model gave
+    PixMo-Cap's `transcripts` and the loader's targets the same speech twice, and the weaker text
+    could win the `.txt` fallback."""
+    from pixmo.data import molmo_targets
+    from pixmo.verdicts import newest_per_recording, usable_transcripts
+
+    transcripts = [
+        {"id": 1, "recording_id": 10, "text": "an old and much longer transcript by a weak model"},
+        {"id": 2, "recording_id": 20, "text": "second recording"},
+        {"id": 3, "recording_id": 10, "text": "newer transcript"},
+    ]
+    assert [t["id"] for t in newest_per_recording(transcripts)] == [2, 3]
+    assert best_caption(_rows(transcripts=transcripts)) == "second recording"  # the longest of the newest
+    # a rejected newer transcript gives its recording back to the older one
+    verdicts = {("transcript", 3): "rejected"}
+    assert [t["id"] for t in newest_per_recording(usable_transcripts(transcripts, verdicts))] == [1, 2]
+    record = {"transcripts": transcripts, "reviews": [], "point_sets": [], "qa": []}
+    assert [t["text"] for t in molmo_targets(record) if t["task"] == "transcript"] == ["second recording", "newer transcript"]
+
+
+def test_capqa_written_from_a_rejected_caption_is_not_trained_on():
+    """The rule for captions written from rejected transcripts, one step on: a CapQA pair inherits
+    its caption's rejection. An ask answer only grounded in that caption was accepted by a person."""
+    from pixmo.data import molmo_targets
+
+    qa = [{"id": 1, "source": "capqa", "status": "accepted", "caption_id": 7, "question": "q1?", "answer": "a1"},
+          {"id": 2, "source": "capqa", "status": "accepted", "caption_id": 8, "question": "q2?", "answer": "a2"},
+          {"id": 3, "source": "ask", "status": "accepted", "caption_id": 7, "question": "q3?", "answer": "a3"},
+          {"id": 4, "source": "capqa", "status": "accepted", "question": "q4?", "answer": "a4"}]  # schema 1: no caption_id
+    record = {"transcripts": [], "point_sets": [], "qa": qa,
+              "reviews": [_review(1, "caption", 7, "rejected"), _review(2, "caption", 8, "approved")]}
+    assert [t["prompt"] for t in molmo_targets(record) if t["task"] in ("capqa", "ask")] == ["q2?", "q3?", "q4?"]
+
+
 def test_review_status_uses_the_latest_verdict_per_row():
     assert review_status(latest_verdicts([])) == "pending"
     assert review_status(latest_verdicts([_review(1, "recording", 1, "rejected")])) == "rejected"

@@ -209,6 +209,34 @@ def test_a_record_against_the_schema_fails_verify_naming_the_sample_and_field(de
     assert all(p.shard == shard for p in report.problems)
 
 
+def test_an_export_of_another_schema_version_and_a_shard_listed_twice_are_named(demo, tmp_path):
+    """An export written by an older pixmo used to fail every record against the new schema (one
+    finding per sample); a shard listed twice in a manifest was checked once and passed."""
+    from pixmo.export.manifest import snapshot_id
+    from schemas.export import EXPORT_SCHEMA_VERSION
+
+    db, store = demo
+    out = tmp_path / "out"
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=1))
+    good = json.loads((out / MANIFEST_NAME).read_text())
+    assert good["schema_version"] == EXPORT_SCHEMA_VERSION and verify_export(out).ok
+    old = {**good, "schema_version": EXPORT_SCHEMA_VERSION - 1}
+    old["snapshot_id"] = snapshot_id(old)
+    (out / MANIFEST_NAME).write_text(json.dumps(old))
+    report = verify_export(out)
+    assert [(p.shard, p.key) for p in report.problems] == [(MANIFEST_NAME, None)], [str(p) for p in report.problems]
+    assert f"export schema version {EXPORT_SCHEMA_VERSION - 1}" in report.problems[0].message
+    assert report.samples == good["counts"]["samples"]  # checksums, members and images still checked
+
+    twice = json.loads(json.dumps(good))
+    twice["shards"].append(dict(twice["shards"][0]))
+    twice["counts"]["shards"] += 1
+    twice["snapshot_id"] = snapshot_id(twice)
+    (out / MANIFEST_NAME).write_text(json.dumps(twice))
+    report = verify_export(out)
+    assert any(p.shard == good["shards"][0]["name"] and "listed more than once" in p.message for p in report.problems)
+
+
 def test_verify_reports_missing_and_unlisted_shards_and_missing_manifest(demo, tmp_path):
     db, store = demo
     out = tmp_path / "out"

@@ -148,6 +148,12 @@ def test_capqa_pairs_reach_the_capqa_export_unless_a_reviewer_rejects_them(sqlit
     rows = [r for f in sorted((tmp_path / "hf" / "capqa").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert result.rows == 1 and [(r["question"], r["answer"], r["messages"]) for r in rows] == [
         ("What is red?", "A car.", ["What is red?", "A car."])]
+    # a pair written from a caption that a reviewer rejects goes with it
+    with sqlite_db.session() as s:
+        car = s.scalars(select(QAPair).where(QAPair.answer == "A car.")).one()
+        s.add(Review(target_type="caption", target_id=car.caption_id, image_id=car.image_id, verdict="rejected",
+                     reason="not what the speaker said"))
+    assert export_hf(sqlite_db, store, str(tmp_path / "hf"), "capqa").rows == 0
 
 
 def test_a_request_the_server_refuses_fails_alone_and_the_run_goes_on(sqlite_db, scripted):

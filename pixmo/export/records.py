@@ -8,8 +8,13 @@ Rules that every exporter shares live here:
 - **best caption** (the ``.txt`` member, the ``caption`` of PixMo-Cap rows): captions rejected or
   flagged by a reviewer, or written from a rejected transcript or recording, are never used. Of
   the rest, ``merged`` beats ``cleaned`` (it draws on several annotators), then ``human`` beats
-  ``llm`` beats ``rule`` (a curator's edit is the most trusted), then the newest. With no usable
-  caption, the longest usable transcript is used; with none, the text is empty.
+  ``llm`` beats ``rule`` (a person's caption is the most trusted), then the newest. With no usable
+  caption, the longest usable transcript is used (of each recording, its newest usable transcript);
+  with none, the text is empty.
+- **transcripts** that go with a caption (PixMo-Cap's ``transcripts``, the loader's targets): the
+  newest usable transcript of each recording, once, whichever ASR models transcribed it.
+- **QA** that is trained on: accepted, not rejected or flagged, and for CapQA not written from a
+  rejected or flagged caption (`pixmo.verdicts.usable_qa`).
 - **split**: ``validation`` when a stable hash of the key falls below the validation fraction.
 """
 
@@ -50,7 +55,7 @@ from pixmo.db.queries import id_chunks
 from pixmo.export.errors import ExportError
 from pixmo.llm.faithfulness import stored_score
 from pixmo.media import EXT_BY_MIME
-from pixmo.verdicts import is_usable, record_verdicts
+from pixmo.verdicts import is_usable, newest_per_recording, record_verdicts, usable_transcripts
 from schemas.export import EXPORT_SCHEMA_VERSION, ExportSample
 
 # image formats written as they are; any other format is converted to PNG for the image member
@@ -254,7 +259,7 @@ _COLUMNS = {
                  "source_transcript_ids", "faithfulness", "flags"),
     "recordings": ("id", "image_id", "user_id", "storage_key", "sha256", "mime", "duration_s"),
     "point_sets": ("id", "image_id", "user_id", "label", "points", "not_present", "method"),
-    "qa_pairs": ("id", "image_id", "source", "question", "answer", "model", "prompt_version", "status"),
+    "qa_pairs": ("id", "image_id", "source", "question", "answer", "model", "prompt_version", "status", "caption_id"),
     "reviews": ("id", "image_id", "target_type", "target_id", "verdict", "reason", "reviewer_id", "created_at"),
     "transcripts": ("id", "recording_id", "text", "language", "asr_model", "metrics", "flags"),
 }
@@ -303,10 +308,7 @@ def _load_chunk(session: Session, ids: Sequence[int], as_of: dt.datetime | None,
 
 
 def _usable_transcripts(rows: ImageRows, verdicts: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
-    return [
-        t for t in rows.transcripts
-        if is_usable(verdicts, "transcript", t["id"]) and is_usable(verdicts, "recording", t["recording_id"])
-    ]
+    return usable_transcripts(rows.transcripts, verdicts)
 
 
 def best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str] | None = None) -> str:
@@ -342,7 +344,7 @@ def _best_caption(
     if candidates:
         best = max(candidates)
         return best[3].strip(), best[2]
-    texts = [t["text"].strip() for t in good_transcripts if t["text"].strip()]
+    texts = [t["text"].strip() for t in newest_per_recording(good_transcripts) if t["text"].strip()]
     return (max(texts, key=len) if texts else ""), None
 
 
@@ -456,6 +458,7 @@ def build_sample(
         {
             "id": q["id"], "source": q["source"], "question": q["question"], "answer": q["answer"],
             "model": q["model"], "prompt_version": q["prompt_version"], "status": q["status"],
+            "caption_id": q["caption_id"],
         }
         for q in rows.qa
     ]
@@ -502,7 +505,7 @@ def build_sample(
     return BuiltSample(
         # inf/NaN (which a float column or JSON metrics can hold) as null, as the model writes them
         key=key, data=data, json_bytes=_record_json(data, where), caption=caption, caption_id=caption_id,
-        transcripts=[t["text"] for t in usable_transcripts],
+        transcripts=[t["text"] for t in newest_per_recording(usable_transcripts)],
         image_storage_key=image["storage_key"], image_ext=ext, image_mime=image["mime"], audio=audio,
     )
 

@@ -27,6 +27,7 @@ from pixmo.export.records import ROW_KINDS, member_ext
 from pixmo.export.target import ExportTarget, open_target
 from pixmo.media import EXT_BY_MIME, ROTATING_ORIENTATIONS, exif_orientation
 from pixmo.storage import BlobStore
+from schemas.export import EXPORT_SCHEMA_VERSION
 
 SCHEMA_FILE = "export_sample.json"
 
@@ -316,6 +317,18 @@ def _check_totals(manifest: dict[str, Any], checks: dict[str, _ShardCheck], repo
         bad(f"counts.projects is {counts['projects']} but the samples say {dict(sorted(projects.items()))}")
 
 
+def _no_schema(record: Any) -> list[str]:
+    """Without the record's own schema: only the fields the rest of the check reads."""
+    if not isinstance(record, dict):
+        return ["not an export record"]
+    wanted = {"key": str, "split": str, "review_status": str, "projects": list, "image": dict,
+              **dict.fromkeys(ROW_KINDS, list)}
+    wrong = [k for k, kind in wanted.items() if not isinstance(record.get(k), kind)]
+    if not wrong and not isinstance(record["image"].get("ext"), str):
+        wrong.append("image.ext")
+    return [f"{k}: missing or of the wrong type" for k in wrong]
+
+
 def verify_export(
     out: str | ExportTarget | BlobStore, *, workers: int = 2, progress: bool | Callable[[int], None] = False
 ) -> VerifyReport:
@@ -330,6 +343,18 @@ def verify_export(
         return report
     report.snapshot_id = manifest.get("snapshot_id")
     shards = manifest.get("shards", [])
+    version = manifest.get("schema_version")
+    if version != EXPORT_SCHEMA_VERSION:  # one finding, not one per record against the wrong schema
+        report.problems.append(Problem(MANIFEST_NAME, None, (
+            f"written with export schema version {version!r} (pixmo {manifest.get('code_version')}); this pixmo "
+            f"checks version {EXPORT_SCHEMA_VERSION}: verify it with the pixmo that wrote it, or export again; "
+            "records were not checked against the schema")))
+        validate = _no_schema
+    seen: set[str] = set()
+    for s in shards:
+        if s["name"] in seen:
+            report.problems.append(Problem(s["name"], None, "shard is listed more than once in the manifest"))
+        seen.add(s["name"])
     max_side = (manifest.get("options") or {}).get("max_side")
     listed = {s["name"] for s in shards}
     for name in target.names():
