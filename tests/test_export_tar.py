@@ -55,3 +55,23 @@ def test_random_archives_match_tarfile_and_read_back():
         assert ours == _tarfile_bytes(members)
         with tarfile.open(fileobj=io.BytesIO(ours)) as tar:
             assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == members
+
+
+@pytest.mark.parametrize("fmt,ext", [("JPEG", "jpg"), ("WEBP", "webp"), ("PNG", "png")])
+def test_a_resized_image_keeps_its_colour_profile(fmt, ext):
+    """Re-encoding kept only EXIF: JPEG and WebP members lost the ICC profile (colours shift in every
+    colour-managed viewer). A CMYK image converted to RGB must not carry its CMYK profile over."""
+    from PIL import Image, ImageCms
+
+    from pixmo.export.images import image_member
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(buf, fmt, icc_profile=srgb)
+    out = image_member(buf.getvalue(), ext, ext, max_side=10)
+    with Image.open(io.BytesIO(out)) as im:
+        assert im.size == (10, 5) and im.info.get("icc_profile") == srgb
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (40, 20), (0, 200, 200, 0)).save(cmyk, "TIFF", icc_profile=b"not an RGB profile")
+    with Image.open(io.BytesIO(image_member(cmyk.getvalue(), "tiff", "png", max_side=10))) as im:
+        assert im.mode == "RGB" and "icc_profile" not in im.info

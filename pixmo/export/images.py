@@ -8,6 +8,12 @@ PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 SAVE_OPTIONS = {"JPEG": {"quality": 90}, "WEBP": {"quality": 90}, "PNG": {}}
 # modes PNG stores as they are (a palette image becomes RGBA, as its transparency may be per entry)
 PNG_MODES = frozenset({"1", "L", "LA", "I;16", "I;16B", "RGB", "RGBA"})
+_GREY = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+_RGB = frozenset({"RGB", "RGBA", "RGBa", "RGBX", "P", "PA"})
+
+
+def _colour_space(mode: str) -> str:
+    return "grey" if mode in _GREY else "rgb" if mode in _RGB else mode
 
 
 def _storable(im, fmt: str):  # noqa: ANN001, ANN202 - PIL images
@@ -27,7 +33,8 @@ def image_member(data: bytes, original_ext: str, member_ext: str, max_side: int 
     The original bytes are returned untouched when the format is kept (jpg, png, webp) and the
     image fits in ``max_side``. Otherwise the image is decoded, shrunk so that its longer side is
     ``max_side`` (aspect ratio kept, Lanczos) and encoded as ``member_ext`` (JPEG/WebP quality 90,
-    EXIF kept in every format so the orientation survives). Re-encoding is deterministic for a given Pillow.
+    EXIF kept in every format so the orientation survives, and the ICC colour profile while the
+    colour space is kept). Re-encoding is deterministic for a given Pillow.
     """
     if original_ext == member_ext and max_side is None:
         return data
@@ -53,5 +60,10 @@ def image_member(data: bytes, original_ext: str, member_ext: str, max_side: int 
         exif = src.info.get("exif")
         if exif:
             options["exif"] = exif
+        # the colour profile too (a Display P3 photo shifts colour without it), unless the pixels
+        # changed colour space (CMYK -> RGB): the profile would then describe other numbers
+        # (None, not left out: PNG would take the converted image's copy of the old one)
+        icc = src.info.get("icc_profile")
+        options["icc_profile"] = icc if icc and _colour_space(src.mode) == _colour_space(im.mode) else None
         im.save(buf, fmt, **options)
         return buf.getvalue()
