@@ -220,7 +220,11 @@ class _HashingReader:
 
 
 class _StreamingBodyIO(io.RawIOBase):
-    """Raw-IO view of a botocore StreamingBody, so it can sit in an io.BufferedReader."""
+    """Raw-IO view of a botocore StreamingBody, so it can sit in an io.BufferedReader.
+
+    A connection lost mid-stream is an OSError, as for any file: botocore raises its own errors
+    (ResponseStreamingError, IncompleteReadError, ...), which readers of files do not expect.
+    """
 
     def __init__(self, body) -> None:
         super().__init__()
@@ -229,14 +233,22 @@ class _StreamingBodyIO(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def _read(self, n: int | None = None) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return self._body.read(n) if n is not None else self._body.read()
+        except BotoCoreError as exc:
+            raise OSError(f"the S3 stream broke off: {exc}") from exc
+
     def readinto(self, b) -> int:
-        data = self._body.read(len(b))
+        data = self._read(len(b))
         n = len(data)
         b[:n] = data
         return n
 
     def readall(self) -> bytes:
-        return self._body.read()
+        return self._read()
 
     def close(self) -> None:
         if not self.closed:

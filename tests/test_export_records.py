@@ -155,6 +155,9 @@ def test_options_and_filters_refuse_bad_values():
         ExportFilters(since="2024-02-01", until="2024-01-01")
     with pytest.raises(ValidationError, match="ISO"):
         ExportFilters(since="yesterday")
+    # a plain string is one name, not its letters (which passed every check and excluded nothing)
+    one = ExportFilters(projects="demo", review_status="approved", exclude_flags="wpm_outlier")
+    assert (one.projects, one.review_status, one.exclude_flags) == (("demo",), ("approved",), ("wpm_outlier",))
 
 
 # ----------------------------------------------------------------------------- built records

@@ -684,6 +684,37 @@ def test_export_to_s3_verifies_and_loads(demo, s3_server, monkeypatch):
         assert sorted(seen) == sorted(s.scalars(select(Image.sha256)))
 
 
+def test_a_broken_s3_stream_is_a_problem_of_its_shard_not_a_crash(demo, s3_server, monkeypatch):
+    """botocore's errors for a connection lost mid-stream are no OSError: verify used to stop with a
+    traceback (other shards' problems lost) instead of reporting the shard."""
+    from botocore.exceptions import ResponseStreamingError
+    from botocore.response import StreamingBody
+
+    db, store = demo
+    monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)
+    from pixmo.config import get_settings
+
+    get_settings.cache_clear()
+    bucket = make_s3_store(s3_server, prefix="exports/broken")
+    url = f"s3://{bucket.bucket}/exports/broken"
+    export_webdataset(db, store, url, options=WebDatasetOptions(maxcount=5, val_fraction=0, workers=1))
+    manifest_size = bucket.size(MANIFEST_NAME)
+    assert min(bucket.size(f"train-00000{i}.tar") for i in range(3)) > manifest_size
+    real_read = StreamingBody.read
+
+    def read(self, amt=None):  # noqa: ANN001, ANN202 - every shard's stream breaks; the manifest's does not
+        if self._content_length is not None and int(self._content_length) > manifest_size:
+            raise ResponseStreamingError(error="Connection reset by peer")
+        return real_read(self, amt)
+
+    monkeypatch.setattr(StreamingBody, "read", read)
+    report = verify_export(url)
+    assert report.shards == 3 and not report.ok
+    for i in range(3):
+        broken = [p for p in report.problems if p.shard == f"train-00000{i}.tar"]
+        assert broken and "the S3 stream broke off" in broken[0].message, [str(p) for p in report.problems]
+
+
 def test_two_exports_into_one_s3_prefix_refuse_each_other(demo, s3_server, monkeypatch, tmp_path):
     """A bucket has no lock: the deployment's database holds the place while an export writes, so a
     second export there fails at once instead of deleting the first one's shards as leftovers."""

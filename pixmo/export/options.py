@@ -75,9 +75,10 @@ class ExportFilters:
     annotated_only: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "projects", tuple(sorted(set(self.projects))))
-        object.__setattr__(self, "review_status", tuple(sorted(set(self.review_status))))
-        object.__setattr__(self, "exclude_flags", tuple(sorted(set(self.exclude_flags))))
+        for name in ("projects", "review_status", "exclude_flags"):
+            value = getattr(self, name)
+            # one name given as a plain string is that name, not its letters
+            object.__setattr__(self, name, tuple(sorted({value} if isinstance(value, str) else set(value))))
         object.__setattr__(self, "since", parse_time(self.since))
         object.__setattr__(self, "until", parse_time(self.until))
         if self.exclude_flags:
