@@ -396,6 +396,27 @@ def test_a_worker_that_dies_is_a_clear_error_and_leaves_no_manifest(demo, tmp_pa
         assert job.status == "failed" and "ended abruptly" in job.error
 
 
+def test_workers_forked_under_the_progress_bar_write_to_the_real_stderr(demo, tmp_path, monkeypatch):
+    """The bar (rich) replaces sys.stdout/stderr with stand-ins that write through its console; a
+    worker forked while the bar drew inherited them, and with them a lock the drawing thread may have
+    held: a warning in the worker could hang the export."""
+    import pixmo.export.wds as wds
+
+    db, store = demo
+    real = wds.write_shard
+    seen = tmp_path / "seen"
+
+    def note_stdio(plan, **kwargs):  # runs in the forked workers
+        with open(seen, "a") as f:
+            f.write(f"{sys.stdout is sys.__stdout__ and sys.stderr is sys.__stderr__}\n")
+        return real(plan, **kwargs)
+
+    monkeypatch.setattr(wds, "write_shard", note_stdio)
+    export_webdataset(db, store, tmp_path / "out", options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=2),
+                      progress=True)
+    assert seen.read_text().split() == ["True"] * 3
+
+
 def test_audio_and_resized_images(demo, tmp_path):
     db, store = demo
     out = tmp_path / "out"

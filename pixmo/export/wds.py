@@ -96,6 +96,9 @@ def _init_worker(
     parent: int, db_url: str, store: BlobStore, target: ExportTarget, options: WebDatasetOptions, as_of: dt.datetime
 ) -> None:
     _exit_with(parent)
+    # forked while the progress bar draws: its stdout/stderr stand-ins write through a console whose
+    # lock the drawing thread may have held at the fork (a warning would then hang the worker)
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     # a fresh engine: connections must never be shared with the parent process
     db = Database(db_url)
     with db.session() as session:
