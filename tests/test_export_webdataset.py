@@ -705,6 +705,36 @@ def test_export_to_s3_verifies_and_loads(demo, s3_server, monkeypatch):
         assert sorted(seen) == sorted(s.scalars(select(Image.sha256)))
 
 
+def test_an_s3_export_removes_what_a_killed_run_left_in_its_local_staging_folder(demo, s3_server, monkeypatch):
+    """Shards for S3 are written to a local temporary file first; a run killed with -9 left files of
+    up to --maxsize in the system's temporary folder that nothing ever removed."""
+    from pixmo.export import export_hf
+    from pixmo.export.target import open_target
+
+    db, store = demo
+    monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)
+    from pixmo.config import get_settings
+
+    get_settings.cache_clear()
+    bucket = make_s3_store(s3_server, prefix="exports/staged")
+    url = f"s3://{bucket.bucket}/exports/staged"
+    staging = open_target(url)._staging_root()
+    other = open_target(f"s3://{bucket.bucket}/exports/elsewhere")._staging_root()
+    leftovers = {}
+    for root, part in [(staging, "_"), (staging, "cap"), (other, "_")]:
+        (root / part).mkdir(parents=True, exist_ok=True)
+        leftovers[(root, part)] = root / part / ".pixmo-tmp-train-000000.tar.0123456789ab.part"
+        leftovers[(root, part)].write_bytes(b"half a shard")
+    export_webdataset(db, store, url, options=WebDatasetOptions(maxcount=5, val_fraction=0, workers=2))
+    assert verify_export(url).ok
+    # the shards' leftover is gone; an HF subset's and another place's are not this run's to remove
+    assert [k for k, f in leftovers.items() if f.exists()] == [(staging, "cap"), (other, "_")]
+    assert not list((staging / "_").iterdir())  # and the run's own temporary files were uploaded and removed
+    export_hf(db, store, url, "cap")
+    assert [k for k, f in leftovers.items() if f.exists()] == [(other, "_")]
+    leftovers[(other, "_")].unlink()
+
+
 def test_a_broken_s3_stream_is_a_problem_of_its_shard_not_a_crash(demo, s3_server, monkeypatch):
     """botocore's errors for a connection lost mid-stream are no OSError: verify used to stop with a
     traceback (other shards' problems lost) instead of reporting the shard."""

@@ -277,6 +277,7 @@ def export_hf(
         for name in target.temp_names():  # what a killed run of this subset left
             if name.startswith(f"{subset}/"):
                 target.delete(name)
+        target.clear_staging(subset)
         writer = _RollingParquet(target, subset, rows_per_file)
         try:
             as_of, warnings = snapshot_time(db, filters)

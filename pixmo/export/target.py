@@ -46,6 +46,15 @@ class ExportTarget(ABC):
     def _staging_folder(self, name: str) -> Path | str | None:
         """Where the temporary file of ``name`` is made (None: the system's temporary folder)."""
 
+    def _private_folder(self, name: str) -> str | None:
+        """Where a private temporary file of ``name`` is made when `_staging_folder` is None
+        (None: the system's temporary folder)."""
+        return None
+
+    def clear_staging(self, part: str | None = None) -> None:
+        """Remove the temporary files a killed run left outside the target (of one HF subset with
+        ``part``, else of the shards). Only while holding the target (`held_for_export`)."""
+
     @abstractmethod
     def publish(self, path: str, name: str) -> None:
         """The finished temporary file at ``path`` (from `stage`) appears as ``name``, moved or uploaded."""
@@ -58,7 +67,8 @@ class ExportTarget(ABC):
         folder = self._staging_folder(name)
         with write_errors(name, folder or f"a local temporary file ({tempfile.gettempdir()})"):
             if folder is None:  # private: it only waits to be uploaded
-                fd, path = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{Path(name).name}.", suffix=".part")
+                fd, path = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{Path(name).name}.", suffix=".part",
+                                            dir=self._private_folder(name))
                 return os.fdopen(fd, "wb"), path
             Path(folder).mkdir(parents=True, exist_ok=True)
             # not mkstemp, whose files are private (0600): a published file gets the umask's mode
@@ -354,10 +364,29 @@ class StoreTarget(ExportTarget):
         return sorted(self.store.iter_keys(""))
 
     def temp_names(self) -> list[str]:
-        return []  # temp files live on the writing machine, never in the store
+        return []  # temp files live on the writing machine, never in the store (see clear_staging)
 
     def _staging_folder(self, name: str) -> str | None:
         return self.tmp_dir  # temporary files live on the writing machine, never in the store
+
+    def _staging_root(self) -> Path:
+        # one folder per user and place on this machine, so that a killed run's files (up to
+        # --maxsize each) are found and removed by the next run into the same place
+        place = hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"pixmo-staging-{os.getuid() if hasattr(os, 'getuid') else 0}" / place
+
+    def _private_folder(self, name: str) -> str:
+        folder = self._staging_root() / (name.split("/", 1)[0] if "/" in name else "_")
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return str(folder)
+
+    def clear_staging(self, part: str | None = None) -> None:
+        if self.tmp_dir is not None:
+            return  # a folder the caller chose: not ours to clear
+        folder = self._staging_root() / (part or "_")
+        for leftover in folder.glob(f"{TMP_PREFIX}*.part") if folder.is_dir() else ():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def publish(self, path: str, name: str) -> None:
         self.store.put_file(path, key=name, content_type=_content_type(name))

@@ -125,6 +125,7 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 def _clear_previous(target: ExportTarget, plans: list[ShardPlan]) -> None:
     """Remove the old manifest first (the export is incomplete from now on), then leftovers."""
     target.delete(MANIFEST_NAME)
+    target.clear_staging()
     for name in target.temp_names():
         if "/" not in name:  # its own: a subfolder's belong to an HF subset or another export, maybe running
             target.delete(name)
