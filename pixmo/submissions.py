@@ -135,6 +135,11 @@ def submit_recording(
         if project.kind != "caption":
             raise ValidationError(f"this is a {project.kind} task; it takes no recording")
         if assignment.status in ("submitted", "skipped"):
+            # a retry with this key may have submitted it since the first look (PostgreSQL's reads
+            # each see what is committed when they start)
+            first = _replay(session, key, user_id, assignment_id)
+            if first is not None:
+                return RecordingResult(first, replayed=True)
             raise LeaseError(f"this task was {assignment.status} already")
         cfg = project_config(project)
     audio = check_audio(data, cfg, max_bytes)  # outside any transaction: decoding takes a while

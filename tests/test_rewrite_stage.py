@@ -420,4 +420,4 @@ def test_retry_failed_tries_this_models_failed_rows_again(sqlite_db, scripted):
     assert stats["retried_failed"] == 1 and stats["statuses"] == {"llm": 1}  # only project one's
     with sqlite_db.session() as s:
         rows = sorted((qa.project_id, qa.status, qa.answer) for qa in s.scalars(select(QAPair)))
-    assert rows == sorted([(projects["one"], "pending", "A vehicle."), (projects["two"], "failed", "")])
+    assert rows == sorted([(projects["one"], "accepted", "A vehicle."), (projects["two"], "failed", "")])
