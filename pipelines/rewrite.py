@@ -30,7 +30,7 @@ from pixmo.llm.backend import Completion, Messages, Usage
 from pixmo.llm.cache import CachedBackend
 from pixmo.llm.errors import LLMError, RequestRefused
 from pixmo.llm.prompts import load_prompt
-from pixmo.llm.tasks import SPECS, TaskResult, run_task
+from pixmo.llm.tasks import SPECS, TaskResult, complete_or_refuse, run_task
 from pixmo.verdicts import is_usable
 from pipelines.base import Stage, StageStats
 from pipelines.ray_pool import RayPool, import_ray
@@ -98,8 +98,10 @@ class BackendActor:
     def __init__(self, spec: dict[str, Any]):
         self.backend = get_backend(**spec)
 
-    def complete(self, conversations: list[Messages], options: dict[str, Any]) -> list[Completion]:
-        return self.backend.complete_batch(conversations, **options)
+    def complete(self, conversations: list[Messages], options: dict[str, Any]) -> list[Completion | RequestRefused]:
+        # a refusal comes back as a reply of its own: raised, it would lose this chunk's other
+        # replies on the way through Ray (and the other chunks' with it)
+        return complete_or_refuse(self.backend, conversations, options)
 
 
 class RayBackend(LLMBackend):
@@ -124,7 +126,10 @@ class RayBackend(LLMBackend):
         size = math.ceil(len(conversations) / len(self._pool))
         chunks = [conversations[i : i + size] for i in range(0, len(conversations), size)]
         done = [c for part in self._pool.map(lambda a, chunk: a.complete.remote(chunk, options), chunks) for c in part]
-        self._count(done)
+        self._count([c for c in done if isinstance(c, Completion)])
+        refused = [c for c in done if isinstance(c, RequestRefused)]
+        if refused:
+            raise RequestRefused(str(refused[0]), done)
         return done
 
     def close(self) -> None:

@@ -284,6 +284,24 @@ def test_ray_executor_runs_the_same_stage(sqlite_db, llm_server, ray_local):
         assert s.get(Job, stats["job_id"]).params["executor"] == "ray"
 
 
+@pytest.mark.slow
+def test_a_refused_request_on_ray_fails_alone_and_the_others_keep_their_replies(sqlite_db, scripted, ray_local):
+    """On Ray a refusal was raised out of its actor with only its chunk's replies: the run paired
+    the whole batch with that short list (items got other items' replies, or none) and the cache
+    stored replies under other requests' keys, then failed the stage."""
+    too_long = " ".join(f"a car with {i} doors" for i in range(1500))
+    ids = add_transcripts(sqlite_db, [["a blue bus"], ["a green tree"], [too_long], ["a red kite"]])
+    scripted.set("A caption.")
+    scripted.refuse_if = lambda body: len(json.dumps(body["messages"])) > 20_000
+    stats = rewrite(sqlite_db, "clean", executor="ray", actors=2, batch_size=4, **openai_opts(scripted))
+    assert stats["total"] == 4 and "failed" not in stats["statuses"]
+    by_source = {c.source_transcript_ids[0]: c for c in captions(sqlite_db)}
+    assert sorted(by_source) == sorted(i for (i,) in ids)
+    refused = {tid for tid, c in by_source.items() if c.faithfulness.get("fallback_reason") == "request_refused"}
+    assert refused == {ids[2][0]} and by_source[ids[2][0]].produced_by == "rule"
+    assert len(scripted.requests) == 4  # each asked once: no reply was taken for another's
+
+
 # -- the CLI ---------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from pixmo.db.models import LLMCacheEntry
 from pixmo.db.queries import insert_ignore
 from pixmo.db.session import Database
 from pixmo.llm.backend import Completion, LLMBackend, Messages
-from pixmo.llm.errors import RequestRefused
+from pixmo.llm.errors import LLMError, RequestRefused
 
 
 def request_key(model_id: str, messages: Messages, *, max_tokens: int, temperature: float,
@@ -77,6 +77,8 @@ class CachedBackend(LLMBackend):
                 if exc.replies is None:
                     raise
                 refused, fresh = exc, exc.replies
+            if len(fresh) != len(missing):  # never cache one request's reply under another's key
+                raise LLMError(f"{self.model_id}: {len(fresh)} replies to {len(missing)} requests")
             answered = [(k, c) for k, c in zip(missing, fresh) if isinstance(c, Completion)]
             with self.db.session() as session:
                 insert_ignore(session, LLMCacheEntry, [

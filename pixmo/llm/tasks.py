@@ -22,7 +22,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pixmo.errors import ValidationError
 from pixmo.llm.backend import Completion, LLMBackend, strict_schema
 from pixmo.llm.cleaner import clean_transcript
-from pixmo.llm.errors import OutputInvalid, RequestRefused
+from pixmo.llm.errors import LLMError, OutputInvalid, RequestRefused
 from pixmo.llm.faithfulness import check_faithfulness
 from pixmo.llm.outputs import AnswerOutput, CapQAOutput, CaptionOutput, PointExplainOutput
 from pixmo.llm.prompts import load_prompt
@@ -272,10 +272,8 @@ def run_task(
         if not pending:
             break
         options = dict(max_tokens=limit, temperature=temperature, json_schema=schema)
-        try:
-            replies = backend.complete_batch([conversations[i] for i in pending], **options)
-        except RequestRefused as exc:  # some request of the batch is at fault: it fails, the others go on
-            replies = exc.replies or _complete_each(backend, [conversations[i] for i in pending], options)
+        # some request of the batch may be at fault: it fails, the others go on
+        replies = complete_or_refuse(backend, [conversations[i] for i in pending], options)
         again = []
         for i, reply in zip(pending, replies):
             if isinstance(reply, RequestRefused):
@@ -306,6 +304,18 @@ def run_task(
             sources = [x["transcript"]] if task == "clean" else list(x["transcripts"])
             _check(r, sources, threshold=threshold, min_coverage=min_coverage, fallback=fallback and task == "clean")
     return done
+
+
+def complete_or_refuse(backend: LLMBackend, conversations: list, options: dict[str, Any]) -> list[Completion | RequestRefused]:
+    """One reply per conversation, in order, with a `RequestRefused` in place of each refused request
+    (the batch at once; one by one when the backend cannot tell which request was refused)."""
+    try:
+        replies = backend.complete_batch(conversations, **options)
+    except RequestRefused as exc:
+        replies = exc.replies or _complete_each(backend, conversations, options)
+    if len(replies) != len(conversations):  # pairing them up would give items each other's replies
+        raise LLMError(f"{backend.model_id}: {len(replies)} replies to {len(conversations)} requests")
+    return replies
 
 
 def _complete_each(backend: LLMBackend, conversations: list, options: dict[str, Any]) -> list[Completion | RequestRefused]:
