@@ -108,7 +108,11 @@ def test_speech_caption_end_to_end_with_the_keyboard(browser, site, speech):
     page.keyboard.press("Space")
     page.wait_for_function("!document.getElementById('submit').disabled")
     assert "Recorded" in page.inner_text("#status")
-    assert page.locator("#playback").get_attribute("src").startswith("blob:")
+    take = page.locator("#playback").get_attribute("src")
+    assert take.startswith("blob:")
+    page.keyboard.press("Space")  # with a take ready, Space no longer throws it away for a new recording
+    page.wait_for_function("document.getElementById('status').textContent.includes('Re-record')")
+    assert page.locator("#record.on").count() == 0 and page.locator("#playback").get_attribute("src") == take
     page.keyboard.press("Enter")
     page.wait_for_selector("text=Nothing left for you")  # the only image is done: the next-task page says so
     assert page.errors == []

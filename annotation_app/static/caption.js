@@ -133,9 +133,12 @@ submitBtn.addEventListener("click", submit);
 addEventListener("keydown", (e) => {
   if (isTyping(e.target) || e.repeat) return;
   if (e.code === "Space") {
-    e.preventDefault();
-    if (recorder?.state === "recording") stop();
-    else if (!submitting) { recordBtn.hidden = false; start(); }
+    if (recorder?.state === "recording") { e.preventDefault(); stop(); }
+    else if (take && !submitBtn.disabled) {
+      // a take ready to submit is replaced only by the Re-record button (Space used to discard it,
+      // e.g. pressed to pause the player); on the player itself Space plays and pauses
+      if (e.target !== playback) { e.preventDefault(); status("Press Re-record to replace this take, or Enter to submit it."); }
+    } else if (!submitting) { e.preventDefault(); recordBtn.hidden = false; start(); }
   } else if (e.key === "Enter") {
     e.preventDefault();
     submit();
