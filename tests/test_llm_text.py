@@ -52,6 +52,26 @@ def test_content_words_normalise_numbers_plurals_colours():
     assert content_words("Two Boxes, 3 glasses and a grey cat's toy") == ["2", "box", "3", "glass", "gray", "cat", "toy"]
 
 
+@pytest.mark.parametrize(("caption", "transcript"), [
+    ("60 birds on a wire.", "sixty birds on a wire"),
+    ("25 dogs in a park.", "twenty five dogs in a park"),
+    ("Twenty-five dogs in a park.", "25 dogs in a park"),
+    ("1 dog on a sofa.", "one dog on a sofa"),
+    ("Ein grüner Wagen auf der Straße.", "äh ein grüner Wagen auf der Straße"),
+])
+def test_numbers_written_either_way_and_words_of_any_script_are_supported(caption, transcript):
+    """Whisper writes digits where an LLM writes words (or the other way round): sixty to ninety were
+    no number words, "twenty five" was 20 and 5, "1" was never said; and letters outside a-z were
+    dropped, so "Straße" was "stra" and "e"."""
+    check = check_faithfulness(caption, transcript)
+    assert check.faithful and check.added == [], check
+
+
+def test_a_pause_between_number_words_keeps_them_apart():
+    assert content_words("twenty, five dogs and ninety-nine cats") == ["20", "5", "dog", "99", "cat"]
+    assert not check_faithfulness("25 dogs.", "twenty, five dogs").faithful
+
+
 # -- the deterministic cleaner ------------------------------------------------------------------
 
 
@@ -66,6 +86,9 @@ def test_content_words_normalise_numbers_plurals_colours():
         ("um uh", ""),
         # hyphenated words are words, not false starts
         ("a top-down um photo of a well-known x-ray, the th- the cup", "A top-down photo of a well-known x-ray, the cup."),
+        # letters outside a-z are letters ("caf with a cr me br l e" before)
+        ("um a café with a crème brûlée uh on the the table", "A café with a crème brûlée on the table."),
+        ("ein grüner Wagen auf der Straße", "Ein grüner Wagen auf der Straße."),
     ],
 )
 def test_cleaner_removes_what_speech_adds(spoken, written):

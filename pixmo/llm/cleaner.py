@@ -17,9 +17,9 @@ MULTI_FILLERS = (("you", "know"), ("i", "guess"), ("let", "me", "see"), ("let's"
 OPENERS = {"so", "okay", "ok", "well", "alright", "right", "basically", "yeah", "anyway", "and", "now"}
 WEAK_OPENERS = {"and", "now", "right", "well"}
 CORRECTIONS = (("sorry",), ("i", "mean"), ("no", "wait"), ("or", "rather"), ("wait",), ("no",))
-# a word may hold apostrophes, dots and hyphens ("top-down", "x-ray"); only a hyphen that ends it
-# ("gre- green") marks a false start
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:['’.\-][A-Za-z0-9]+)*-?|[.,!?;:]")
+# a word (letters of any script, digits) may hold apostrophes, dots and hyphens ("top-down",
+# "x-ray"); only a hyphen that ends it ("gre- green") marks a false start
+_TOKEN = re.compile(r"[^\W_]+(?:['’.\-][^\W_]+)*-?|[.,!?;:]")
 _NOISE = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
 _END = {".", "!", "?"}
 _BREAK = _END | {",", ";", ":"}

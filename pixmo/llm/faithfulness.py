@@ -26,7 +26,10 @@ NUMBER_WORDS = {
         "sixteen seventeen eighteen nineteen twenty".split()
     )
     if w != "_"  # "one" is mostly a pronoun ("the left one"); "a"/"one" carry no count to check
-} | {"thirty": "30", "forty": "40", "fifty": "50", "hundred": "100", "thousand": "1000", "dozen": "12"}
+} | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80",
+     "ninety": "90", "hundred": "100", "thousand": "1000", "dozen": "12"}
+_TENS = frozenset({"twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"})
+_UNITS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
 # function words, common verbs and adjectives, and words every caption uses about itself
 STOPWORDS = frozenset(
     """
@@ -59,7 +62,27 @@ STOPWORDS = frozenset(
 _NOUN_ENDINGS_KEPT = ("building", "ceiling", "painting", "clothing", "railing", "railings", "buildings",
                       "paintings", "ring", "rings", "string", "strings", "wing", "wings", "king", "thing",
                       "bed", "shed", "sled", "sledding", "red")
-_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)?")
+# letters of any script ("café", "Straße"); digits on their own
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|\d+(?:[.,]\d+)?")
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased words and numbers of ``text``; a tens word and a unit ("twenty five",
+    "twenty-five") are one number, as the digits "25" are."""
+    lowered = text.lower().replace("’", "'")
+    found = list(_WORD.finditer(lowered))
+    raw = [m.group() for m in found]
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        joined = i + 1 < len(raw) and lowered[found[i].end() : found[i + 1].start()] in (" ", "-")
+        if joined and raw[i] in _TENS and raw[i + 1] in _UNITS:
+            out.append(str(int(NUMBER_WORDS[raw[i]]) + _UNITS[raw[i + 1]]))
+            i += 2
+            continue
+        out.append(raw[i])
+        i += 1
+    return out
 
 
 def _stem(word: str) -> str:
@@ -75,7 +98,7 @@ def _stem(word: str) -> str:
 def content_words(text: str) -> list[str]:
     """The normalised content words of ``text`` in order (duplicates kept)."""
     out: list[str] = []
-    for raw in _WORD.findall(text.lower().replace("’", "'")):
+    for raw in _words(text):
         word = raw[:-2] if raw.endswith("'s") else raw
         if word[0].isdigit():
             out.append(word.replace(",", ""))
@@ -96,7 +119,10 @@ def _support(text: str) -> set[str]:
     """Every form of every word of ``text`` that a caption may use for it: content words, plus
     the stems of verbs (``waiting`` supports ``wait``, ``parked`` supports ``park``)."""
     out = set(content_words(text))
-    for raw in _WORD.findall(text.lower().replace("’", "'")):
+    words = _words(text)
+    if {"one", "a", "an"} & set(words):
+        out.add("1")  # "one car" / "a car" says what "1 car" does
+    for raw in words:
         word = raw[:-2] if raw.endswith("'s") else raw
         out.add(_stem(word))
         for suffix in ("ing", "ed"):
