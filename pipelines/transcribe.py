@@ -107,8 +107,8 @@ class TranscribeStats(StageStats):
         return out
 
 
-# failures of the moment, not of the recording: nothing is stored for them
-TRANSIENT_REASONS = frozenset({"storage_error"})
+# failures of the moment, or of this model, not of the recording: nothing is stored for them
+TRANSIENT_REASONS = frozenset({"storage_error", "language_unsupported"})
 
 
 class _Failed(Exception):
@@ -129,6 +129,10 @@ class RecordingTranscriber:
         self.asr = load_asr(**asr_kwargs)
 
     def load(self, ref: RecordingRef) -> DecodedAudio | _Failed:
+        if ref.language not in (None, "en") and not self.asr.is_multilingual:
+            # English-only models decode any speech as English: left for a multilingual model
+            return _Failed("language_unsupported", f"{self.asr.model_id} is English-only and this recording is "
+                           f"pinned to {ref.language!r}: transcribe it with a multilingual model (--model)")
         try:
             data = self.store.get_bytes(ref.storage_key)
         except BlobNotFoundError:

@@ -230,3 +230,24 @@ def test_a_store_that_does_not_answer_defers_the_recording(sqlite_db, store, spe
     monkeypatch.setattr(store, "get_bytes", real_get)  # the store is back
     second = transcribe_recordings(sqlite_db, store, "caps")
     assert second["statuses"] == {"ok": 1} and _transcripts(sqlite_db)[ids["silence"]].status == "ok"
+
+
+@pytest.mark.slow
+def test_an_english_only_model_leaves_recordings_pinned_to_another_language(sqlite_db, store, speech_clips):
+    """tiny.en decoded German speech as English and stored it ok with language "en": a project
+    pinned to another language now waits for a multilingual model, and the model refuses it."""
+    from pixmo.asr import load_asr
+    from pixmo.errors import ConfigError
+    from pixmo.projects import get_project
+
+    ids = _project_with_recordings(sqlite_db, store, speech_clips[:1], broken=False)
+    with sqlite_db.session() as s:
+        project = get_project(s, "caps")
+        project.config = {**project.config, "language": "de"}
+    stats = transcribe_recordings(sqlite_db, store, "caps")
+    assert stats["statuses"] == {"deferred": 2} and stats["reasons"] == {"language_unsupported": 2}
+    assert _transcripts(sqlite_db) == {}
+    stats = transcribe_recordings(sqlite_db, store, "caps", language="en")  # pinned to English by hand: done
+    assert stats["statuses"] == {"ok": 2} and set(_transcripts(sqlite_db)) == set(ids.values())
+    with pytest.raises(ConfigError, match="English-only"):
+        load_asr().transcribe(speech_clips[0].samples, "de")

@@ -24,6 +24,7 @@ import numpy as np
 from pixmo.asr.quality import QualityThresholds, WindowScore, finite_round, quality_flags, quality_metrics, words
 from pixmo.asr.windows import VadSettings, Window, group_spans, speech_spans
 from pixmo.audio import SAMPLE_RATE
+from pixmo.errors import ConfigError
 
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -162,8 +163,11 @@ class ASRModel(ABC):
         info.speech_s = sum(speech)
         info.windows = len(windows)
 
-        if not self.is_multilingual:  # an English-only model decodes English whatever is asked: record that
-            langs = ["en" if lang is not None else None for lang in langs]
+        if not self.is_multilingual:  # an English-only model decodes any speech as English
+            other = sorted({lang for lang in langs if lang not in (None, "en")})
+            if other:
+                raise ConfigError(f"{self.model_id} is an English-only model and cannot transcribe "
+                                  f"{', '.join(other)}: use a multilingual model (--model)")
         lang_probs: list[float | None] = [1.0 if lang else None for lang in langs]
         for i in range(n):
             if langs[i] is None:
