@@ -156,14 +156,19 @@ class RecordingTranscriber:
                 todo.append(i)
         try:
             done = self._run([refs[i] for i in todo], [loaded[i] for i in todo])
-        except Exception:  # noqa: BLE001 - find the one recording that breaks the batch
-            done = []
+        except Exception as batch_error:  # noqa: BLE001 - find the one recording that breaks the batch
+            done, errors = [], []
             for i in todo:
                 try:
                     done += self._run([refs[i]], [loaded[i]])
                 except Exception as exc:  # noqa: BLE001 - a failed sample is data
+                    errors.append(exc)
                     detail = f"asr_error: {type(exc).__name__}: {exc}"
                     done.append(RecordingResult(refs[i], "failed", "asr_error", detail))
+            if len(todo) > 1 and len(errors) == len(todo) and len({(type(e), str(e)) for e in errors}) == 1:
+                # every recording alone fails alike: the model or the machine is at fault (a missing
+                # CUDA library, no GPU memory), not the recordings; failing them would be for good
+                raise errors[0] from batch_error
         for i, result in zip(todo, done, strict=True):
             results[i] = result
         return results  # type: ignore[return-value]

@@ -251,3 +251,25 @@ def test_an_english_only_model_leaves_recordings_pinned_to_another_language(sqli
     assert stats["statuses"] == {"ok": 2} and set(_transcripts(sqlite_db)) == set(ids.values())
     with pytest.raises(ConfigError, match="English-only"):
         load_asr().transcribe(speech_clips[0].samples, "de")
+
+
+@pytest.mark.slow
+def test_a_failure_every_recording_hits_alike_fails_the_run_not_the_recordings(sqlite_db, store, speech_clips, monkeypatch):
+    """A model that cannot run at all (faster-whisper's 'libcublas.so.12 is not found' comes at the
+    first encode) used to store every pending recording as failed for good, in a succeeded job."""
+    from pixmo.asr.base import ASRModel
+
+    _project_with_recordings(sqlite_db, store, speech_clips[:2], broken=False)
+
+    def broken(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+
+    monkeypatch.setattr(ASRModel, "transcribe", broken)
+    with pytest.raises(RuntimeError, match="libcublas"):
+        transcribe_recordings(sqlite_db, store, "caps")
+    assert _transcripts(sqlite_db) == {}
+    with sqlite_db.session() as s:
+        job = s.scalars(select(Job).order_by(Job.id.desc())).first()
+    assert job.status == "failed" and "libcublas" in job.error
+    monkeypatch.undo()
+    assert transcribe_recordings(sqlite_db, store, "caps")["statuses"] == {"ok": 3}  # fixed: all transcribed
