@@ -238,16 +238,21 @@ def submit_points(
 
 def task_label(session, assignment: Assignment) -> str | None:  # noqa: ANN001
     """The referring expression a pointing task asks for: the project label with the fewest point
-    sets on this image so far (None when the project has no labels: the annotator writes one)."""
-    from sqlalchemy import func
+    sets on this image so far, not counting rejected work (None when the project has no labels: the
+    annotator writes one)."""
+    from sqlalchemy import func, or_
 
     cfg = project_config(session.get(Project, assignment.project_id))
     if not cfg.labels:
         return None
+    done = Assignment.__table__.alias("done")
     counts = dict(session.execute(
-        select(PointSet.label, func.count()).where(
-            PointSet.project_id == assignment.project_id, PointSet.image_id == assignment.image_id
-        ).group_by(PointSet.label)
+        select(PointSet.label, func.count())
+        .outerjoin(done, done.c.id == PointSet.assignment_id)
+        .where(PointSet.project_id == assignment.project_id, PointSet.image_id == assignment.image_id,
+               # a rejection freed the slot to have the label answered again: it is not an answer
+               or_(done.c.review_verdict.is_(None), done.c.review_verdict != "rejected"))
+        .group_by(PointSet.label)
     ).all())
     # rotate the start by assignment id so concurrent annotators of one image get different labels
     n = len(cfg.labels)

@@ -151,6 +151,26 @@ def test_rejected_work_returns_to_the_queue_and_stats(db, store):
     assert progress["rejected"] == 1 and progress["leased"] == 1 and progress["complete_images"] == 0
 
 
+def test_a_label_whose_answer_was_rejected_is_asked_again(db, store):
+    """The label a pointing task asks for is the one with the fewest answers on the image; a
+    rejected answer counted, so the slot its rejection freed went to a label answered already and
+    the image read as complete with no usable answer for the other."""
+    from pixmo.submissions import task_label
+
+    project_id, _ = make_project(db, store, "p", "points", n_images=1, overlap=3, labels=["car", "dog"])
+    users = add_users(db, [("a", "annotator"), ("b", "annotator"), ("c", "annotator"), ("r", "reviewer")],
+                      password=None)
+    done = {}
+    for name, label in (("a", "car"), ("b", "dog")):
+        lease = next_assignment(db, project_id, users[name])
+        done[name] = submit_points(db, assignment_id=lease.assignment.id, user_id=users[name], label=label,
+                                   points=[[0.1, 0.2]])
+    record_review(db, users["r"], "point_set", done["a"].id, "rejected", "that is a van")
+    third = next_assignment(db, project_id, users["c"])
+    with db.session() as s:
+        assert task_label(s, s.get(Assignment, third.assignment.id)) == "car"
+
+
 def test_a_late_submission_never_doubles_an_annotator(db, store):
     project_id, _ = make_project(db, store, "p", "points", n_images=1, overlap=2)
     uid = add_users(db, [("a", "annotator")], password=None)["a"]
