@@ -526,6 +526,13 @@ def test_review_actions_write_verdicts(db, review_world):
     with db.session() as s:
         curation.submit_review(s, w["users"]["rev"], "assignment", w["assignment"], "rejected", "off-task")
         assert s.get(Assignment, w["assignment"]).review_verdict == "rejected"
+    # one judgement of the task, written on the task and on its recording, counts once (it counted
+    # twice in the annotator's rejections and rate, and in the reviews per day)
+    with db.session() as s:
+        stats = {r.username: r for r in curation.annotator_stats(s)}
+        assert (stats["ann"].approved, stats["ann"].rejected) == (0, 1)
+        series = curation.collection_over_time(s)
+        assert sum(r["count"] for r in series if r["series"] == "reviews") == 4  # 3 above and the task's one
 
 
 def test_assignment_verdict_is_its_worst_current_item_verdict(db, review_world):

@@ -98,7 +98,9 @@ def _verdicts(session: Session, project_id: int | None) -> dict[int, dict[str, i
     """Current verdicts per annotator, over every kind of item an annotator makes."""
     parts = reviewed_items(
         lambda item: (item.user_id.label("user_id"), Review.verdict.label("verdict")), project_id, current_only=True,
-        targets=[t for t in REVIEW_TARGETS if t != "caption"],  # captions are machine-made: no annotator
+        # captions are machine-made (no annotator); a verdict on a whole task is also written on each
+        # of its items, which count it (the task's own row would count it twice)
+        targets=[t for t in REVIEW_TARGETS if t not in ("caption", "assignment")],
     )
     both = union_all(*parts).subquery()
     out: dict[int, dict[str, int]] = {}
@@ -191,7 +193,8 @@ def annotator_stats(
     for user_id, n in session.execute(stmt.where(*in_project(PointSet.project_id, project_id))):
         if user_id is not None:
             row(user_id).point_sets = int(n)
-    stmt = select(QAPair.user_id, func.count()).group_by(QAPair.user_id)
+    # questions answered and accepted (not every question asked, nor abandoned exchanges)
+    stmt = select(QAPair.user_id, func.count()).where(QAPair.status == "accepted").group_by(QAPair.user_id)
     for user_id, n in session.execute(stmt.where(*in_project(QAPair.project_id, project_id))):
         if user_id is not None:
             row(user_id).qa_pairs = int(n)

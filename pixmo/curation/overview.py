@@ -200,7 +200,9 @@ def collection_over_time(session: Session, project_id: int | None = None, since:
         collect(series, stmt, day)
 
     day = day_of(session, Review.created_at)
-    stmt = select(day, func.count()).select_from(Review).where(*review_in_project(project_id))
+    # a verdict on a whole task is one judgement, also written on each item: counted on the items
+    stmt = select(day, func.count()).select_from(Review).where(Review.target_type != "assignment",
+                                                               *review_in_project(project_id))
     collect("reviews", stmt, day)
     order = {s: i for i, s in enumerate(SERIES)}
     rows.sort(key=lambda r: (r["day"], order[r["series"]]))

@@ -186,7 +186,8 @@ def flagged_items(
         key, flags_col, project_col = Caption.id, Caption.flags, Caption.project_id
     else:
         stmt = select(Review.id, Review.image_id, Review.target_type, Review.target_id, Review.reason,
-                      Review.created_at).where(Review.verdict == "flagged", is_current_review(Review))
+                      Review.created_at).where(Review.verdict == "flagged", is_current_review(Review),
+                                               Review.target_type != "assignment")  # its items are listed
         stmt = stmt.where(*review_in_project(project_id))  # reviews of the project's items
         key, flags_col, project_col = Review.id, None, None
     if flags_col is not None:
