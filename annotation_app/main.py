@@ -91,6 +91,15 @@ def _install_error_handlers(app: FastAPI) -> None:
             return render(request, "error.html", 422, status=422, message=message)
         return JSONResponse({"detail": message}, status_code=422)
 
+    @app.exception_handler(UnicodeEncodeError)
+    async def not_unicode(request: Request, exc: UnicodeEncodeError):  # noqa: ANN202
+        # a lone surrogate (JSON "\ud83d") in free text: valid JSON, but no text a database or a
+        # reply can hold; the driver refuses it as it binds the value, so nothing was stored
+        message = "text in the request must be valid Unicode (a lone surrogate such as \\ud83d is not)"
+        if _wants_html(request):
+            return render(request, "error.html", 422, status=422, message=message)
+        return JSONResponse({"detail": message}, status_code=422)
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):  # noqa: ANN202
         errors = exc.errors()

@@ -628,6 +628,13 @@ def test_nul_characters_and_infinities_are_refused_clearly_on_both_backends(env)
                  '{"name": "lbl", "kind": "points", "labels": ["a\\u0000b"]}'):
         r = env["c"]["admin"].post("/api/projects", content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 422, (body, r.status_code, r.text)
+    # a lone surrogate (valid JSON, no valid text) in free text: a 422, not a 500, and nothing stored
+    a = lease(env, "points")
+    r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/skip", content='{"reason": "blurry \\ud83d"}',
+                                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "valid Unicode" in r.json()["detail"], (r.status_code, r.text)
+    with db.session() as s:
+        assert s.get(Assignment, a["id"]).status == "leased"
     # free text that only PostgreSQL refuses: a clear 422 there, never a 500
     a = lease(env, "caption")
     rec = _upload(env, a["id"], audio_bytes(3), "nul-key-00001").json()
