@@ -31,7 +31,7 @@ from pixmo.llm.cache import CachedBackend
 from pixmo.llm.errors import LLMError, RequestRefused
 from pixmo.llm.prompts import load_prompt
 from pixmo.llm.tasks import SPECS, TaskResult, complete_or_refuse, run_task
-from pixmo.verdicts import is_usable
+from pixmo.verdicts import is_usable, unusable_captions
 from pipelines.base import Stage, StageStats
 from pipelines.ray_pool import RayPool, import_ray
 
@@ -392,15 +392,30 @@ class CapQAStage(RewriteStage):
             .exists()
         )
         q = (
-            select(Caption.id, Caption.text, Caption.image_id, Caption.project_id)
+            select(Caption.id, Caption.text, Caption.image_id, Caption.project_id, Caption.source_transcript_ids)
             .where(Caption.status == "ok", func.length(func.trim(Caption.text)) > 0, ~done)
             .order_by(Caption.id)
         )
         if self.project_id is not None:
             q = q.where(Caption.project_id == self.project_id)
+        rows = session.execute(q).all()
+        bad = self._unusable(session, rows)
         return [WorkItem(f"caption {cid}", image_id, project_id, {"caption": text, "n": self.params.pairs},
                          caption_id=cid)
-                for cid, text, image_id, project_id in session.execute(q).all()]
+                for cid, text, image_id, project_id, _ in rows if cid not in bad]
+
+    @staticmethod
+    def _unusable(session: Session, rows: list) -> set[int]:
+        """Captions a reviewer rejected or flagged, or written from a transcript or recording that
+        was: the export would leave out their pairs, so none are written."""
+        sources = sorted({int(i) for row in rows for i in row.source_transcript_ids or []})
+        transcripts = []
+        for chunk in id_chunks(sources):
+            transcripts += [{"id": i, "recording_id": r} for i, r in session.execute(
+                select(Transcript.id, Transcript.recording_id).where(Transcript.id.in_(chunk)))]
+        verdicts = newest_verdicts(session, {"caption": None, "transcript": None, "recording": None})
+        captions = [{"id": row.id, "source_transcript_ids": row.source_transcript_ids} for row in rows]
+        return unusable_captions(captions, transcripts, verdicts)
 
     review_target = "qa_pair"
 

@@ -26,7 +26,9 @@ from functools import lru_cache
 from typing import Any
 
 from pixmo.formats.points import render_count, render_none, render_points
-from pixmo.verdicts import is_usable, newest_per_recording, record_verdicts, usable_qa, usable_transcripts
+from pixmo.verdicts import (
+    is_usable, newest_per_recording, record_verdicts, unusable_captions, usable_qa, usable_transcripts,
+)
 
 PROMPTS = {
     "caption": "Describe this image in detail.",
@@ -124,7 +126,8 @@ def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, s
         else:
             text = render_points(ps["points"], ps["label"])
         out.append({"task": method, "prompt": PROMPTS[method].format(label=ps["label"]), "text": text})
-    for qa in usable_qa(record.get("qa", []), verdicts):
+    bad_captions = unusable_captions(record.get("captions", []), record.get("transcripts", []), verdicts)
+    for qa in usable_qa(record.get("qa", []), verdicts, bad_captions):
         out.append({"task": qa["source"], "prompt": qa["question"], "text": qa["answer"]})
     return out
 

@@ -29,14 +29,31 @@ def newest_per_recording(transcripts: Iterable[dict[str, Any]]) -> list[dict[str
     return sorted(newest.values(), key=lambda t: t["id"])
 
 
-def usable_qa(qa: Iterable[dict[str, Any]], verdicts: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
-    """Accepted QA pairs not rejected or flagged, and no CapQA pair written from a caption that was
-    (an ask answer's caption only grounded the model: the annotator accepted the answer itself)."""
+def unusable_captions(
+    captions: Iterable[dict[str, Any]], transcripts: Iterable[dict[str, Any]], verdicts: dict[tuple[str, int], str]
+) -> set[int]:
+    """Ids of the captions not to train on: rejected or flagged, or written from a transcript whose
+    own or recording's verdict is (what the export and the CapQA stage leave out)."""
+    transcripts = list(transcripts)
+    bad_sources = {t["id"] for t in transcripts} - {t["id"] for t in usable_transcripts(transcripts, verdicts)}
+    return {
+        c["id"] for c in captions
+        if not is_usable(verdicts, "caption", c["id"]) or {int(i) for i in c["source_transcript_ids"] or []} & bad_sources
+    }
+
+
+def usable_qa(
+    qa: Iterable[dict[str, Any]], verdicts: dict[tuple[str, int], str], bad_captions: Iterable[int] = ()
+) -> list[dict[str, Any]]:
+    """Accepted QA pairs not rejected or flagged, and no CapQA pair written from a caption that was,
+    or that is in ``bad_captions`` (`unusable_captions`). An ask answer's caption only grounded the
+    model: the annotator accepted the answer itself."""
+    bad = set(bad_captions)
     return [
         q for q in qa
         if q["status"] == "accepted" and is_usable(verdicts, "qa_pair", q["id"])
         and not (q["source"] == "capqa" and q.get("caption_id") is not None
-                 and not is_usable(verdicts, "caption", q["caption_id"]))
+                 and (q["caption_id"] in bad or not is_usable(verdicts, "caption", q["caption_id"])))
     ]
 
 

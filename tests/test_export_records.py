@@ -105,6 +105,11 @@ def test_capqa_written_from_a_rejected_caption_is_not_trained_on():
     record = {"transcripts": [], "point_sets": [], "qa": qa,
               "reviews": [_review(1, "caption", 7, "rejected"), _review(2, "caption", 8, "approved")]}
     assert [t["prompt"] for t in molmo_targets(record) if t["task"] in ("capqa", "ask")] == ["q2?", "q3?", "q4?"]
+    # one step further back: caption 8 was written from a transcript whose recording is rejected
+    record["captions"] = [{"id": 8, "source_transcript_ids": [5]}]
+    record["transcripts"] = [{"id": 5, "recording_id": 50, "text": "a dog"}]
+    record["reviews"].append(_review(3, "recording", 50, "rejected", minutes=1))
+    assert [t["prompt"] for t in molmo_targets(record) if t["task"] in ("capqa", "ask")] == ["q3?", "q4?"]
 
 
 def test_review_status_uses_the_latest_verdict_per_row():

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from pipelines.rewrite import rewrite
 from pixmo.cli import app
-from pixmo.db.models import Caption, Image, Job, LLMCacheEntry, Project, QAPair, Recording, Review
+from pixmo.db.models import Caption, Image, Job, LLMCacheEntry, Project, QAPair, Recording, Review, Transcript
 from tests.llm_helpers import REPO, Reply, add_transcripts, llm_server, local_backend, scripted  # noqa: F401
 
 LOCAL_MODEL = "SmolLM2-135M-Instruct.Q4_1"
@@ -122,6 +122,27 @@ def test_a_batch_with_good_and_failed_capqa_stores_both(sqlite_db, scripted):
     assert set(rows) == {"accepted", "failed"}
     assert rows["accepted"].answer == "A car." and rows["accepted"].error is None and rows["accepted"].revisions == []
     assert "pairs.0.answer: Field required" in rows["failed"].error and rows["failed"].revisions[0]["attempts"] == 3
+
+
+def test_capqa_skips_captions_the_export_would_not_use(sqlite_db, scripted):
+    """CapQA was written from every ok caption: a rejected one, or one written from a rejected
+    recording, gave pairs the export then had to leave out (clean and merge already skip such input)."""
+    ids = add_transcripts(sqlite_db, [["a red car"], ["a blue bus"], ["a green tree"]])
+    scripted.set(Reply(echo=True))
+    rewrite(sqlite_db, "clean", **openai_opts(scripted))
+    by_source = {c.source_transcript_ids[0]: c for c in captions(sqlite_db)}
+    with sqlite_db.session() as s:
+        rejected_caption = by_source[ids[0][0]]
+        s.add(Review(target_type="caption", target_id=rejected_caption.id, image_id=rejected_caption.image_id,
+                     verdict="rejected", reason="made up"))
+        rec = s.get(Transcript, ids[1][0]).recording_id
+        s.add(Review(target_type="recording", target_id=rec, image_id=by_source[ids[1][0]].image_id,
+                     verdict="flagged", reason="someone else's voice"))
+    scripted.set('{"pairs": [{"question": "What is green?", "answer": "A tree."}]}')
+    stats = rewrite(sqlite_db, "capqa", **openai_opts(scripted), pairs=1)
+    assert stats["total"] == 1
+    with sqlite_db.session() as s:
+        assert [qa.caption_id for qa in s.scalars(select(QAPair))] == [by_source[ids[2][0]].id]
 
 
 def test_capqa_pairs_reach_the_capqa_export_unless_a_reviewer_rejects_them(sqlite_db, scripted, tmp_path):

@@ -40,7 +40,7 @@ from pixmo.export.target import ExportTarget, HashingWriter, check_apart, held_f
 from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
 from pixmo.jobs import job_run
 from pixmo.storage import BlobStore
-from pixmo.verdicts import is_usable, record_verdicts, usable_qa
+from pixmo.verdicts import is_usable, record_verdicts, unusable_captions, usable_qa
 from schemas.pixmo_hf import ROW_MODELS, rows_to_table
 
 HF_SUBSETS = tuple(ROW_MODELS)
@@ -130,7 +130,7 @@ def hf_rows(subset: str, sample: BuiltSample, image_url: str) -> list[dict[str, 
         return rows
     source = {"ama": "ask", "capqa": "capqa", "point_explanations": "point_explain"}[subset]
     rows = []
-    for qa in usable_qa(rec["qa"], verdicts):
+    for qa in usable_qa(rec["qa"], verdicts, unusable_captions(rec["captions"], rec["transcripts"], verdicts)):
         if qa["source"] != source:
             continue
         if subset == "ama":

@@ -55,7 +55,7 @@ from pixmo.db.queries import id_chunks
 from pixmo.export.errors import ExportError
 from pixmo.llm.faithfulness import stored_score
 from pixmo.media import EXT_BY_MIME
-from pixmo.verdicts import is_usable, newest_per_recording, record_verdicts, usable_transcripts
+from pixmo.verdicts import newest_per_recording, record_verdicts, unusable_captions, usable_transcripts
 from schemas.export import EXPORT_SCHEMA_VERSION, ExportSample
 
 # image formats written as they are; any other format is converted to PNG for the image member
@@ -331,14 +331,10 @@ def _best_caption(
     rows: ImageRows, verdicts: dict[tuple[str, int], str], good_transcripts: list[dict[str, Any]]
 ) -> tuple[str, int | None]:
     """(text, id of the caption row it is; None when it is a transcript's text, or empty)."""
-    good_ids = {t["id"] for t in good_transcripts}
-    all_ids = {t["id"] for t in rows.transcripts}
+    bad = unusable_captions(rows.captions, rows.transcripts, verdicts)
     candidates = []
     for c in rows.captions:
-        if not c["text"].strip() or not is_usable(verdicts, "caption", c["id"]):
-            continue
-        sources = {int(i) for i in c["source_transcript_ids"] or []}
-        if sources & (all_ids - good_ids):
+        if not c["text"].strip() or c["id"] in bad:
             continue
         candidates.append((KIND_RANK.get(c["kind"], 0), PRODUCER_RANK.get(c["produced_by"], 0), c["id"], c["text"]))
     if candidates:
