@@ -209,14 +209,17 @@ def sync_assignment_verdict(session: Session, target_type: str, target_id: int, 
 
 
 def recent_rejections(session: Session, user_id: int, limit: int = 5) -> list[dict[str, Any]]:
-    """The latest rejections of a user's work, with the reviewers' reasons."""
+    """The latest rejections of a user's work that still stand (not since approved or flagged),
+    with the reviewers' reasons."""
+    from pixmo.curation.sql import is_current_review  # the curation package imports this module
+
     out = []
     for target_type, model in TARGETS.items():
         stmt = (
             select(Review.reason, Review.created_at, Project.name)
             .join(model, (Review.target_type == target_type) & (Review.target_id == model.id))
             .outerjoin(Project, Project.id == model.project_id)
-            .where(model.user_id == user_id, Review.verdict == "rejected")
+            .where(model.user_id == user_id, Review.verdict == "rejected", is_current_review(Review))
             .order_by(Review.id.desc()).limit(limit)
         )
         out += [{"reason": r, "at": at, "project": p, "kind": target_type} for r, at, p in session.execute(stmt)]

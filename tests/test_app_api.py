@@ -745,6 +745,8 @@ def test_a_rejected_task_is_rejected_item_by_item(env):
     with db.session(write_lock=True) as s:  # approved again on a second look: back in the export
         submit_review(s, env["users"]["rev"], "assignment", task["id"], "approved")
     assert len(points_rows()) == 1
+    with db.session() as s:  # and the annotator's feedback no longer shows a rejection taken back
+        assert recent_rejections(s, env["users"]["ann"]) == []
 
 
 def task_image(db, task: dict) -> int:
