@@ -237,6 +237,26 @@ def test_an_export_of_another_schema_version_and_a_shard_listed_twice_are_named(
     assert any(p.shard == good["shards"][0]["name"] and "listed more than once" in p.message for p in report.problems)
 
 
+def test_verify_recomputes_each_samples_split_from_its_key(demo, tmp_path):
+    """A record's split was only compared with its shard's: a sample in the wrong split (an exporter
+    bug, or shards moved between exports of other fractions) passed."""
+    from pixmo.export.manifest import snapshot_id
+    from pixmo.export.records import split_of
+
+    db, store = demo
+    out = tmp_path / "out"
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=1))
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["options"]["val_fraction"] = 0.5  # as if the shards were of an export with this fraction
+    manifest["snapshot_id"] = snapshot_id(manifest)
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    report = verify_export(out)
+    with db.session() as s:
+        moved = sorted(k for k in s.scalars(select(Image.sha256)) if split_of(k, 0.5) == "validation")
+    assert moved and sorted(p.key for p in report.problems) == moved, [str(p) for p in report.problems]
+    assert all("the hash of its key puts it in 'validation'" in p.message for p in report.problems)
+
+
 def test_verify_reports_missing_and_unlisted_shards_and_missing_manifest(demo, tmp_path):
     db, store = demo
     out = tmp_path / "out"

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from pixmo.export.errors import ManifestError
 from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, is_count, read_manifest, snapshot_id
 from pixmo.progress import Progress
-from pixmo.export.records import ROW_KINDS, member_ext
+from pixmo.export.records import ROW_KINDS, member_ext, split_of
 from pixmo.export.target import ExportTarget, open_target
 from pixmo.media import EXT_BY_MIME, ROTATING_ORIENTATIONS, exif_orientation
 from pixmo.storage import BlobStore
@@ -160,7 +160,7 @@ def _check_image(data: bytes, key: str, record: dict[str, Any], max_side: int | 
 
 def _check_sample(
     key: str, members: dict[str, bytes], split: str, validate: Callable[[Any], list[str]], max_side: int | None,
-    check: _ShardCheck, shard: str,
+    check: _ShardCheck, shard: str, val_fraction: float | None = None,
 ) -> None:
     def bad(message: str) -> None:
         check.problems.append(Problem(shard, key, message))
@@ -182,6 +182,9 @@ def _check_sample(
         bad(f"json key {record['key']} differs from the member key")
     if record["split"] != split:
         bad(f"json split {record['split']!r} but the shard is {split!r}")
+    elif val_fraction is not None and split_of(key, val_fraction) != split:
+        bad(f"in {split!r}, but the hash of its key puts it in {split_of(key, val_fraction)!r} "
+            f"(val_fraction {val_fraction})")
     for kind in ROW_KINDS:
         check.rows[kind] += len(record[kind])
     check.review_status[record["review_status"]] = check.review_status.get(record["review_status"], 0) + 1
@@ -215,7 +218,7 @@ def _check_sample(
 
 def _check_shard(
     target: ExportTarget, entry: dict[str, Any], validate: Callable[[Any], list[str]], max_side: int | None,
-    advance: Callable[[int], None],
+    advance: Callable[[int], None], val_fraction: float | None = None,
 ) -> _ShardCheck:
     name, split = entry["name"], entry["split"]
     check = _ShardCheck()
@@ -233,7 +236,7 @@ def _check_shard(
 
         def finish() -> None:
             if current is not None:
-                _check_sample(current, members, split, validate, max_side, check, name)
+                _check_sample(current, members, split, validate, max_side, check, name, val_fraction)
                 check.samples += 1
                 advance(1)
 
@@ -356,6 +359,9 @@ def verify_export(
             report.problems.append(Problem(s["name"], None, "shard is listed more than once in the manifest"))
         seen.add(s["name"])
     max_side = (manifest.get("options") or {}).get("max_side")
+    val_fraction = (manifest.get("options") or {}).get("val_fraction")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        val_fraction = None  # no split to recompute (an older or edited manifest): the shards' own splits stand
     listed = {s["name"] for s in shards}
     for name in target.names():
         if SHARD_NAME_RE.match(name) and name not in listed:
@@ -366,7 +372,8 @@ def verify_export(
     total = manifest["counts"].get("samples")  # a bad count is reported by _check_totals, not trusted here
     with Progress("verify", total if is_count(total) else None, progress) as bar:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            futures = {s["name"]: pool.submit(_check_shard, target, s, validate, max_side, bar.advance) for s in shards}
+            futures = {s["name"]: pool.submit(_check_shard, target, s, validate, max_side, bar.advance, val_fraction)
+                       for s in shards}
             checks = {name: fut.result() for name, fut in futures.items()}
     for check in checks.values():  # in manifest order, as submitted
         report.problems.extend(check.problems)
