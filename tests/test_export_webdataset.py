@@ -457,6 +457,30 @@ def test_audio_and_resized_images(demo, tmp_path):
         assert all(m.endswith(".ogg") for m in members_audio)
 
 
+def test_shards_are_planned_with_the_size_of_a_converted_image_not_its_stored_one(db, store, tmp_path):
+    """A compressed TIFF is written as PNG, which can be many times larger: planned by its stored
+    size, shards overran --maxsize several times over."""
+    import datetime as dt
+
+    from PIL import Image as PILImage
+
+    from pipelines.ingest import ingest_folder
+    from pixmo.export.select import select_images
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    PILImage.new("RGB", (300, 200), (10, 200, 30)).save(folder / "flat.tif", compression="tiff_lzw")
+    PILImage.new("RGB", (300, 200), (10, 200, 30)).save(folder / "flat.png")
+    assert ingest_folder(db, store, folder)["statuses"] == {"stored": 2}
+    with db.session() as s:
+        sizes = {mime: n for mime, n in s.execute(select(Image.mime, Image.bytes))}
+        est = {c.key: c.est_bytes for c in select_images(s, ExportFilters(annotated_only=False),
+                                                          as_of=dt.datetime.now(dt.timezone.utc))}
+        by_mime = {mime: est[sha] for mime, sha in s.execute(select(Image.mime, Image.sha256))}
+    assert sizes["image/tiff"] < 20_000 and by_mime["image/tiff"] >= 4 * 300 * 200  # as PNG, at most RGBA
+    assert by_mime["image/png"] < sizes["image/png"] + 10_000  # kept as it is: its own size
+
+
 @pytest.mark.parametrize("max_side", [None, 8])
 def test_formats_other_than_jpg_png_webp_become_png_in_any_mode(db, store, tmp_path, max_side):
     """TIFF's CMYK, YCbCr, 32-bit and float grey, a GIF palette with transparency, BMP: each is

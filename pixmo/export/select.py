@@ -26,7 +26,8 @@ from pixmo.db.models import (
 from pixmo.db.session import Database
 from pixmo.errors import ValidationError
 from pixmo.export.options import ExportFilters
-from pixmo.export.records import flag_names, latest_verdicts, review_status
+from pixmo.export.records import flag_names, latest_verdicts, member_ext, review_status
+from pixmo.media import EXT_BY_MIME
 
 TAR_BLOCK = 512
 # Per-sample allowance for the JSON and text members when planning shard sizes.
@@ -121,11 +122,20 @@ def snapshot_time(db: Database, filters: ExportFilters) -> tuple[dt.datetime, li
                    "rows they commit later are not in this export"]
 
 
+def _member_bytes(nbytes: int, mime: str, width: int, height: int) -> int:
+    """The size to plan a shard with: the stored size, or for an image converted to PNG (GIF, BMP,
+    TIFF) its size as uncompressed RGBA, which a PNG does not exceed by much (a compressed TIFF
+    can grow several times as PNG; planning by its stored size overfilled shards)."""
+    if member_ext(mime) == EXT_BY_MIME.get(mime):
+        return nbytes
+    return max(nbytes, 4 * max(width, 0) * max(height, 0))
+
+
 def select_images(
     session: Session, filters: ExportFilters, *, as_of: dt.datetime, with_audio: bool = False
 ) -> list[Candidate]:
     """The images that pass ``filters`` as of ``as_of``, sorted by key (their sha256)."""
-    stmt = select(Image.id, Image.sha256, Image.bytes).where(Image.created_at < as_of)
+    stmt = select(Image.id, Image.sha256, Image.bytes, Image.mime, Image.width, Image.height).where(Image.created_at < as_of)
     if filters.projects:
         known = set(session.scalars(select(Project.name).where(Project.name.in_(filters.projects))))
         missing = [p for p in filters.projects if p not in known]
@@ -140,7 +150,8 @@ def select_images(
     if filters.annotated_only:
         stmt = stmt.where(_annotated(as_of))
     # .all() fetches at once; iterating a result fetches row by row, several times slower on SQLite
-    images = {image_id: (sha, nbytes) for image_id, sha, nbytes in session.connection().execute(stmt).all()}
+    images = {image_id: (sha, _member_bytes(nbytes, mime, width, height))
+              for image_id, sha, nbytes, mime, width, height in session.connection().execute(stmt).all()}
     keep = set(images)
     if filters.review_status:
         statuses = _statuses(session, as_of)
