@@ -99,7 +99,8 @@ def _worker_init(_worker_id: int) -> None:
 def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, str]]:
     """Training targets of one sample as ``{"task", "prompt", "text"}`` dicts, Molmo style.
 
-    The caption; the newest transcript of each recording; each point set as Molmo point text
+    The caption (``caption``, the .txt member, when it is one of the record's usable captions, not
+    a transcript it fell back to); the newest transcript of each recording; each point set as Molmo point text
     (``<point>``/``<points>``, ``There are none.`` when not present) or, for counting sets, a
     counting answer; each accepted QA pair (`pixmo.verdicts.usable_qa`). Rows rejected or flagged
     by a reviewer are left out.
@@ -110,7 +111,11 @@ def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, s
         return is_usable(verdicts, kind, row_id)
 
     out = []
-    if caption:
+    bad_captions = unusable_captions(record.get("captions", []), record.get("transcripts", []), verdicts)
+    # the .txt falls back to a transcript when no caption is usable: that is speech, which the
+    # transcript targets hold already, not a written caption
+    if caption and any(c["text"].strip() == caption.strip() for c in record.get("captions", [])
+                       if c["id"] not in bad_captions):
         out.append({"task": "caption", "prompt": PROMPTS["caption"], "text": caption})
     for t in newest_per_recording(usable_transcripts(record.get("transcripts", []), verdicts)):
         if t["text"].strip():
@@ -126,7 +131,6 @@ def molmo_targets(record: dict[str, Any], caption: str = "") -> list[dict[str, s
         else:
             text = render_points(ps["points"], ps["label"])
         out.append({"task": method, "prompt": PROMPTS[method].format(label=ps["label"]), "text": text})
-    bad_captions = unusable_captions(record.get("captions", []), record.get("transcripts", []), verdicts)
     for qa in usable_qa(record.get("qa", []), verdicts, bad_captions):
         out.append({"task": qa["source"], "prompt": qa["question"], "text": qa["answer"]})
     return out
@@ -156,11 +160,24 @@ def decode_image(data: bytes, mode: str = "tensor"):  # noqa: ANN201
 _WIDE_GREY = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# the background of the annotation app's image viewer (.viewer in annotation_app/static/app.css):
+# what annotators saw through transparent pixels when they described and pointed
+VIEWER_BACKGROUND = (17, 21, 28)
+
+
 def _as_rgb(im):  # noqa: ANN001, ANN202 - PIL images
-    """RGB as a browser shows the image: 16-bit grey is scaled to 8 bits (Pillow's own conversion
-    clips every value above 255, which turns most such images white)."""
-    if im.mode == "RGB":
+    """RGB as the annotators saw the image: 16-bit grey is scaled to 8 bits (Pillow's own
+    conversion clips every value above 255, which turns most such images white), and transparent
+    pixels show the viewer's background (a plain conversion drops alpha and shows whatever colour
+    lies under them)."""
+    if im.mode == "RGB" and "transparency" not in im.info:
         return im
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        from PIL import Image
+
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*VIEWER_BACKGROUND, 255)), rgba).convert("RGB")
     if im.mode in _WIDE_GREY:
         import numpy as np
         from PIL import Image

@@ -50,12 +50,13 @@ CAPTION_PROJECT, POINTS_PROJECT, ASK_PROJECT = "demo-captions", "demo-points", "
 EXPLAIN_PROJECT = "demo-explain"
 
 PHOTOS = {
-    "astronaut": "A portrait photo of an astronaut in a white spacesuit holding a helmet, with an American flag and a model of the space shuttle in the background.",
-    "coffee": "A top-down photo of a cup of coffee with latte art on a saucer with a spoon, on a wooden table.",
-    "chelsea": "A close-up photo of an orange tabby cat with green eyes looking to the left, in front of a blurred background.",
-    "rocket": "A photo of a rocket on a launch pad with a tall service tower beside it under a clear blue sky.",
+    "astronaut": "A portrait photo of a smiling astronaut in an orange spacesuit with a black helmet in front of her, an American flag on the left and a model of the space shuttle in the background.",
+    "coffee": "A photo of an espresso in a red cup on a red saucer with a spoon, on a wooden table.",
+    "chelsea": "A close-up photo of a tabby cat with green eyes, in front of a blurred background.",
+    "rocket": "A photo of a white rocket on a launch pad at dusk between lightning towers, with lights glowing at their feet.",
 }
-PHOTO_POINTS = {"chelsea": ("cat eye", [(0.43, 0.37), (0.6, 0.37)]), "astronaut": ("helmet", [(0.84, 0.79)])}
+# checked by drawing them on the images (skimage.data)
+PHOTO_POINTS = {"chelsea": ("cat eye", [(0.38, 0.37), (0.70, 0.45)]), "astronaut": ("helmet", [(0.84, 0.79)])}
 
 COLORS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")

@@ -84,7 +84,7 @@ def test_samples_decode_to_tensors_with_molmo_targets(exported):
     from pixmo.data import pixmo_dataset
 
     out, keys = exported
-    n_points = n_counts = n_none = 0
+    n_points = n_counts = n_none = n_captioned = 0
     seen_sources = Counter()
     for sample in pixmo_dataset(out, shuffle=0):
         record = sample["json"]
@@ -92,9 +92,15 @@ def test_samples_decode_to_tensors_with_molmo_targets(exported):
         assert image.dtype == torch.uint8
         assert tuple(image.shape) == (3, record["image"]["height"], record["image"]["width"])
         tasks = [t["task"] for t in sample["targets"]]
-        if sample["caption"]:
+        usable = [c["text"] for c in record["captions"]
+                  if c["id"] not in unusable_captions(record["captions"], record["transcripts"],
+                                                      record_verdicts(record["reviews"]))]
+        if sample["caption"] in usable:
             assert sample["targets"][0] == {"task": "caption", "prompt": "Describe this image in detail.",
                                             "text": sample["caption"]}
+            n_captioned += 1
+        else:  # the .txt fell back to a transcript: speech, a transcript target only
+            assert "caption" not in tasks
         sets = {ps["label"]: ps for ps in record["point_sets"]}
         for target in sample["targets"]:
             if target["task"] == "counting":
@@ -116,7 +122,7 @@ def test_samples_decode_to_tensors_with_molmo_targets(exported):
             assert tasks.count(source) == sum(1 for q in record["qa"] if q["status"] == "accepted" and q["source"] == source
                                               and not (source == "capqa" and q["caption_id"] in bad_captions))
             seen_sources[source] += tasks.count(source)
-    assert n_points and n_counts and n_none
+    assert n_points and n_counts and n_none and n_captioned
     assert all(seen_sources.values()), seen_sources
 
 
@@ -224,6 +230,36 @@ def test_loader_options_reach_the_dataloader_and_too_few_shards_are_named(export
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.warns(UserWarning, match=r"6 shard\(s\) for 4 node\(s\) x 2 worker\(s\)"):
         pixmo_loader(out, num_workers=2, decode="bytes")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_show_the_viewer_background_the_annotators_saw(mode):
+    """The export keeps alpha; the loader's plain RGB conversion dropped it, so transparent pixels
+    came out as whatever colour lay under them (here white), not as the annotators saw them."""
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    from pixmo.data import VIEWER_BACKGROUND, decode_image
+
+    css = (Path(__file__).resolve().parents[1] / "annotation_app/static/app.css").read_text()
+    assert ".viewer { position: relative; background: #%02x%02x%02x;" % VIEWER_BACKGROUND in css  # kept together
+
+    if mode == "P":
+        im = Image.new("P", (4, 2), 0)
+        im.putpalette([255, 255, 255, 200, 30, 30] + [0] * 762)
+        im.putpixel((0, 0), 1)
+        options = {"transparency": 0}
+    else:
+        im = Image.new(mode, (4, 2), (255, 0) if mode == "LA" else (255, 255, 255, 0))
+        im.putpixel((0, 0), (80, 255) if mode == "LA" else (200, 30, 30, 255))
+        options = {}
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **options)
+    tensor = decode_image(buf.getvalue())
+    assert tuple(tensor[:, 1, 3].tolist()) == VIEWER_BACKGROUND  # transparent: the viewer shows through
+    assert tensor[:, 0, 0].tolist() == ([80, 80, 80] if mode == "LA" else [200, 30, 30])  # opaque: as it is
 
 
 def test_16_bit_grey_is_scaled_to_8_bits_not_clipped():

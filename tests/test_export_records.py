@@ -93,6 +93,20 @@ def test_a_recording_transcribed_by_two_models_is_one_transcript_of_the_sample()
     assert [t["text"] for t in molmo_targets(record) if t["task"] == "transcript"] == ["second recording", "newer transcript"]
 
 
+def test_a_txt_that_fell_back_to_a_transcript_is_no_caption_target():
+    """With no usable caption the .txt is the longest transcript: the loader trained on that speech
+    under the caption prompt, and again as a transcript target."""
+    from pixmo.data import molmo_targets
+
+    record = {"captions": [{"id": 3, "text": "A red circle.", "source_transcript_ids": [1]}],
+              "transcripts": [{"id": 1, "recording_id": 10, "text": "okay so a red circle"}],
+              "reviews": [], "point_sets": [], "qa": []}
+    tasks = lambda caption: [(t["task"], t["text"]) for t in molmo_targets(record, caption)]  # noqa: E731
+    assert tasks("A red circle.") == [("caption", "A red circle."), ("transcript", "okay so a red circle")]
+    record["reviews"] = [_review(1, "caption", 3, "rejected")]  # now the .txt is the transcript
+    assert tasks("okay so a red circle") == [("transcript", "okay so a red circle")]
+
+
 def test_capqa_written_from_a_rejected_caption_is_not_trained_on():
     """The rule for captions written from rejected transcripts, one step on: a CapQA pair inherits
     its caption's rejection. An ask answer only grounded in that caption was accepted by a person."""

@@ -501,7 +501,7 @@ def build_sample(
     return BuiltSample(
         # inf/NaN (which a float column or JSON metrics can hold) as null, as the model writes them
         key=key, data=data, json_bytes=_record_json(data, where), caption=caption, caption_id=caption_id,
-        transcripts=[t["text"] for t in newest_per_recording(usable_transcripts)],
+        transcripts=[t["text"] for t in newest_per_recording(usable_transcripts) if t["text"].strip()],
         image_storage_key=image["storage_key"], image_ext=ext, image_mime=image["mime"], audio=audio,
     )
 
