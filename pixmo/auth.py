@@ -61,8 +61,13 @@ def get_user(session: Session, username: str) -> User:
 
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
-    """The active user with that name and password, or None."""
-    user = session.scalars(select(User).where(User.username == username)).first()
+    """The active user with that name and password, or None.
+
+    The user's row stays locked (PostgreSQL) until the caller's transaction ends: a password change
+    meanwhile waits, then ends the session this login opens, instead of missing it (not committed
+    yet) and leaving the old password's session alive, or being undone by a rehash of the old one.
+    """
+    user = session.scalars(select(User).where(User.username == username).with_for_update()).first()
     if user is None or not user.is_active:
         # spend the same time as a real check so names cannot be probed by timing
         verify_password(_dummy_hash(), password)
