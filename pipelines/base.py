@@ -193,15 +193,16 @@ class Stage(Generic[Item, Result]):
 
 def stats_table(title: str, stats: dict[str, Any]):  # noqa: ANN201
     """A rich Table summarising a run: each status, with the reasons that led to it and an example each."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=escape(title))
     table.add_column("status / reason")
     table.add_column("count", justify="right")
     table.add_column("example")
     for status, n in sorted(stats["statuses"].items()):
         table.add_row(f"[bold]{status}", str(n), "")
         for reason, m in stats["reasons_by_status"].get(status, {}).items():  # under the status it led to
-            table.add_row(f"  {reason}", str(m), stats["examples"].get(reason, ""))
+            table.add_row(f"  {escape(str(reason))}", str(m), escape(str(stats["examples"].get(reason, ""))))
     table.caption = f"{stats['total']} items in {stats['elapsed_s']:.1f} s ({stats['items_per_s'] or 0:.1f}/s)"
     return table

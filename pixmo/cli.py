@@ -62,10 +62,16 @@ def _store():
     return open_store()
 
 
-def _fail(exc: Exception) -> None:
+def _plain(text: object) -> str:
+    """User text (a project or file name, a path) as rich shows it: "[/old]" in it is no markup tag
+    (which would fail the command) and "[draft]" is not swallowed."""
     from rich.markup import escape
 
-    err.print(f"[red]error:[/red] {escape(str(exc))}")  # the message may quote user text like "[/x] car"
+    return escape(str(text))
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {_plain(exc)}")  # the message may quote user text like "[/x] car"
     raise typer.Exit(2)
 
 
@@ -84,8 +90,8 @@ def init() -> None:
             store.ensure_bucket()
     except PixmoError as exc:
         _fail(exc)
-    console.print(f"database [bold]{_safe_url(url)}[/bold] at revision {current_revision(url)}")
-    console.print(f"blob store [bold]{store.describe()}[/bold]")
+    console.print(f"database [bold]{_plain(_safe_url(url))}[/bold] at revision {current_revision(url)}")
+    console.print(f"blob store [bold]{_plain(store.describe())}[/bold]")
 
 
 def _safe_url(url: str) -> str:
@@ -154,7 +160,7 @@ def user_tokens(username: str) -> None:
         with _db().session() as session:
             for t in list_tokens(session, username):
                 used = f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never"
-                table.add_row(str(t.id), t.name, f"{t.created_at:%Y-%m-%d %H:%M}", used)
+                table.add_row(str(t.id), _plain(t.name), f"{t.created_at:%Y-%m-%d %H:%M}", used)
     except PixmoError as exc:
         _fail(exc)
     console.print(table)
@@ -258,7 +264,7 @@ def project_create(
                 overlap=overlap, labels=label or [], gold_fraction=gold_fraction, language=language,
                 max_points=max_points, lease_minutes=lease_minutes,
             )
-            console.print(f"created {p.kind} project [bold]{p.name}[/bold] (id {p.id})")
+            console.print(f"created {p.kind} project [bold]{_plain(p.name)}[/bold] (id {p.id})")
     except PixmoError as exc:
         _fail(exc)
 
@@ -272,7 +278,7 @@ def project_list() -> None:
     with _db().session() as session:
         for p, n in list_projects(session):
             cfg = p.config or {}
-            table.add_row(str(p.id), p.name, p.kind, str(n), str(cfg.get("overlap", "")),
+            table.add_row(str(p.id), _plain(p.name), p.kind, str(n), str(cfg.get("overlap", "")),
                           f"{cfg.get('min_seconds', '')}-{cfg.get('max_seconds', '')}")
     console.print(table)
 
@@ -350,7 +356,7 @@ def stats(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
                 title="projects")
     for p in data["projects"]:
         a = p["assignments"]
-        per.add_row(p["name"], p["kind"], str(p["images"]), str(a.get("submitted", 0)), str(a.get("leased", 0)),
+        per.add_row(_plain(p["name"]), p["kind"], str(p["images"]), str(a.get("submitted", 0)), str(a.get("leased", 0)),
                     str(p["recordings"]), str(p["captions"]), str(p["point_sets"]), str(p["qa_pairs"]))
     console.print(per)
 

@@ -179,3 +179,18 @@ def test_summary_table_puts_each_reason_under_its_status():
     rows = [line.split("│")[1].strip() for line in console.export_text().splitlines() if line.count("│") >= 3]
     rows = [r for r in rows if r and r != "status / reason"]
     assert rows == ["failed", "io", "rejected", "empty", "not_an_image", "stored"]
+
+
+def test_user_text_with_rich_markup_brackets_is_shown_not_read_as_markup(initialised):
+    """'[/old]' in a project or file name was read as a closing markup tag: project list and stats
+    failed every time, and an ingest failed at its summary after committing its work."""
+    made = invoke("project", "create", "cats [/old]")
+    assert made.exit_code == 0 and "cats [/old]" in made.output
+    assert "cats [/old]" in invoke("project", "list").output
+    assert "cats [/old]" in invoke("stats").output
+    folder = initialised / "in"
+    folder.mkdir()
+    (folder / "notes [").mkdir()
+    (folder / "notes [" / "draft].txt").write_text("not an image")  # listed as "notes [/draft].txt"
+    out = invoke("ingest", "folder", str(folder), "--project", "cats [/old]")
+    assert out.exit_code == 0 and "notes [/draft].txt" in out.output.replace("\n", "")

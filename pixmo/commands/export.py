@@ -29,7 +29,7 @@ def _warn(*messages: str) -> None:
     from pixmo import cli
 
     for message in messages:
-        cli.err.print(f"[yellow]warning:[/yellow] {message}")
+        cli.err.print(f"[yellow]warning:[/yellow] {cli._plain(message)}")
 
 
 def _filters(project, review_status, exclude_flag, since, until, all_images):  # noqa: ANN001, ANN202
