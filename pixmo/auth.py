@@ -44,7 +44,8 @@ def create_user(session: Session, username: str, password: str | None, role: str
         raise ValidationError(f"username {username!r} must be 1-64 letters, digits, '-', '_' or '.'")
     if session.scalars(select(User).where(User.username == username)).first():
         raise ValidationError(f"user {username!r} exists already")
-    user = User(username=username, role=role, password_hash=hash_password(password) if password else None)
+    # only None is "no password" (a token-only account): an empty one is checked like any other
+    user = User(username=username, role=role, password_hash=hash_password(password) if password is not None else None)
     try:
         with session.begin_nested():  # another admin may have taken the name since the check above
             session.add(user)
@@ -68,8 +69,9 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     yet) and leaving the old password's session alive, or being undone by a rehash of the old one.
     """
     user = session.scalars(select(User).where(User.username == username).with_for_update()).first()
-    if user is None or not user.is_active:
-        # spend the same time as a real check so names cannot be probed by timing
+    if user is None or not user.is_active or not user.password_hash:
+        # spend the same time as a real check so names (and password-less accounts) cannot be
+        # probed by timing
         verify_password(_dummy_hash(), password)
         return None
     if not verify_password(user.password_hash, password):

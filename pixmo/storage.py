@@ -177,8 +177,8 @@ def _open_source(src: Source) -> Iterator[BinaryIO]:
 
 def _read_chunk(stream: BinaryIO, n: int) -> bytes:
     data = stream.read(n)
-    if data is None:  # non-blocking stream with nothing ready
-        return b""
+    if data is None:  # a non-blocking stream with nothing ready yet: not its end (that is b"")
+        raise StorageError("the stream has no data ready (a non-blocking stream); pass a blocking one")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise StorageError("put_file needs a binary stream (open the file with 'rb')")
     return bytes(data)
@@ -763,8 +763,9 @@ class S3Store(BlobStore):
 def open_store(url: str | None = None, settings: Settings | None = None) -> BlobStore:
     """The store for ``url`` (default: the settings' storage URL).
 
-    ``file://PATH`` or a bare path gives a LocalStore (relative paths are taken from
-    the working directory); ``s3://bucket/prefix`` gives an S3Store.
+    ``file://PATH`` (also ``file:/PATH`` and ``file://localhost/PATH``) or a bare path gives a
+    LocalStore (relative paths are taken from the working directory); ``s3://bucket/prefix`` gives
+    an S3Store.
     """
     if settings is None:
         from pixmo.config import get_settings
@@ -775,10 +776,14 @@ def open_store(url: str | None = None, settings: Settings | None = None) -> Blob
     if not url or not url.strip():
         raise StorageError("storage URL is empty; use file://PATH or s3://bucket/prefix")
     scheme, sep, rest = url.partition("://")
+    if not sep and url[:5].lower() == "file:":  # file:/srv/blobs (a folder named "file:" was made)
+        scheme, sep, rest = "file", "://", url[5:]
     if not sep:
         return _local_store(url, settings)
     scheme = scheme.lower()
     if scheme == "file":
+        if rest.lower().startswith("localhost/"):  # file://localhost/srv/blobs is /srv/blobs
+            rest = rest[len("localhost"):]
         if not rest:
             raise StorageError(f"storage URL {url!r} has no path")
         return _local_store(rest, settings)

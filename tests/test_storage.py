@@ -444,12 +444,30 @@ def test_open_store_local_urls(tmp_path, monkeypatch):
     assert isinstance(absolute, LocalStore) and absolute.root == tmp_path / "abs"
     bare = open_store("bare/dir", s)
     assert isinstance(bare, LocalStore) and bare.root == tmp_path / "bare" / "dir"
+    # the other standard spellings of a file URL are that absolute folder, not one under the
+    # working directory named "file:" or "localhost"
+    assert open_store(f"file:{tmp_path}/abs", s).root == tmp_path / "abs"
+    assert open_store(f"file://localhost{tmp_path}/abs", s).root == tmp_path / "abs"
+    assert not (tmp_path / "file:").exists() and not (tmp_path / "localhost").exists()
 
     # The configured secret and public URL sign the links.
     url = bare.url("k")
     query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
     assert url.startswith(PUBLIC_URL + "/blobs/k?")
     assert verify_signed_url("k", query["exp"], query["sig"], SECRET)
+
+
+def test_a_non_blocking_stream_with_nothing_ready_is_an_error_not_its_end(tmp_path):
+    """read() giving None (no data yet) was taken for the end: the blob was stored cut short and
+    reported stored."""
+    store = LocalStore(tmp_path / "blobs", SECRET, PUBLIC_URL)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.write(w, b"x" * 1000)  # the rest would come later
+    with os.fdopen(r, "rb", buffering=0) as stream, pytest.raises(StorageError, match="non-blocking"):
+        store.put_file(stream, key="k.bin")
+    os.close(w)
+    assert not store.exists("k.bin")
 
 
 def test_open_store_local_without_secret_fails_only_when_signing(tmp_path):

@@ -99,6 +99,11 @@ def test_a_new_password_ends_the_sessions_and_the_old_one_stops_working(team):
         assert login(s, "ann", "a-brand-new-secret", "10.0.0.2") is not None
     with db.session(write_lock=True) as s, pytest.raises(ValidationError, match="at least 8"):
         set_password(s, "ann", "short")
+    # an empty password is a (too short) password, not "none": the account was made, unable to log in
+    from pixmo.auth import create_user
+
+    with db.session() as s, pytest.raises(ValidationError, match="at least 8"):
+        create_user(s, "blank", "")
 
 
 def test_a_login_in_flight_while_the_password_changes_keeps_no_session(team):
