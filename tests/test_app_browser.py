@@ -170,7 +170,7 @@ def test_review_approval(browser, site):
     page.wait_for_load_state("load")  # the module that wires the buttons runs before "load"
     card = page.locator(f'article[data-target-type="recording"][data-target-id="{rec_id}"]')
     assert card.locator("audio").get_attribute("src").startswith("/blobs/")
-    card.locator("button[data-verdict=approved]").click()
+    card.locator("button[data-verdict=approved]").dblclick()  # one verdict, however eager the reviewer
     card.locator("text=Approved").wait_for()
     # a rejection needs a reason, and says so on the page
     point_card = page.locator('article[data-target-type="point_set"]').first
@@ -193,9 +193,16 @@ def test_a_silent_recording_is_refused_with_a_message_on_the_page(site, tmp_path
     quiet = launch(playwright, silent)  # another microphone: a browser that records silence
     try:
         page = login(quiet, site, "bob")
+        page.add_init_script("""(() => {  // count the microphone openings
+          window.__opened = 0;
+          const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+          navigator.mediaDevices.getUserMedia = (c) => { window.__opened += 1; return open(c); };
+        })()""")
         start(page, "quiet")
-        page.click("#record")
+        page.dblclick("#record")  # a double click opens one recorder (a second one used to keep recording)
         page.wait_for_selector("#record.on")
+        page.wait_for_timeout(300)
+        assert page.evaluate("window.__opened") == 1
         page.wait_for_timeout(2000)
         page.click("#record")
         page.click("#submit:not([disabled])")

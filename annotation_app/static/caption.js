@@ -10,6 +10,7 @@ const timerEl = $("timer"), levelEl = $("level"), statusEl = $("status"), playba
 let recorder = null, stream = null, chunks = [], startedAt = 0, tick = null, meterLoop = null, audioCtx = null;
 let take = null; // { blob, seconds, key }
 let submitting = false;
+let starting = false; // between a Record press and the recorder running: a second press waits
 
 const fmt = (s) => `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
 const status = (text) => { statusEl.textContent = text; };
@@ -22,21 +23,27 @@ function pickMime() {
 }
 
 async function start() {
+  // a second press while the microphone is being opened (a double click) used to start a second
+  // recorder: the first one never stopped and spliced its chunks into every later take
+  if (starting || recorder?.state === "recording" || task.status !== "leased") return;
   showError("");
   if (!navigator.mediaDevices?.getUserMedia || !window.MediaRecorder) {
     showError("This browser cannot record audio here (it needs HTTPS or localhost, and microphone access).");
     return;
   }
+  starting = true; recordBtn.disabled = true; rerecordBtn.disabled = true;
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: true } });
   } catch (e) {
     showError(`The microphone is not available: ${e.message}. Allow microphone access and try again.`);
     return;
+  } finally {
+    starting = false; recordBtn.disabled = false; rerecordBtn.disabled = false;
   }
   const mime = pickMime();
   recorder = new MediaRecorder(stream, mime ? { mimeType: mime } : undefined);
-  chunks = [];
-  recorder.ondataavailable = (e) => { if (e.data.size) chunks.push(e.data); };
+  const own = (chunks = []); // this recorder's chunks only
+  recorder.ondataavailable = (e) => { if (e.data.size) own.push(e.data); };
   recorder.onstop = finish;
   recorder.start(1000);
   startedAt = performance.now();

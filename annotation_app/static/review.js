@@ -8,17 +8,23 @@ for (const card of document.querySelectorAll(".review-item")) {
     const reason = card.querySelector('input[name="reason"]').value.trim();
     if (verdict === "rejected" && !reason) { error.textContent = "Say why you reject it."; return; }
     error.textContent = "";
+    // the card's controls are off while the verdict is on its way: a second click (the other
+    // verdict, or a double click) stored a second review, and the card showed the first
+    const controls = card.querySelectorAll("button, input");
+    controls.forEach((el) => { el.disabled = true; });
     try {
       await api("/api/reviews", { method: "POST", json: {
         target_type: card.dataset.targetType, target_id: Number(card.dataset.targetId), verdict, reason } });
       card.dataset.verdict = verdict;
       card.style.opacity = "0.55";
-      card.querySelectorAll("button, input").forEach((el) => { el.disabled = true; });
       const done = document.createElement("div");
       done.className = `alert ${verdict === "approved" ? "ok" : "error"}`;
       done.setAttribute("role", "status");
       done.textContent = verdict === "approved" ? "Approved" : `Rejected: ${reason}`;
       error.replaceWith(done);
-    } catch (e) { error.textContent = e.message; }
+    } catch (e) {
+      error.textContent = e.message;
+      controls.forEach((el) => { el.disabled = false; });
+    }
   }));
 }
