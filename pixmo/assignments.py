@@ -297,12 +297,13 @@ def skip_assignment(db: Database, assignment_id: int, user_id: int, reason: str 
 
 
 def heartbeat(db: Database, assignment_id: int, user_id: int, active_seconds: float | None = None) -> Assignment:
-    """Record active time and extend a live lease by the project's lease length."""
+    """Record active time and extend the lease by the project's lease length; a lease that ran out
+    (a laptop asleep, a lost connection) is taken up again while nobody else holds the image, as a
+    submission would be (a page whose lease lapsed once used to lose its work to the next annotator)."""
     with db.session(write_lock=True) as session:
         assignment = get_assignment(session, assignment_id, user_id, lock=True)
         now = utcnow()  # after the lock: waiting for it may outlast the lease
-        if assignment.status != "leased" or as_utc(assignment.expires_at) <= now:
-            raise LeaseError("this task is no longer leased to you")
+        claim_for_submission(session, assignment, now)  # LeaseError when it was submitted, skipped or taken
         _add_active(assignment, active_seconds, now)
         cfg = project_config(session.get(Project, assignment.project_id))
         assignment.expires_at = now + dt.timedelta(minutes=cfg.lease_minutes)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from annotation_app.main import create_app
 from pixmo.audio import decode_audio
 from pixmo.config import Settings
-from pixmo.db.models import Assignment, Base, LoginAttempt, PointSet, ProjectImage, Recording, Review, Transcript, utcnow
+from pixmo.db.models import Assignment, Base, LoginAttempt, PointSet, ProjectImage, Recording, Review, Transcript, as_utc, utcnow
 from tests.app_helpers import PASSWORD, add_users, audio_bytes, make_project, tokens_for, tone, wav_bytes
 
 HTML_LABEL = '<img src=x onerror="alert(1)">&<b>cat</b>'
@@ -368,6 +368,23 @@ def test_expired_lease_is_reassigned(env):
     assert _image(others[0]) == _image(a)  # the abandoned image went back to the pool first
     r = _upload(env, a["id"], audio_bytes(3), "late-upload-key")
     assert r.status_code == 409 and "expired" in r.json()["detail"]
+
+
+def test_a_heartbeat_takes_up_a_lapsed_lease_while_the_image_is_free(env):
+    """A lease that ran out once (a laptop asleep) was never extended again: the page's heartbeats
+    got 409s it did not show, and the image went to the next annotator, the work with it."""
+    a = lease(env, "caption")
+    with env["db"].session() as s:
+        s.execute(update(Assignment).values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+    r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/heartbeat", json={"active_seconds": 5})
+    assert r.status_code == 204, r.text
+    with env["db"].session() as s:
+        row = s.get(Assignment, a["id"])
+        assert row.status == "leased" and as_utc(row.expires_at) > utcnow() + dt.timedelta(minutes=20)
+        s.execute(update(Assignment).values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+    lease(env, "caption", "ann2")  # someone else takes the image meanwhile: now it is gone, and says so
+    r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/heartbeat", json={"active_seconds": 6})
+    assert r.status_code == 409 and "went to someone else" in r.json()["detail"]
 
 
 def test_late_upload_on_an_untaken_image_is_accepted(env):

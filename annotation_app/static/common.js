@@ -54,10 +54,20 @@ export class ActiveTimer {
   }
 }
 
-/** Keep the lease alive and report active time every minute. */
+/** Keep the lease alive and report active time every minute. A refusal is shown at once (the task
+ *  went to someone else, the login ended) instead of only at submit time, when the work is done. */
 export function startHeartbeat(task, timer) {
+  let shown = false;
   setInterval(() => {
-    api(`/api/assignments/${task.id}/heartbeat`, { method: "POST", json: { active_seconds: timer.seconds } }).catch(() => {});
+    api(`/api/assignments/${task.id}/heartbeat`, { method: "POST", json: { active_seconds: timer.seconds } })
+      .then(() => { if (shown) { showError(""); shown = false; } })
+      .catch((e) => {
+        if (!(e instanceof ApiError)) return; // offline for a moment: the next beat tries again
+        shown = true;
+        showError(e.status === 401 || e.status === 403
+          ? "You are logged out, so this task cannot be sent from this page: log in again and reload it."
+          : `${e.message}`);
+      });
   }, 60_000);
 }
 
