@@ -29,6 +29,11 @@ class StageBusy(PixmoError):
     """Another run of the same stage holds it on this database."""
 
 
+class StageLockLost(PixmoError):
+    """The stage's lock went away under a run (PostgreSQL frees it with a cut connection): another
+    run may have taken it, so this one stops before it writes again."""
+
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -112,6 +117,7 @@ class Stage(Generic[Item, Result]):
         self.params = params
         self.stats = StageStats()
         self.job_id: int | None = None
+        self._lock = None  # the exclusive stage's NamedLock while it runs
 
     # -- hooks ---------------------------------------------------------------------------
     def items(self) -> Iterable[Item]:
@@ -145,7 +151,11 @@ class Stage(Generic[Item, Result]):
             if not held:
                 raise StageBusy(f"another {self.kind} run is working on this database now (a `pixmo worker`?); "
                                 "try again when it has finished")
-            return self.execute(progress=progress, pipeline_depth=pipeline_depth)
+            self._lock = held
+            try:
+                return self.execute(progress=progress, pipeline_depth=pipeline_depth)
+            finally:
+                self._lock = None
 
     def execute(self, *, progress: bool, pipeline_depth: int) -> dict[str, Any]:
         """The run itself, under the stage's lock: the job row, the batches, the stats."""
@@ -186,6 +196,9 @@ class Stage(Generic[Item, Result]):
     def _write(self, results: list[Result], bar: Progress) -> None:
         # the write lock up front: a batch reads, then writes, and on SQLite a concurrent run's
         # commit in between would fail it ("database is locked") instead of making it wait
+        if self._lock is not None and not self._lock.still_held():
+            raise StageLockLost(f"the {self.kind} stage's lock was lost (the database connection that held it was "
+                                "cut): stopping, as another run may have taken it over; the next run goes on")
         with self.db.session(write_lock=True) as session:
             self.write(session, results)
         bar.advance(self.progress_advance(results))

@@ -177,6 +177,36 @@ def test_capqa_pairs_reach_the_capqa_export_unless_a_reviewer_rejects_them(sqlit
     assert export_hf(sqlite_db, store, str(tmp_path / "hf"), "capqa").rows == 0
 
 
+def test_a_run_whose_stage_lock_is_cut_stops_before_it_writes_again(db, scripted, monkeypatch):
+    """On PostgreSQL the stage lock lives on one connection; when the server cut it (a restart, an
+    idle-session timeout) the run went on unaware while a second worker could take the lock and
+    redo the same items alongside it."""
+    from sqlalchemy import text
+
+    from pipelines.base import StageLockLost
+    from pipelines.rewrite import CleanStage
+
+    if db.is_sqlite:
+        pytest.skip("a SQLite stage lock is a flock on a file this process holds: it cannot be cut")
+    add_transcripts(db, [["a red car"], ["a blue bus"], ["a green tree"]])
+    scripted.set(Reply(echo=True))
+    real_write = CleanStage.write
+
+    def write_then_cut(self, session, results):  # noqa: ANN001, ANN202
+        real_write(self, session, results)
+        with db.engine.connect() as conn:  # the server ends the connection holding the lock
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                              "AND granted AND pid <> pg_backend_pid()"))
+            conn.commit()
+
+    monkeypatch.setattr(CleanStage, "write", write_then_cut)
+    with pytest.raises(StageLockLost, match="lock was lost"):
+        rewrite(db, "clean", batch_size=1, **openai_opts(scripted))
+    assert len(captions(db)) == 1  # the first batch, written while the lock was held; no more
+    monkeypatch.undo()
+    assert rewrite(db, "clean", **openai_opts(scripted))["total"] == 2  # the next run goes on
+
+
 def test_a_request_the_server_refuses_fails_alone_and_the_run_goes_on(sqlite_db, scripted):
     """A prompt beyond the model's context gets HTTP 400: that item fails on its own (clean falls back
     to the rule cleaner, merge and capqa store a failed row) instead of failing the run, on every rerun."""
