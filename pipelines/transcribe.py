@@ -93,6 +93,7 @@ class TranscribeStats(StageStats):
     audio_s: float = 0.0
     speech_s: float = 0.0
     flags: Counter = field(default_factory=Counter)
+    other_language: int = 0  # recordings pinned to a language this English-only model cannot do
 
     def as_dict(self) -> dict[str, Any]:
         out = super().as_dict()
@@ -103,6 +104,7 @@ class TranscribeStats(StageStats):
             speech_s=round(self.speech_s, 1),
             x_realtime=round(self.audio_s / elapsed, 2) if elapsed > 0 else None,
             flags=dict(self.flags),
+            other_language=self.other_language,
         )
         return out
 
@@ -244,6 +246,11 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
                 # too_short: less speech than half the project's shortest accepted recording
                 thresholds = replace(thresholds, min_speech_s=0.5 * float(config["min_seconds"]))
             language = p.language or config.get("language")
+            if language not in (None, "en") and self.model_id.endswith(".en"):
+                # an English-only Whisper (tiny.en, ...): left for a multilingual model, and not
+                # planned, so a worker with nothing else to do stays idle instead of a job a round
+                self.stats.other_language += 1
+                continue
             refs.append(RecordingRef(rid, key, float(duration or 0.0), language, thresholds))
         return refs
 

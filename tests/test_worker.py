@@ -68,6 +68,20 @@ def test_rounds_transcribe_then_clean_keep_the_models_and_idle_steps_leave_no_jo
     assert {c.model for c in captions} == {local_backend.model_id}
 
 
+@pytest.mark.slow
+def test_recordings_the_model_cannot_transcribe_leave_the_worker_idle(db, store, speech_clips):
+    """Recordings of a project in another language, with the English-only default model, were planned
+    and deferred every round: a job row a minute, for good."""
+    with db.session() as s:
+        project = create_project(s, "de-caps", "caption", min_seconds=1, max_seconds=120, language="de").id
+    _recording(db, store, speech_clips[0], project)
+    worker = Worker(db, store, WorkerOptions(steps=("transcribe",)))
+    seen = []
+    worker.round(lambda run: seen.append((run.step, run.status)))
+    worker.round(lambda run: seen.append((run.step, run.status)))
+    assert seen == [("transcribe", "idle")] * 2 and _jobs(db) == []
+
+
 def test_a_step_another_run_holds_is_skipped_and_a_manual_run_is_refused(db, store, speech_clips):
     from pipelines.base import StageBusy
     from pipelines.transcribe import transcribe_recordings

@@ -56,7 +56,7 @@ def transcribe(
     if ctx.invoked_subcommand is not None:
         return
     from pipelines.transcribe import transcribe_recordings, transcribe_stats_table
-    from pixmo.cli import _db, _fail, _store, console
+    from pixmo.cli import _db, _fail, _store, console, err
 
     try:
         stats = transcribe_recordings(
@@ -72,6 +72,9 @@ def transcribe(
         typer.echo(json.dumps(stats, indent=2))
     else:
         console.print(transcribe_stats_table(f"transcribe {stats['asr_model']} (job {stats['job_id']})", stats))
+    if stats.get("other_language"):
+        err.print(f"[yellow]warning:[/yellow] {stats['other_language']} recording(s) of projects in other languages "
+                  f"were left for a multilingual model: {stats['asr_model']} is English-only (--model)")
 
 
 @transcribe_app.command("files")

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
 def worker(
     steps: Annotated[str, typer.Option(help="Steps in order, comma-separated: transcribe, clean, merge, capqa.")] = (
         "transcribe,clean,merge"),
-    interval: Annotated[float, typer.Option(help="Seconds between rounds.", min=0)] = 60.0,
+    interval: Annotated[float, typer.Option(help="Seconds between rounds.", min=1)] = 60.0,
     once: Annotated[bool, typer.Option("--once", help="One round, then exit (1 if a step failed).")] = False,
     project: Annotated[Optional[str], typer.Option(help="Only this project's recordings and transcripts.")] = None,
     asr_backend: Annotated[str, typer.Option(help="faster-whisper | openai-whisper")] = "faster-whisper",
