@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.base import Stage, StageBusy
 from pipelines.rewrite import STAGES as REWRITE_STAGES
@@ -105,7 +106,8 @@ class Worker:
             if seen not in self._tracebacks_shown:  # once per kind of failure: a database down for an
                 self._tracebacks_shown.add(seen)    # hour must not fill the log with the same traceback
                 log.exception("pixmo worker: step %s failed", step)
-            self._drop_models()  # a model in a bad state (a CUDA error, say) is loaded afresh next time
+            if not isinstance(exc, SQLAlchemyError):  # the database down is no reason to load the models again
+                self._drop_models()  # a model in a bad state (a CUDA error, say) is loaded afresh next time
             return StepRun(step, "failed", error=f"{type(exc).__name__}: {exc}")
         return StepRun(step, "done", {**stats, "job_id": stage.job_id})
 
@@ -137,8 +139,11 @@ class Worker:
     def _drop_models(self) -> None:
         self._transcriber = None
         if self._own_llm and self._llm is not None:
-            self._llm.close()
-            self._llm = None
+            llm, self._llm = self._llm, None
+            try:
+                llm.close()
+            except Exception:  # noqa: BLE001 - a model that fails to close must not stop the worker
+                log.warning("pixmo worker: closing the LLM failed", exc_info=True)
 
     def close(self) -> None:
         self._drop_models()

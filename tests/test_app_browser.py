@@ -148,6 +148,19 @@ def test_pointing_three_clicks_one_removal_then_not_present(browser, site):
     page.click("#submit")
     page.wait_for_url("**/tasks/*")
     page.wait_for_function("document.getElementById('count').textContent === '0'")
+    # a trackpad scrolls in many small steps: the zoom follows how far, not how many events (a fixed
+    # step per event threw it to its limit); a sideways scroll does not zoom
+    box = page.locator("#task-image").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    scale = "parseFloat(document.querySelector('.viewer .stage').style.transform.match(/scale\\(([^)]+)\\)/)[1])"
+    before = page.evaluate(scale)
+    page.mouse.wheel(40, 0)
+    page.wait_for_timeout(100)
+    assert page.evaluate(scale) == before
+    for _ in range(20):
+        page.mouse.wheel(0, 4)
+    page.wait_for_timeout(200)
+    assert 0.8 < page.evaluate(scale) / before < 1.0
     page.click("#not-present")  # the second image: the label is not there
     page.wait_for_selector("text=Nothing left for you")
     assert page.errors == []

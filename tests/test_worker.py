@@ -117,6 +117,15 @@ def test_any_error_fails_only_its_step_with_one_traceback_per_kind(db, store, mo
     assert worker._transcriber is None  # an unexpected error may have left it unusable: loaded afresh next time
     worker.round()  # the database is still gone: reported again, its traceback not logged again
     assert sum(1 for r in caplog.records if r.exc_info) == 1
+    # an error of the database itself keeps the models: an hour's outage must not reload them each round
+    from sqlalchemy.exc import OperationalError
+
+    def db_down(step):  # noqa: ANN001, ANN202
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(worker, "_stage", db_down)
+    kept = worker._transcriber = object()
+    assert [r.status for r in worker.round()] == ["failed", "failed"] and worker._transcriber is kept
 
 
 def test_the_step_lock_holds_across_processes_and_dies_with_its_holder(sqlite_db):

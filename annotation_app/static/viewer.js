@@ -57,8 +57,13 @@ export class Viewer {
 
   onWheel(e) {
     e.preventDefault();
+    if (!e.deltaY) return; // a sideways scroll is no zoom
+    // by how far the wheel turned: a trackpad sends many small deltas (a fixed step per event
+    // threw the zoom to its limits), a mouse notch about 100 pixels or 3 lines
+    const pixels = e.deltaY * (e.deltaMode === 1 ? 33 : e.deltaMode === 2 ? 400 : 1);
+    const factor = Math.min(1.5, Math.max(1 / 1.5, Math.exp(-pixels * 0.0014)));
     const r = this.root.getBoundingClientRect();
-    this.zoomAt(e.deltaY < 0 ? 1.15 : 1 / 1.15, e.clientX - r.left, e.clientY - r.top);
+    this.zoomAt(factor, e.clientX - r.left, e.clientY - r.top);
   }
 
   onDown(e) {
