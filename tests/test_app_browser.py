@@ -46,6 +46,8 @@ def site(tmp_path_factory, sqlite_template):
                               min_seconds=MIN_SECONDS, max_seconds=MAX_SECONDS)
     make_project(db, store, "quiet", "caption", n_images=1, seed=3, min_seconds=1, max_seconds=MAX_SECONDS)
     points, _ = make_project(db, store, "point", "points", n_images=2, seed=7, size=(480, 360), labels=["red square"])
+    _, (tiff_image,) = make_project(db, store, "tiff", "points", n_images=1, seed=9, size=(120, 90), labels=["sky"])
+    _as_tiff(db, store, tiff_image)
     app = create_app(Settings(env="test", data_dir=root / "data"), db=db, store=store)
     with serve_in_thread(app) as url:
         yield {"url": url, "db": db, "store": store, "caption": caption, "points": points}
@@ -65,6 +67,22 @@ def browser(playwright, speech):
     browser = launch(playwright, speech[0])
     yield browser
     browser.close()
+
+
+def _as_tiff(db, store, image_id: int) -> None:
+    """Make the image a TIFF (which ingest accepts and Chromium cannot show)."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from pixmo.db.models import Image
+
+    buf = io.BytesIO()
+    PILImage.new("RGB", (120, 90), (30, 90, 200)).save(buf, "TIFF")
+    put = store.put_bytes(buf.getvalue(), content_type="image/tiff", ext="tif")
+    with db.session() as s:
+        image = s.get(Image, image_id)
+        image.storage_key, image.sha256, image.mime, image.bytes = put.key, put.sha256, "image/tiff", put.size
 
 
 def launch(p, wav: Path):
@@ -170,6 +188,17 @@ def test_pointing_three_clicks_one_removal_then_not_present(browser, site):
     for (x, y), (fx, fy) in zip(first.points, [clicks[0], clicks[2]], strict=True):
         assert abs(x - fx) < 0.01 and abs(y - fy) < 0.01
     assert second.not_present and second.points == []
+    page.context.close()
+
+
+def test_an_image_the_browser_cannot_show_takes_no_points(browser, site):
+    """A TIFF shows as a broken-image box in Chromium: clicks inside it were stored as points."""
+    page = login(browser, site, "dora")
+    start(page, "tiff")
+    page.locator("#error", has_text="cannot show this image").wait_for()
+    _click_image(page, 0.5, 0.5)
+    page.wait_for_timeout(200)
+    assert page.inner_text("#count") == "0" and page.locator(".marker").count() == 0
     page.context.close()
 
 

@@ -29,10 +29,29 @@ export function randomId() {
 
 export const taskData = () => JSON.parse(document.getElementById("task-data").textContent);
 
+/** Stop annotation on an image this browser cannot show as the server knows it: a TIFF (no browser
+ *  but Safari decodes one), or one drawn at another shape (an EXIF rotation the browser ignores).
+ *  Clicks used to land on a broken-image box or a stretched picture and were stored as points. */
+function checkImage(task, viewer) {
+  const img = document.getElementById("task-image");
+  const refuse = (why) => {
+    viewer.disabled = true;
+    showError(`${why}: it cannot be annotated in this browser. Skip it (say why), or try another browser.`);
+  };
+  const check = () => {
+    if (!img.naturalWidth) return refuse("This browser cannot show this image");
+    const shown = img.naturalWidth / img.naturalHeight, stored = task.width / task.height;
+    if (Math.abs(shown / stored - 1) > 0.02) refuse("This browser shows this image rotated or stretched");
+  };
+  img.addEventListener("error", () => refuse("This browser cannot show this image"));
+  if (img.complete) check(); else img.addEventListener("load", check);
+}
+
 /** What every task page starts with: its data, the image viewer, active time, heartbeat and skip. */
 export function startTask() {
   const task = taskData();
   const viewer = new Viewer(document.getElementById("viewer"));
+  checkImage(task, viewer);
   const timer = new ActiveTimer(60, task.active_seconds);
   startHeartbeat(task, timer);
   wireSkip(task, timer);

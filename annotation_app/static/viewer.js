@@ -84,6 +84,7 @@ export class Viewer {
   }
 
   click(ev, target) {
+    if (this.disabled) return; // an image this browser cannot show as it is (see checkImage)
     const r = this.img.getBoundingClientRect();
     const x = (ev.clientX - r.left) / r.width, y = (ev.clientY - r.top) / r.height;
     for (const h of this.clickHandlers) h({ x, y, inside: x >= 0 && x <= 1 && y >= 0 && y <= 1, target });
