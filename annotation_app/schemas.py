@@ -170,6 +170,7 @@ class ReviseIn(BaseModel):
 
 class AcceptIn(BaseModel):
     active_seconds: float | None = None
+    answer: str | None = None  # the answer the annotator saw: accepted only if it is still the current one
 
 
 class QAOut(BaseModel):

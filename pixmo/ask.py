@@ -372,13 +372,18 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
 
 
 def accept_answer(db: Database, *, qa_id: int, user_id: int, active_seconds: float | None = None,
-                  now: dt.datetime | None = None) -> QAPair:
+                  now: dt.datetime | None = None, shown: str | None = None) -> QAPair:
     """Accept the current answer: the pair becomes an accepted QA row and the task is submitted.
 
-    Sent again (a retry after a lost response), it returns the accepted row as it is.
+    ``shown``, the answer the annotator saw: a LeaseError (409) when the row holds another (a revision
+    whose reply was lost on the way, another tab), never an answer nobody read. Sent again (a retry
+    after a lost response), it returns the accepted row as it is.
     """
     with db.session(write_lock=True) as session:
         assignment, qa = _lock_exchange(session, qa_id, user_id, accepted_ok=True)
+        if shown is not None and shown != qa.answer:
+            raise LeaseError("the answer changed since you saw it (a revision finished after all, or another tab): "
+                             "read it again before you accept it")
         if qa.status == "accepted":
             return qa
         now = now or utcnow()  # after the locks: waiting for them may outlast the lease

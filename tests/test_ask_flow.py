@@ -190,6 +190,20 @@ def test_an_accept_sent_again_returns_the_accepted_answer(flow):
     assert c["ann2"].post(f"/api/qa/{qa['id']}/accept", json={}).status_code == 404  # not another user's
 
 
+def test_only_the_answer_the_annotator_saw_is_accepted(flow):
+    """Accept took the row's answer whatever the page showed: after a revision whose reply was lost
+    (a proxy timeout) the annotator accepted an answer nobody had read."""
+    c, qa = flow["c"], flow["qa"]
+    revised = c["ann"].post(f"/api/qa/{qa['id']}/revise", json={"feedback": "it is blue"}).json()
+    assert revised["answer"] != qa["answer"]  # the page never got this reply and still shows the first
+    r = c["ann"].post(f"/api/qa/{qa['id']}/accept", json={"answer": qa["answer"]})
+    assert r.status_code == 409 and "changed since you saw it" in r.json()["detail"]
+    with flow["db"].session() as s:
+        assert s.get(QAPair, qa["id"]).status == "pending"
+    r = c["ann"].post(f"/api/qa/{qa['id']}/accept", json={"answer": revised["answer"]})
+    assert r.status_code == 200 and r.json()["answer"] == revised["answer"] and r.json()["status"] == "accepted"
+
+
 def test_a_skipped_task_leaves_no_question_pending(flow):
     c, qa, task = flow["c"], flow["qa"], flow["task"]
     assert c["ann"].post(f"/api/assignments/{task['id']}/skip", json={"reason": "blurry"}).status_code == 200

@@ -51,4 +51,4 @@ async def revise(request: Request, qa_id: int, body: ReviseIn, db: DbDep, store:
 @router.post("/api/qa/{qa_id}/accept", response_model=QAOut)
 def accept(qa_id: int, body: AcceptIn, db: DbDep, user: AnyUser):
     """Accept the answer: the pair becomes a QA row and the task is submitted."""
-    return _out(accept_answer(db, qa_id=qa_id, user_id=user.id, active_seconds=body.active_seconds))
+    return _out(accept_answer(db, qa_id=qa_id, user_id=user.id, active_seconds=body.active_seconds, shown=body.answer))

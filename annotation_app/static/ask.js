@@ -1,5 +1,5 @@
 // Ask-the-model task: ask a question, then accept the answer or say what is wrong (the model revises).
-import { api, nextTask, showError, startTask } from "./common.js";
+import { api, ApiError, nextTask, showError, startTask } from "./common.js";
 
 const { task, timer } = startTask();
 
@@ -11,7 +11,15 @@ async function busy(label, fn) {
   buttons.forEach((b) => { b.disabled = true; });
   $("busy").textContent = label; showError("");
   timer.busy = true;
-  try { await fn(); } catch (e) { showError(e.message); } finally {
+  try { await fn(); } catch (e) {
+    showError(e.message);
+    // the exchange may have moved on without this page (a revision finished after its reply was
+    // lost, another tab): the page shows what the server holds now, so nothing unread is accepted
+    if (e instanceof ApiError && (e.status === 409 || e.status >= 500)) {
+      showError(`${e.message} — showing the exchange as it is now…`);
+      setTimeout(() => location.reload(), 1500);
+    }
+  } finally {
     buttons.forEach((b) => { b.disabled = false; });
     $("busy").textContent = ""; timer.busy = false;
   }
@@ -30,6 +38,9 @@ function show(qa) {
   $("feedback").value = "";
 }
 
+// an edited question is a new question: the answer shown was to the old one
+$("question").addEventListener("input", () => { $("answer-card").hidden = true; });
+
 $("ask").addEventListener("click", () => {
   const question = $("question").value.trim();
   if (!question) { showError("Write a question first."); return; }
@@ -47,7 +58,8 @@ $("revise").addEventListener("click", () => {
 });
 
 $("accept").addEventListener("click", () => busy("Saving…", async () => {
-  const qa = await api(`/api/qa/${qaId}/accept`, { method: "POST", json: { active_seconds: timer.seconds } });
+  const qa = await api(`/api/qa/${qaId}/accept`, { method: "POST",
+    json: { active_seconds: timer.seconds, answer: $("answer").textContent } });
   document.body.dataset.submitted = String(qa.id);
   nextTask(task.project_id);
 }));
