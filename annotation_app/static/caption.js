@@ -1,5 +1,5 @@
 // Speech caption task: record (MediaRecorder) with a timer and level meter, play back, re-record, submit.
-import { api, ApiError, isTyping, nextTask, randomId, showError, startTask } from "./common.js";
+import { api, ApiError, guardUnsaved, isTyping, nextTask, randomId, showError, startTask } from "./common.js";
 
 const { task, timer } = startTask();
 
@@ -11,6 +11,7 @@ let recorder = null, stream = null, chunks = [], startedAt = 0, tick = null, met
 let take = null; // { blob, seconds, key }
 let submitting = false;
 let starting = false; // between a Record press and the recorder running: a second press waits
+guardUnsaved(() => recorder?.state === "recording" || (take !== null && task.status === "leased"));
 
 const fmt = (s) => `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
 const status = (text) => { statusEl.textContent = text; };

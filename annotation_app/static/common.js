@@ -91,7 +91,18 @@ export function startHeartbeat(task, timer) {
 }
 
 /** Ask for the next task of the project (a real form POST, so the browser follows the redirect). */
+let leaving = false; // set when the page moves on itself (saved, skipped): no warning then
+
+/** Ask before the page is left (reload, back, a link) while ``unsaved()`` says work would be lost:
+ *  a finished take, clicked points or marks that were not sent. */
+export function guardUnsaved(unsaved) {
+  addEventListener("beforeunload", (e) => {
+    if (!leaving && unsaved()) { e.preventDefault(); e.returnValue = ""; }
+  });
+}
+
 export function nextTask(projectId) {
+  leaving = true;
   const f = document.createElement("form");
   f.method = "post"; f.action = `/projects/${projectId}/next`;
   const t = document.createElement("input");

@@ -1,6 +1,6 @@
 // Point-explanation task: a question, marks (a label and its points each), the model's answer citing
 // the marks as [1], [2], ...; accept it, or change the question or the marks and ask again.
-import { api, isTyping, nextTask, showError, startTask } from "./common.js";
+import { api, guardUnsaved, isTyping, nextTask, showError, startTask } from "./common.js";
 
 const { task, viewer, timer } = startTask();
 
@@ -9,6 +9,7 @@ const labelEl = $("label"), questionEl = $("question");
 let marks = [];   // [{label, points: [[x, y], ...]}], cited [1], [2], ... in this order
 let draft = [];   // the points of the mark being made: [{x, y, id}]
 let nextId = 1, busy = false, qaId = null;
+guardUnsaved(() => (marks.length > 0 || draft.length > 0) && task.status === "leased");
 
 function marker(x, y, text, cls) {
   const m = document.createElement("div");

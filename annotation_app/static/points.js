@@ -1,5 +1,5 @@
 // Pointing task: click to add a point, click a point to remove it, undo, "not present", live count, submit.
-import { api, isTyping, nextTask, showError, startTask } from "./common.js";
+import { api, guardUnsaved, isTyping, nextTask, showError, startTask } from "./common.js";
 
 const { task, viewer, timer } = startTask();
 
@@ -8,6 +8,7 @@ const markers = $("markers"), countEl = $("count"), submitBtn = $("submit"), und
 let points = [];          // [{x, y, id}] normalised to [0, 1]
 const history = [];       // undo stack: {op: "add"|"remove", point, index}
 let nextId = 1, busy = false;
+guardUnsaved(() => points.length > 0 && task.status === "leased");
 
 function render() {
   markers.replaceChildren();
