@@ -31,7 +31,12 @@ def this_host() -> str:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine (a process of another user counts)."""
+    """Whether a process with this id exists on this machine (a process of another user counts).
+
+    A thread's id is no process: ``kill(tid, 0)`` succeeds for it on Linux, so a job whose pid is
+    now a thread of another process (a container restarted in place, its new process's threads
+    numbered from the same low ids) would stay ``running`` for good.
+    """
     if pid <= 0:
         return False
     try:
@@ -40,6 +45,13 @@ def process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         pass  # it exists; it is another user's
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1]) == pid  # a thread's thread group is its process
+    except (OSError, ValueError):
+        pass  # no /proc (macOS) or it ended meanwhile: kill's answer stands
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import os
+import time
 import subprocess
 import sys
 
@@ -64,6 +65,29 @@ def test_only_this_hosts_jobs_whose_process_is_gone_are_reaped(db):
                              (unknown_owner, "running"), (finished, "succeeded")]:
         assert _status(db, job_id)[0] == expected
     assert reap_stale_jobs(db) == []
+
+
+def test_a_pid_that_is_now_a_thread_of_another_process_is_no_live_job():
+    """kill(tid, 0) succeeds for a thread id: a job row whose old pid was now one of the threads of
+    a new process (a container restarted in place) stayed running for good."""
+    import threading
+
+    got, done = [], threading.Event()
+
+    def note() -> None:
+        got.append(threading.get_native_id())
+        done.wait(5)
+
+    thread = threading.Thread(target=note)
+    thread.start()
+    try:
+        while not got:
+            time.sleep(0.01)
+        assert got[0] != os.getpid() and not process_alive(got[0])
+    finally:
+        done.set()
+        thread.join()
+    assert process_alive(os.getpid())
 
 
 def test_starting_a_job_reaps_the_stale_ones(db):
