@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import os
-import time
 import subprocess
 import sys
+import time
 
 import pytest
 from sqlalchemy import select
