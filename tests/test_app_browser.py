@@ -47,6 +47,7 @@ def site(tmp_path_factory, sqlite_template):
     make_project(db, store, "quiet", "caption", n_images=1, seed=3, min_seconds=1, max_seconds=MAX_SECONDS)
     points, _ = make_project(db, store, "point", "points", n_images=2, seed=7, size=(480, 360), labels=["red square"])
     _, (tiff_image,) = make_project(db, store, "tiff", "points", n_images=1, seed=9, size=(120, 90), labels=["sky"])
+    make_project(db, store, "free", "points", n_images=1, seed=11, size=(240, 180))  # the annotator names it
     _as_tiff(db, store, tiff_image)
     app = create_app(Settings(env="test", data_dir=root / "data"), db=db, store=store)
     with serve_in_thread(app) as url:
@@ -202,6 +203,18 @@ def test_an_image_the_browser_cannot_show_takes_no_points(browser, site):
     _click_image(page, 0.5, 0.5)
     page.wait_for_timeout(200)
     assert page.inner_text("#count") == "0" and page.locator(".marker").count() == 0
+    page.context.close()
+
+
+def test_a_label_typed_after_a_click_goes_to_the_label_field(browser, site):
+    """With no project labels the annotator names what they point at; typed after a click on the
+    image (focus outside the field), its letters were shortcuts: z undid a point, n said not present."""
+    page = login(browser, site, "dora")
+    start(page, "free")
+    _click_image(page, 0.4, 0.4)
+    assert page.inner_text("#count") == "1"
+    page.keyboard.type("zebra")
+    assert page.input_value("#label") == "zebra" and page.inner_text("#count") == "1"
     page.context.close()
 
 

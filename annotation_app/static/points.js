@@ -69,8 +69,15 @@ $("not-present").addEventListener("click", () => {
   if (points.length && !confirm("Discard your points and answer “not present”?")) return;
   send(true);
 });
+const freeLabel = labelEl.type === "text"; // the annotator names what they point at
 addEventListener("keydown", (e) => {
   if (isTyping(e.target)) { if (e.key === "Enter") { e.preventDefault(); if (points.length) send(false); } return; }
+  if (freeLabel && !labelEl.value.trim() && e.key.length === 1 && !e.ctrlKey && !e.metaKey && !e.altKey) {
+    // typing the label after a click on the image (focus left the field): the letters go to the
+    // field, not to the shortcuts ("zebra" undid a point, "n" answered "not present")
+    labelEl.focus();
+    return;
+  }
   if (e.key === "z" || e.key === "Z" || e.key === "Backspace") { e.preventDefault(); undo(); }
   else if (e.key === "n" || e.key === "N") { e.preventDefault(); $("not-present").click(); }
   else if (e.key === "Enter") { e.preventDefault(); if (points.length) send(false); }
