@@ -170,9 +170,15 @@ class Stage(Generic[Item, Result]):
                     for batch in batched(self.items(), self.batch_size):
                         pending.append(feeder.submit(self.process_batch, batch))
                         if len(pending) >= pipeline_depth:
-                            self._write(pending.pop(0).result(), bar)
-                    for fut in pending:
-                        self._write(fut.result(), bar)
+                            # off the list only once it has ended: a stop while waiting for it
+                            # must still see it under way (below)
+                            results = pending[0].result()
+                            pending.pop(0)
+                            self._write(results, bar)
+                    while pending:
+                        results = pending[0].result()
+                        pending.pop(0)
+                        self._write(results, bar)
                 finally:
                     # on a failure or a stop (SIGTERM), batches not started are dropped and the job
                     # row is marked at once, not after the batch processed ahead (a container's stop

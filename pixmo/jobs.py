@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,17 +100,31 @@ def start_job(db: Database, kind: str, params: dict[str, Any]) -> int:
     return job_id
 
 
+FINISH_TRIES = 4
+
+
 def finish_job(
     db: Database, job_id: int, status: str, stats: dict[str, Any] | None = None, error: str | None = None
 ) -> None:
-    """Mark the job ``succeeded`` or ``failed``, with its stats or error."""
+    """Mark the job ``succeeded`` or ``failed``, with its stats or error; a lost connection (a
+    database blip) is tried again a few times, as the row would otherwise stay ``running`` with its
+    stats lost until this process's next job reaps it."""
+    from sqlalchemy.exc import OperationalError
+
     try:
-        with db.session(write_lock=True) as session:  # read then write: wait for other writers (SQLite)
-            job = session.get(Job, job_id)
-            job.status = status
-            job.error = error
-            job.stats = stats or {}
-            job.finished_at = utcnow()
+        for attempt in range(FINISH_TRIES):
+            try:
+                with db.session(write_lock=True) as session:  # read then write: wait for other writers (SQLite)
+                    job = session.get(Job, job_id)
+                    job.status = status
+                    job.error = error
+                    job.stats = stats or {}
+                    job.finished_at = utcnow()
+                return
+            except OperationalError:
+                if attempt == FINISH_TRIES - 1:
+                    raise
+                time.sleep(0.5 * 2**attempt)
     finally:
         # no longer ours to keep alive: a row left 'running' by a failed update (a database blip)
         # is reaped as interrupted by this process's next job, not skipped for as long as it lives

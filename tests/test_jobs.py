@@ -198,6 +198,65 @@ def test_a_failing_stage_marks_its_job_at_once_and_keeps_its_lock_until_its_batc
     assert "toy: stopping; the batch under way finishes first" in capsys.readouterr().err  # not a silent wait
 
 
+def test_a_stop_while_waiting_for_a_batch_says_that_batch_finishes_first(db, capsys):
+    """Ctrl-C while the stage waited for the batch under way said nothing for as long as that batch
+    took: the batch was taken off the list of pending ones before it had ended."""
+    import signal
+    import time
+
+    from pipelines.base import Stage
+
+    class Slow(Stage):
+        kind = "slow"
+        batch_size = 1
+
+        def items(self):  # noqa: ANN202
+            return [1, 2]
+
+        def process_batch(self, batch):  # noqa: ANN001, ANN202
+            time.sleep(0.8)
+            return batch
+
+        def write(self, session, results):  # noqa: ANN001, ANN202
+            pass
+
+    def interrupt(signum, frame):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)  # Ctrl-C while batch 1 is being processed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Slow(db).run(progress=False)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert "slow: stopping; the batch under way finishes first" in capsys.readouterr().err
+
+
+def test_a_database_blip_while_a_job_finishes_is_tried_again(db, monkeypatch):
+    """A lost connection at the final update left the row running, its stats lost, until this
+    process's next job (days, for an idle worker) reaped it as interrupted."""
+    from sqlalchemy.exc import OperationalError
+
+    import pixmo.jobs as jobs
+
+    job_id = start_job(db, "test", {})
+    real, calls = db.session, []
+
+    def flaky(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE jobs", {}, Exception("server closed the connection unexpectedly"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(db, "session", flaky)
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    finish_job(db, job_id, "succeeded", {"total": 2})
+    monkeypatch.undo()
+    assert len(calls) == 2 and _status(db, job_id)[0] == "succeeded"
+
+
 def test_a_job_whose_finish_failed_is_reaped_by_the_next_one(db):
     job_id = start_job(db, "test", {})
     with pytest.raises(Exception):  # noqa: B017 - the database refuses the update (here: a bad status)
