@@ -133,6 +133,11 @@ class Stage(Generic[Item, Result]):
     def write(self, session: Session, results: list[Result]) -> None:
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """What a run does first, under the stage's lock (an exclusive stage's): deleting the rows
+        ``retry_failed`` asks to try again, say. Done before that, it would touch rows a run holding
+        the lock is working on."""
+
     def progress_advance(self, results: list[Result]) -> float:
         """How far one written batch moves the progress bar (default: one per result)."""
         return len(results)
@@ -146,6 +151,7 @@ class Stage(Generic[Item, Result]):
         may have planned its items and set up its backend when it was made).
         """
         if not self.exclusive:
+            self.prepare()
             return self.execute(progress=progress, pipeline_depth=pipeline_depth)
         with self.db.try_lock(f"stage:{self.kind}") as held:
             if not held:
@@ -153,6 +159,7 @@ class Stage(Generic[Item, Result]):
                                 "try again when it has finished")
             self._lock = held
             try:
+                self.prepare()
                 return self.execute(progress=progress, pipeline_depth=pipeline_depth)
             finally:
                 self._lock = None

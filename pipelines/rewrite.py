@@ -199,12 +199,15 @@ class RewriteStage(Stage[WorkItem, tuple[WorkItem, TaskResult]]):
         """The ids of this task's failed rows (this model, prompt version and project)."""
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        if self.params.retry_failed:
+            with self.db.session(write_lock=True) as session:
+                ids = list(session.scalars(self.failed_rows()))
+                self.stats.retried = delete_with_reviews(session, self.review_target, ids)
+            self._items = None  # planned again: the deleted rows' items are pending now
+
     def items(self) -> list[WorkItem]:
         if self._items is None:
-            if self.params.retry_failed:
-                with self.db.session(write_lock=True) as session:
-                    ids = list(session.scalars(self.failed_rows()))
-                    self.stats.retried = delete_with_reviews(session, self.review_target, ids)
             with self.db.session() as session:
                 self._items = self.pending(session)
             if self.params.limit is not None:

@@ -212,8 +212,6 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
                 if project is None:
                     raise ValidationError(f"no project named {params.project!r}")
                 self.project_id = project.id
-        if params.retry_failed:
-            self._delete_failed()
         self._refs = self._pending()
         self._worker: RecordingTranscriber | None = None
         # a model loaded by an earlier run (local executor): `pixmo worker` keeps one for every round
@@ -221,6 +219,12 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
         self._pool: RayPool | None = None
         self.batch_size = params.batch_size
         self._bar: _AudioProgress | None = None
+
+    def prepare(self) -> None:
+        if self.params.retry_failed:
+            self._delete_failed()
+            self.stats.other_language = 0
+            self._refs = self._pending()  # the deleted rows' recordings are pending now
 
     # -- what to do ------------------------------------------------------------------------
     def _pending(self) -> list[RecordingRef]:

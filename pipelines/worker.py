@@ -48,6 +48,10 @@ class WorkerOptions:
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown or not self.steps:
             raise ValidationError(f"unknown step(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(STEPS)}")
+        for name, given in (("transcribe", self.transcribe), ("rewrite", self.rewrite)):
+            once = sorted({"retry_failed", "limit"} & set(given))
+            if once:  # every round would delete and redo the failed rows, or stop at the limit, for good
+                raise ValidationError(f"{', '.join(once)} is for one run (pixmo {name}), not for every round of a worker")
 
 
 @dataclass

@@ -474,6 +474,12 @@ def test_retry_failed_tries_this_models_failed_rows_again(sqlite_db, scripted):
         s.add(Review(target_type="caption", target_id=caption.id, image_id=caption.image_id, verdict="rejected",
                      reason="garbage from the outage"))  # a reviewer saw the failed row
     assert rewrite(sqlite_db, "clean", **openai_opts(scripted))["total"] == 0  # failures are final...
+    from pipelines.base import StageBusy
+
+    with sqlite_db.try_lock("stage:rewrite.clean"):  # a worker runs the stage: nothing of its is touched
+        with pytest.raises(StageBusy):
+            rewrite(sqlite_db, "clean", **openai_opts(scripted), retry_failed=True)
+    assert [c.status for c in captions(sqlite_db)].count("failed") == 1  # (the failed row used to go)
     stats = rewrite(sqlite_db, "clean", **openai_opts(scripted), retry_failed=True)
     assert stats["retried_failed"] == 1 and stats["total"] == 1 and "failed" not in stats["statuses"]  # ...until asked
     assert [(c.status, bool(c.text)) for c in captions(sqlite_db)] == [("ok", True), ("ok", True)]

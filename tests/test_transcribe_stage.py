@@ -95,6 +95,12 @@ def test_stage_transcribes_flags_and_fails_per_recording(db, store, speech_clips
     with db.session() as s:  # a reviewer flagged the failed row meanwhile
         failed = _transcripts(db)[ids["missing"]]
         s.add(Review(target_type="transcript", target_id=failed.id, verdict="flagged", reason="empty"))
+    from pipelines.base import StageBusy
+
+    with db.try_lock("stage:transcribe"):  # a worker is transcribing: --retry-failed touches nothing of its
+        with pytest.raises(StageBusy):
+            transcribe_recordings(db, store, "caps", retry_failed=True)
+    assert _transcripts(db)[ids["missing"]].status == "failed"  # (the failed rows used to be deleted first)
     retry = transcribe_recordings(db, store, "caps", retry_failed=True)
     with db.session() as s:  # the verdict went with the failed row it was on
         assert s.scalar(select(func.count()).select_from(Review)) == 0

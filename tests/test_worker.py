@@ -172,6 +172,13 @@ def test_a_failing_step_is_reported_and_the_round_goes_on(db, store):
     assert "unknown ASR backend 'nope'" in runs[0].error and "v999" in runs[1].error
 
 
+def test_options_for_one_run_are_refused_for_a_worker():
+    """retry_failed in a worker's options deleted and redid every failed row each round, for good."""
+    for options in ({"rewrite": {"retry_failed": True}}, {"transcribe": {"limit": 5}}):
+        with pytest.raises(ValidationError, match="not for every round"):
+            WorkerOptions(**options)
+
+
 def test_unknown_steps_are_refused():
     with pytest.raises(ValidationError, match="unknown step"):
         WorkerOptions(steps=("transcribe", "translate"))
