@@ -23,6 +23,7 @@ from pixmo.db.session import Database
 from pixmo.errors import PixmoError, ValidationError
 from pixmo.jobs import job_run
 from pixmo.progress import Progress
+from pixmo.richtext import plain
 
 
 class StageBusy(PixmoError):
@@ -169,6 +170,14 @@ class Stage(Generic[Item, Result]):
         # process batches ahead of the writer so I/O, decoding and DB writes overlap
         feeder = ThreadPoolExecutor(max_workers=1)
         pending: list[Future] = []
+
+        def write_oldest(bar: Progress) -> None:
+            # off the list only once it has ended: a stop while waiting for it must still see it
+            # under way (below)
+            results = pending[0].result()
+            pending.pop(0)
+            self._write(results, bar)
+
         try:
             with job_run(self.db, self.kind, _jsonable(self.params)) as job, \
                     Progress(self.kind, self.total(), progress) as bar:
@@ -177,15 +186,9 @@ class Stage(Generic[Item, Result]):
                     for batch in batched(self.items(), self.batch_size):
                         pending.append(feeder.submit(self.process_batch, batch))
                         if len(pending) >= pipeline_depth:
-                            # off the list only once it has ended: a stop while waiting for it
-                            # must still see it under way (below)
-                            results = pending[0].result()
-                            pending.pop(0)
-                            self._write(results, bar)
+                            write_oldest(bar)
                     while pending:
-                        results = pending[0].result()
-                        pending.pop(0)
-                        self._write(results, bar)
+                        write_oldest(bar)
                 finally:
                     # on a failure or a stop (SIGTERM), batches not started are dropped and the job
                     # row is marked at once, not after the batch processed ahead (a container's stop
@@ -219,16 +222,15 @@ class Stage(Generic[Item, Result]):
 
 def stats_table(title: str, stats: dict[str, Any]):  # noqa: ANN201
     """A rich Table summarising a run: each status, with the reasons that led to it and an example each."""
-    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(title))
+    table = Table(title=plain(title))
     table.add_column("status / reason")
     table.add_column("count", justify="right")
     table.add_column("example")
     for status, n in sorted(stats["statuses"].items()):
         table.add_row(f"[bold]{status}", str(n), "")
         for reason, m in stats["reasons_by_status"].get(status, {}).items():  # under the status it led to
-            table.add_row(f"  {escape(str(reason))}", str(m), escape(str(stats["examples"].get(reason, ""))))
+            table.add_row(f"  {plain(reason)}", str(m), plain(stats["examples"].get(reason, "")))
     table.caption = f"{stats['total']} items in {stats['elapsed_s']:.1f} s ({stats['items_per_s'] or 0:.1f}/s)"
     return table

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pixmo.assignments import LeaseError, claim_for_submission, get_assignment, mark_submitted
+from pixmo.assignments import LeaseError, claim_lease, get_assignment, mark_submitted
 from pixmo.db.models import EXCHANGE_SOURCES, Assignment, Image, Project, QAPair, utcnow
 from pixmo.db.session import Database
 from pixmo.errors import NotFoundError, PixmoError, ValidationError
@@ -180,7 +180,7 @@ def _open_lease(session: Session, assignment_id: int, user_id: int, kind: str = 
 
 def _require_leased(assignment: Assignment) -> None:
     """A first look (no lock): a submitted or skipped task takes no more questions. A lapsed lease
-    is settled by `claim_for_submission` when the answer is stored, as a submission's would be."""
+    is settled by `claim_lease` when the answer is stored, as a submission's would be."""
     if assignment.status in ("submitted", "skipped"):
         raise LeaseError(f"this task was {assignment.status}; take the next one")
 
@@ -282,7 +282,7 @@ def _store_exchange(db: Database, assignment_id: int, user_id: int, *, source: s
             with db.session(write_lock=True) as session:
                 assignment = get_assignment(session, assignment_id, user_id, lock=True)
                 # it may have been submitted or skipped (another tab), or its lease taken over, while the model answered
-                claim_for_submission(session, assignment, utcnow())
+                claim_lease(session, assignment, utcnow())
                 for old in exchange_for(session, assignment):
                     if old.status == "pending":
                         old.status = "rejected"
@@ -348,7 +348,7 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
         try:
             with db.session(write_lock=True) as session:
                 assignment, qa = _lock_exchange(session, qa_id, user_id)
-                claim_for_submission(session, assignment, utcnow())  # still this annotator's task
+                claim_lease(session, assignment, utcnow())  # still this annotator's task
                 # what the model answered may have changed since (another tab revised it): feedback on
                 # an answer the annotator did not see, or a revision past the limit, is not stored
                 if qa.answer != previous or len(qa.revisions or []) >= MAX_REVISIONS:
@@ -387,7 +387,7 @@ def accept_answer(db: Database, *, qa_id: int, user_id: int, active_seconds: flo
         if qa.status == "accepted":
             return qa
         now = now or utcnow()  # after the locks: waiting for them may outlast the lease
-        claim_for_submission(session, assignment, now)
+        claim_lease(session, assignment, now)
         qa.status = "accepted"
         mark_submitted(assignment, active_seconds, now)
         session.flush()

@@ -239,10 +239,10 @@ def _add_active(assignment: Assignment, active_seconds: float | None, now: dt.da
     assignment.active_seconds = round(max(assignment.active_seconds or 0.0, min(active_seconds, max(elapsed, 0.0))), 1)
 
 
-def claim_for_submission(session: Session, assignment: Assignment, now: dt.datetime | None = None) -> None:
-    """Check that a (locked) assignment may be submitted now; LeaseError otherwise.
+def claim_lease(session: Session, assignment: Assignment, now: dt.datetime | None = None) -> None:
+    """Hold a (locked) assignment's lease now, to submit it or keep it alive; LeaseError otherwise.
 
-    A lease that ran out is still accepted when its image has a free slot (nobody took it over).
+    A lease that ran out is taken up again when its image has a free slot (nobody took it over).
     """
     now = now or utcnow()
     if assignment.status == "submitted":
@@ -303,7 +303,7 @@ def heartbeat(db: Database, assignment_id: int, user_id: int, active_seconds: fl
     with db.session(write_lock=True) as session:
         assignment = get_assignment(session, assignment_id, user_id, lock=True)
         now = utcnow()  # after the lock: waiting for it may outlast the lease
-        claim_for_submission(session, assignment, now)  # LeaseError when it was submitted, skipped or taken
+        claim_lease(session, assignment, now)  # LeaseError when it was submitted, skipped or taken
         _add_active(assignment, active_seconds, now)
         cfg = project_config(session.get(Project, assignment.project_id))
         assignment.expires_at = now + dt.timedelta(minutes=cfg.lease_minutes)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pixmo.errors import PixmoError
+from pixmo.richtext import plain
 
 app = typer.Typer(help="PixMo toolkit: collect and curate PixMo-style vision-language data.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage users (annotators, reviewers, admins).", no_args_is_help=True)
@@ -62,16 +63,8 @@ def _store():
     return open_store()
 
 
-def _plain(text: object) -> str:
-    """User text (a project or file name, a path) as rich shows it: "[/old]" in it is no markup tag
-    (which would fail the command) and "[draft]" is not swallowed."""
-    from rich.markup import escape
-
-    return escape(str(text))
-
-
 def _fail(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {_plain(exc)}")  # the message may quote user text like "[/x] car"
+    err.print(f"[red]error:[/red] {plain(exc)}")  # the message may quote user text like "[/x] car"
     raise typer.Exit(2)
 
 
@@ -90,8 +83,8 @@ def init() -> None:
             store.ensure_bucket()
     except PixmoError as exc:
         _fail(exc)
-    console.print(f"database [bold]{_plain(_safe_url(url))}[/bold] at revision {current_revision(url)}")
-    console.print(f"blob store [bold]{_plain(store.describe())}[/bold]")
+    console.print(f"database [bold]{plain(_safe_url(url))}[/bold] at revision {current_revision(url)}")
+    console.print(f"blob store [bold]{plain(store.describe())}[/bold]")
 
 
 def _safe_url(url: str) -> str:
@@ -160,7 +153,7 @@ def user_tokens(username: str) -> None:
         with _db().session() as session:
             for t in list_tokens(session, username):
                 used = f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never"
-                table.add_row(str(t.id), _plain(t.name), f"{t.created_at:%Y-%m-%d %H:%M}", used)
+                table.add_row(str(t.id), plain(t.name), f"{t.created_at:%Y-%m-%d %H:%M}", used)
     except PixmoError as exc:
         _fail(exc)
     console.print(table)
@@ -264,7 +257,7 @@ def project_create(
                 overlap=overlap, labels=label or [], gold_fraction=gold_fraction, language=language,
                 max_points=max_points, lease_minutes=lease_minutes,
             )
-            console.print(f"created {p.kind} project [bold]{_plain(p.name)}[/bold] (id {p.id})")
+            console.print(f"created {p.kind} project [bold]{plain(p.name)}[/bold] (id {p.id})")
     except PixmoError as exc:
         _fail(exc)
 
@@ -278,7 +271,7 @@ def project_list() -> None:
     with _db().session() as session:
         for p, n in list_projects(session):
             cfg = p.config or {}
-            table.add_row(str(p.id), _plain(p.name), p.kind, str(n), str(cfg.get("overlap", "")),
+            table.add_row(str(p.id), plain(p.name), p.kind, str(n), str(cfg.get("overlap", "")),
                           f"{cfg.get('min_seconds', '')}-{cfg.get('max_seconds', '')}")
     console.print(table)
 
@@ -310,9 +303,7 @@ def project_gold(
             image_id, name, shown = row.image_id, p.name, json.dumps(row.gold_answer) if row.gold_answer else "none"
     except PixmoError as exc:
         _fail(exc)
-    from rich.markup import escape
-
-    console.print(f"image {image_id} of [bold]{escape(name)}[/bold] is a gold item; answer: {escape(shown)}")
+    console.print(f"image {image_id} of [bold]{plain(name)}[/bold] is a gold item; answer: {plain(shown)}")
 
 
 @ingest_app.command("folder")
@@ -356,7 +347,7 @@ def stats(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
                 title="projects")
     for p in data["projects"]:
         a = p["assignments"]
-        per.add_row(_plain(p["name"]), p["kind"], str(p["images"]), str(a.get("submitted", 0)), str(a.get("leased", 0)),
+        per.add_row(plain(p["name"]), p["kind"], str(p["images"]), str(a.get("submitted", 0)), str(a.get("leased", 0)),
                     str(p["recordings"]), str(p["captions"]), str(p["point_sets"]), str(p["qa_pairs"]))
     console.print(per)
 

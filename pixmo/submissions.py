@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from pixmo.assignments import LeaseError, claim_for_submission, get_assignment, mark_submitted
+from pixmo.assignments import LeaseError, claim_lease, get_assignment, mark_submitted
 from pixmo.audio import EXT_BY_MIME, MIME_BY_CONTAINER, SAMPLE_RATE, AudioError, DecodedAudio, decode_audio
 from pixmo.db.models import POINT_METHODS, Assignment, PointSet, Project, Recording, utcnow
 from pixmo.db.session import Database
@@ -109,7 +109,7 @@ def _claimed(session, assignment_id: int, user_id: int, kind: str) -> tuple[Assi
     project = session.get(Project, assignment.project_id)
     if project.kind != kind:
         raise ValidationError(f"this is a {project.kind} task, not a {kind} task")
-    claim_for_submission(session, assignment, now)
+    claim_lease(session, assignment, now)
     return assignment, project, now
 
 

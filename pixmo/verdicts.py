@@ -34,8 +34,10 @@ def unusable_captions(
 ) -> set[int]:
     """Ids of the captions not to train on: rejected or flagged, or written from a transcript whose
     own or recording's verdict is (what the export and the CapQA stage leave out)."""
-    transcripts = list(transcripts)
-    bad_sources = {t["id"] for t in transcripts} - {t["id"] for t in usable_transcripts(transcripts, verdicts)}
+    bad_sources = {
+        t["id"] for t in transcripts
+        if not (is_usable(verdicts, "transcript", t["id"]) and is_usable(verdicts, "recording", t["recording_id"]))
+    }
     return {
         c["id"] for c in captions
         if not is_usable(verdicts, "caption", c["id"]) or {int(i) for i in c["source_transcript_ids"] or []} & bad_sources

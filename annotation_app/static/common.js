@@ -85,7 +85,7 @@ export function startHeartbeat(task, timer) {
         shown = true;
         showError(e.status === 401 || e.status === 403
           ? "You are logged out, so this task cannot be sent from this page: log in again and reload it."
-          : `${e.message}`);
+          : e.message);
       });
   }, 60_000);
 }

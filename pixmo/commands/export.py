@@ -27,9 +27,10 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 
 def _warn(*messages: str) -> None:
     from pixmo import cli
+    from pixmo.richtext import plain
 
     for message in messages:
-        cli.err.print(f"[yellow]warning:[/yellow] {cli._plain(message)}")
+        cli.err.print(f"[yellow]warning:[/yellow] {plain(message)}")
 
 
 def _filters(project, review_status, exclude_flag, since, until, all_images):  # noqa: ANN001, ANN202

@@ -33,7 +33,8 @@ def worker(
     A step with nothing new records no job; a step another worker is running is left to it, so
     several workers share the steps out."""
     from pipelines.worker import StepRun, Worker, WorkerOptions
-    from pixmo.cli import _db, _fail, _plain as escape, _store, console
+    from pixmo.cli import _db, _fail, _store, console
+    from pixmo.richtext import plain
     from pixmo.errors import PixmoError
 
     try:
@@ -59,7 +60,7 @@ def worker(
             counts = ", ".join(f"{n} {status}" for status, n in sorted(s["statuses"].items())) or "nothing"
             console.print(f"{when} {run.step}: job {s['job_id']}: {counts} of {s['total']} in {s['elapsed_s']:.1f} s")
         elif run.status == "failed":
-            console.print(f"{when} {run.step}: [red]failed[/red]: {escape(str(run.error))}")
+            console.print(f"{when} {run.step}: [red]failed[/red]: {plain(run.error)}")
         elif run.status == "busy":
             console.print(f"{when} {run.step}: another worker is running it")
 

@@ -180,7 +180,7 @@ class BuiltSample:
     json_bytes: bytes
     caption: str
     caption_id: int | None  # the caption row ``caption`` is; None when it fell back to a transcript
-    transcripts: list[str]  # texts of the usable transcripts (not rejected or flagged), by id
+    transcripts: list[str]  # texts of the usable transcripts, the newest of each recording, by id
     image_storage_key: str
     image_ext: str
     image_mime: str
@@ -307,15 +307,11 @@ def _load_chunk(session: Session, ids: Sequence[int], as_of: dt.datetime | None,
         out[row["image_id"]].transcripts.append(row)
 
 
-def _usable_transcripts(rows: ImageRows, verdicts: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
-    return usable_transcripts(rows.transcripts, verdicts)
-
-
 def best_caption(rows: ImageRows, verdicts: dict[tuple[str, int], str] | None = None) -> str:
     """The text of the best usable caption of an image (see the module doc), or ``""``."""
     if verdicts is None:
         verdicts = latest_verdicts(rows.reviews)
-    return _best_caption(rows, verdicts, _usable_transcripts(rows, verdicts))[0]
+    return _best_caption(rows, verdicts, usable_transcripts(rows.transcripts, verdicts))[0]
 
 
 def best_caption_of(session: Session, image_id: int) -> tuple[str, int | None]:
@@ -324,7 +320,7 @@ def best_caption_of(session: Session, image_id: int) -> tuple[str, int | None]:
     if rows is None:
         return "", None
     verdicts = latest_verdicts(rows.reviews)
-    return _best_caption(rows, verdicts, _usable_transcripts(rows, verdicts))
+    return _best_caption(rows, verdicts, usable_transcripts(rows.transcripts, verdicts))
 
 
 def _best_caption(
@@ -407,7 +403,7 @@ def build_sample(
     ext = member_ext(image["mime"])
     ordered_reviews = _in_time_order(rows.reviews)
     verdicts = record_verdicts(ordered_reviews)
-    usable_transcripts = _usable_transcripts(rows, verdicts)
+    usable = usable_transcripts(rows.transcripts, verdicts)
     recordings, audio = [], []
     for i, r in enumerate(rows.recordings):
         member = None
@@ -497,11 +493,11 @@ def build_sample(
         "lineage": lineage,
         "schema_version": EXPORT_SCHEMA_VERSION,
     }
-    caption, caption_id = _best_caption(rows, verdicts, usable_transcripts)
+    caption, caption_id = _best_caption(rows, verdicts, usable)
     return BuiltSample(
         # inf/NaN (which a float column or JSON metrics can hold) as null, as the model writes them
         key=key, data=data, json_bytes=_record_json(data, where), caption=caption, caption_id=caption_id,
-        transcripts=[t["text"] for t in newest_per_recording(usable_transcripts) if t["text"].strip()],
+        transcripts=[t["text"] for t in newest_per_recording(usable) if t["text"].strip()],
         image_storage_key=image["storage_key"], image_ext=ext, image_mime=image["mime"], audio=audio,
     )
 

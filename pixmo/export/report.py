@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pixmo.richtext import plain
+
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
 
     from pixmo.export.hf import HFExportResult
     from pixmo.export.verify import VerifyReport
     from pixmo.export.wds import ExportResult
-
-
-def escape(text: str) -> str:
-    """User text (paths, problems quoting JSON) as rich shows it, not read as markup."""
-    from rich.markup import escape as rich_escape
-
-    return rich_escape(str(text))
 
 
 def _mb(n: int) -> str:
@@ -29,7 +24,7 @@ def export_table(result: ExportResult) -> Table:
 
     m = result.manifest
     c = m["counts"]
-    table = Table(title=f"webdataset export {escape(result.out)} (job {result.job_id})")
+    table = Table(title=f"webdataset export {plain(result.out)} (job {result.job_id})")
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_column("detail")
@@ -55,12 +50,12 @@ def hf_table(result: HFExportResult) -> Table:
     """The parquet files written and their rows."""
     from rich.table import Table
 
-    table = Table(title=f"PixMo {result.subset} parquet {escape(result.out)} (job {result.job_id})")
+    table = Table(title=f"PixMo {result.subset} parquet {plain(result.out)} (job {result.job_id})")
     table.add_column("file")
     table.add_column("rows", justify="right")
     table.add_column("size", justify="right")
     for f in result.files:
-        table.add_row(escape(f["name"]), str(f["rows"]), _mb(f["bytes"]))
+        table.add_row(plain(f["name"]), str(f["rows"]), _mb(f["bytes"]))
     table.caption = f"{result.rows} rows in {result.elapsed_s:.1f} s"
     return table
 
@@ -71,7 +66,7 @@ def verify_table(report: VerifyReport) -> Table:
 
     status = "[green]OK[/green]" if report.ok else f"[red]{len(report.problems)} problem(s)[/red]"
     if report.ok:
-        table = Table(title=f"verify {escape(report.out)}: {status}", show_header=False)
+        table = Table(title=f"verify {plain(report.out)}: {status}", show_header=False)
         table.add_column("what")
         table.add_column("value")
         table.add_row("snapshot", report.snapshot_id or "")
@@ -80,11 +75,11 @@ def verify_table(report: VerifyReport) -> Table:
         table.add_row("bytes", _mb(report.bytes))
         table.add_row("JSON validated with", report.validator)
         return table
-    table = Table(title=f"verify {escape(report.out)}: {status}")
+    table = Table(title=f"verify {plain(report.out)}: {status}")
     table.add_column("shard")
     table.add_column("sample")
     table.add_column("problem")
     for p in report.problems:
-        table.add_row(escape(p.shard or ""), (p.key or "")[:16], escape(p.message))
+        table.add_row(plain(p.shard or ""), (p.key or "")[:16], plain(p.message))
     table.caption = f"{report.shards} shards, {report.samples} samples checked; JSON validated with {report.validator}"
     return table
