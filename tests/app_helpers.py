@@ -82,6 +82,24 @@ def make_project(db: Database, store: BlobStore, name: str, kind: str, n_images:
         return project.id, image_ids
 
 
+def as_tiff(db: Database, store: BlobStore, image_id: int, data: bytes | None = None) -> None:
+    """Make the image a TIFF (which ingest accepts and Chromium cannot show): 120 x 90, blue, its
+    right half yellow; or ``data``."""
+    from PIL import Image as PILImage
+
+    if data is None:
+        im = PILImage.new("RGB", (120, 90), (30, 90, 200))
+        im.paste((250, 200, 20), (60, 0, 120, 90))
+        buf = io.BytesIO()
+        im.save(buf, "TIFF")
+        data = buf.getvalue()
+    put = store.put_bytes(data, content_type="image/tiff", ext="tif")
+    with db.session() as s:
+        image = s.get(Image, image_id)
+        image.storage_key, image.sha256, image.mime, image.bytes = put.key, put.sha256, "image/tiff", put.size
+        image.width, image.height = 120, 90
+
+
 def tone(seconds: float, amplitude: float = 0.2, freq: float = 330.0) -> np.ndarray:
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)

@@ -15,7 +15,7 @@ from annotation_app.main import create_app
 from pixmo.audio import decode_audio
 from pixmo.config import Settings
 from pixmo.db.models import Assignment, Base, LoginAttempt, PointSet, ProjectImage, Recording, Review, Transcript, as_utc, utcnow
-from tests.app_helpers import PASSWORD, add_users, audio_bytes, make_project, tokens_for, tone, wav_bytes
+from tests.app_helpers import PASSWORD, add_users, as_tiff, audio_bytes, make_project, tokens_for, tone, wav_bytes
 
 HTML_LABEL = '<img src=x onerror="alert(1)">&<b>cat</b>'
 MAX_UPLOAD = 300_000
@@ -815,3 +815,27 @@ def test_the_review_page_for_all_projects(env):
     assert page.status_code == 200 and "All projects" in page.text
     assert env["c"]["reviewer"].get("/api/reviews/queue", params={"project": ""}).status_code == 200
     assert env["c"]["reviewer"].get("/api/reviews/queue", params={"project": "x"}).status_code == 422
+
+
+def test_a_tiff_is_shown_to_annotators_and_reviewers_as_a_jpeg(env):
+    """Browsers show no TIFF: the task and the review queue link a JPEG drawn from it, of its size."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from pixmo.db.models import Image
+
+    with env["db"].session() as s:
+        image_ids = list(s.scalars(select(ProjectImage.image_id).where(ProjectImage.project_id == env["free"])))
+    as_tiff(env["db"], env["store"], image_ids[0])
+    task = lease(env, "free")
+    assert "/renditions/" in task["image_url"] and (task["width"], task["height"]) == (120, 90)
+    shown = env["c"]["annotator"].get(task["image_url"])
+    assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
+    assert PILImage.open(io.BytesIO(shown.content)).size == (120, 90)
+    r = env["c"]["annotator"].post(f"/api/assignments/{task['id']}/points", json={"label": "sky", "points": [[0.7, 0.2]]})
+    assert r.status_code == 201, r.text
+    (item,) = env["c"]["reviewer"].get("/api/reviews/queue", params={"project": env["free"]}).json()
+    assert item["image_url"].split("?")[0] == task["image_url"].split("?")[0]
+    with env["db"].session() as s:  # the images row still names the original
+        assert s.get(Image, image_ids[0]).storage_key.endswith(".tif")

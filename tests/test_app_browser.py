@@ -14,10 +14,10 @@ from sqlalchemy import select
 from annotation_app.main import create_app
 from pixmo.audio import decode_audio
 from pixmo.config import Settings
-from pixmo.db.models import Assignment, PointSet, Recording, Review
+from pixmo.db.models import Assignment, PointSet, Project, Recording, Review
 from pixmo.db.session import Database
 from pixmo.storage import LocalStore
-from tests.app_helpers import PASSWORD, add_users, make_project, serve_in_thread, speech_wav
+from tests.app_helpers import PASSWORD, add_users, as_tiff, make_project, serve_in_thread, speech_wav
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,10 @@ def site(tmp_path_factory, sqlite_template):
     points, _ = make_project(db, store, "point", "points", n_images=2, seed=7, size=(480, 360), labels=["red square"])
     _, (tiff_image,) = make_project(db, store, "tiff", "points", n_images=1, seed=9, size=(120, 90), labels=["sky"])
     make_project(db, store, "free", "points", n_images=1, seed=11, size=(240, 180))  # the annotator names it
-    _as_tiff(db, store, tiff_image)
+    _, (broken_image,) = make_project(db, store, "unshowable", "points", n_images=1, seed=13, size=(120, 90),
+                                      labels=["sky"])
+    as_tiff(db, store, tiff_image)
+    as_tiff(db, store, broken_image, b"II*\x00" + bytes(200))  # a TIFF no one can draw (nor make a rendition of)
     app = create_app(Settings(env="test", data_dir=root / "data"), db=db, store=store)
     with serve_in_thread(app) as url:
         yield {"url": url, "db": db, "store": store, "caption": caption, "points": points}
@@ -68,22 +71,6 @@ def browser(playwright, speech):
     browser = launch(playwright, speech[0])
     yield browser
     browser.close()
-
-
-def _as_tiff(db, store, image_id: int) -> None:
-    """Make the image a TIFF (which ingest accepts and Chromium cannot show)."""
-    import io
-
-    from PIL import Image as PILImage
-
-    from pixmo.db.models import Image
-
-    buf = io.BytesIO()
-    PILImage.new("RGB", (120, 90), (30, 90, 200)).save(buf, "TIFF")
-    put = store.put_bytes(buf.getvalue(), content_type="image/tiff", ext="tif")
-    with db.session() as s:
-        image = s.get(Image, image_id)
-        image.storage_key, image.sha256, image.mime, image.bytes = put.key, put.sha256, "image/tiff", put.size
 
 
 def launch(p, wav: Path):
@@ -195,10 +182,40 @@ def test_pointing_three_clicks_one_removal_then_not_present(browser, site):
     page.context.close()
 
 
-def test_an_image_the_browser_cannot_show_takes_no_points(browser, site):
-    """A TIFF shows as a broken-image box in Chromium: clicks inside it were stored as points."""
+def test_a_tiff_is_pointed_on_through_a_rendition_the_browser_shows(browser, site):
+    """Chromium shows no TIFF: the page showed a broken-image box and refused clicks. It is shown a
+    JPEG drawn from it, and points clicked there are stored against the image."""
     page = login(browser, site, "dora")
     start(page, "tiff")
+    assert "/renditions/" in page.get_attribute("#task-image", "src")
+    # what the browser drew: the picture itself (blue, right half yellow), at the image's size
+    drawn = page.evaluate("""() => {
+        const img = document.getElementById('task-image'), c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+        return [c.width, c.height, Array.from(g.getImageData(20, 45, 1, 1).data), Array.from(g.getImageData(100, 45, 1, 1).data)];
+    }""")
+    assert drawn[:2] == [120, 90]
+    assert all(abs(a - b) < 16 for a, b in zip(drawn[2][:3], (30, 90, 200), strict=True))
+    assert all(abs(a - b) < 16 for a, b in zip(drawn[3][:3], (250, 200, 20), strict=True))
+    _click_image(page, 0.75, 0.25)
+    assert page.inner_text("#count") == "1" and page.inner_text("#error") == ""
+    page.click("#submit")
+    page.wait_for_selector("text=Nothing left for you")
+    assert page.errors == []
+    with site["db"].session() as s:
+        point_set = s.scalars(select(PointSet).join(Project, Project.id == PointSet.project_id)
+                              .where(Project.name == "tiff")).one()
+    ((x, y),) = point_set.points
+    assert abs(x - 0.75) < 0.01 and abs(y - 0.25) < 0.01
+    page.context.close()
+
+
+def test_an_image_the_browser_cannot_show_takes_no_points(browser, site):
+    """No rendition can be made of a broken file: the page shows a broken-image box, and clicks
+    inside it were stored as points."""
+    page = login(browser, site, "dora")
+    start(page, "unshowable")
     page.locator("#error", has_text="cannot show this image").wait_for()
     _click_image(page, 0.5, 0.5)
     page.wait_for_timeout(200)

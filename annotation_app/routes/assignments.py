@@ -11,6 +11,7 @@ from annotation_app.templating import blob_url, render
 from pixmo.assignments import get_assignment, heartbeat, next_assignment, skip_assignment
 from pixmo.db.models import Assignment, Image, Project, User
 from pixmo.projects import project_config
+from pixmo.renditions import browser_key
 from pixmo.submissions import task_label
 
 router = APIRouter(tags=["assignments"])
@@ -28,7 +29,7 @@ def _out(session, store, assignment: Assignment, user: User, resumed: bool = Fal
     label = task_label(session, assignment) if project.kind == "points" else None
     return AssignmentOut(
         id=assignment.id, project_id=project.id, project_kind=project.kind, image_id=image.id if is_reviewer(user) else None,
-        image_url=blob_url(store, image.storage_key), width=image.width, height=image.height,
+        image_url=blob_url(store, browser_key(store, image)), width=image.width, height=image.height,
         status=assignment.status, is_gold=assignment.is_gold if is_reviewer(user) else None, expires_at=assignment.expires_at,
         resumed=resumed, label=label, task_url=f"/tasks/{assignment.id}",
     )

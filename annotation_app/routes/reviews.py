@@ -8,7 +8,9 @@ from annotation_app.deps import DbDep, Reviewer, StoreDep
 from annotation_app.schemas import ReviewIn, ReviewOut
 from annotation_app.templating import blob_url, render
 from pixmo.errors import ValidationError
+from pixmo.db.models import Image
 from pixmo.projects import list_projects
+from pixmo.renditions import browser_key
 from pixmo.reviews import record_review, review_queue
 
 router = APIRouter(tags=["reviews"])
@@ -17,10 +19,12 @@ router = APIRouter(tags=["reviews"])
 def _queue(db, store, reviewer_id: int, project_id: int | None, limit: int) -> list[dict]:  # noqa: ANN001
     with db.session() as session:
         items = review_queue(session, reviewer_id, project_id, limit)
+        # the queue's query loaded each Image: get() finds it without another query
+        shown = {it.image_id: browser_key(store, session.get(Image, it.image_id)) for it in items}
     out = []
     for it in items:
         d = dict(it.__dict__)
-        d["image_url"] = blob_url(store, it.image_key)
+        d["image_url"] = blob_url(store, shown[it.image_id])
         if it.target_type == "recording":
             d["details"] = {**it.details, "audio_url": blob_url(store, it.details["storage_key"])}
         d["created_at"] = str(it.created_at)

@@ -29,8 +29,8 @@ export function randomId() {
 
 export const taskData = () => JSON.parse(document.getElementById("task-data").textContent);
 
-/** Stop annotation on an image this browser cannot show as the server knows it: a TIFF (no browser
- *  but Safari decodes one), or one drawn at another shape (an EXIF rotation the browser ignores).
+/** Stop annotation on an image this browser cannot show as the server knows it: a broken file (no
+ *  rendition of it could be made), or one drawn at another shape (an EXIF rotation the browser ignores).
  *  Clicks used to land on a broken-image box or a stretched picture and were stored as points. */
 function checkImage(task, viewer) {
   const img = document.getElementById("task-image");
