@@ -50,6 +50,7 @@ def site(tmp_path_factory, sqlite_template):
     make_project(db, store, "free", "points", n_images=1, seed=11, size=(240, 180))  # the annotator names it
     _, (broken_image,) = make_project(db, store, "unshowable", "points", n_images=1, seed=13, size=(120, 90),
                                       labels=["sky"])
+    make_project(db, store, "stall", "points", n_images=1, seed=15, size=(240, 180), labels=["sky"])
     as_tiff(db, store, tiff_image)
     as_tiff(db, store, broken_image, b"II*\x00" + bytes(200))  # a TIFF no one can draw (nor make a rendition of)
     app = create_app(Settings(env="test", data_dir=root / "data"), db=db, store=store)
@@ -232,6 +233,31 @@ def test_a_label_typed_after_a_click_goes_to_the_label_field(browser, site):
     assert page.inner_text("#count") == "1"
     page.keyboard.type("zebra")
     assert page.input_value("#label") == "zebra" and page.inner_text("#count") == "1"
+    page.context.close()
+
+
+def test_a_request_the_server_never_answers_gives_the_task_back(browser, site):
+    """A stalled connection left "Saving…" on the page for good, every button disabled: after a
+    minute the page says so, keeps the points, and Submit sends them."""
+    page = login(browser, site, "bob")
+    page.clock.install()  # on the task page the minute passes at once
+    start(page, "stall")
+    stalled = []
+    page.route("**/points", lambda route: stalled.append(route))  # never answered
+    _click_image(page, 0.3, 0.6)
+    page.click("#submit")
+    page.wait_for_function("document.getElementById('submit').disabled")
+    page.clock.run_for(61_000)
+    page.locator("#error", has_text="no answer from the server in 60 s").wait_for()
+    assert stalled and page.inner_text("#count") == "1" and page.is_enabled("#submit")
+    page.unroute("**/points")
+    page.click("#submit")
+    page.wait_for_selector("text=Nothing left for you")
+    with site["db"].session() as s:
+        (point_set,) = s.scalars(select(PointSet).join(Project, Project.id == PointSet.project_id)
+                                 .where(Project.name == "stall")).all()
+    ((x, y),) = point_set.points
+    assert abs(x - 0.3) < 0.01 and abs(y - 0.6) < 0.01 and page.errors == []
     page.context.close()
 
 

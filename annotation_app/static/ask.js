@@ -1,5 +1,5 @@
 // Ask-the-model task: ask a question, then accept the answer or say what is wrong (the model revises).
-import { api, ApiError, nextTask, showError, startTask } from "./common.js";
+import { api, ApiError, MODEL_TIMEOUT_S, nextTask, showError, startTask } from "./common.js";
 
 const { task, timer } = startTask();
 
@@ -45,7 +45,7 @@ $("ask").addEventListener("click", () => {
   const question = $("question").value.trim();
   if (!question) { showError("Write a question first."); return; }
   busy("The model is thinking…", async () => {
-    show(await api(`/api/assignments/${task.id}/ask`, { method: "POST", json: { question } }));
+    show(await api(`/api/assignments/${task.id}/ask`, { method: "POST", json: { question }, timeoutS: MODEL_TIMEOUT_S }));
   });
 });
 
@@ -53,7 +53,7 @@ $("revise").addEventListener("click", () => {
   const feedback = $("feedback").value.trim();
   if (!feedback) { showError("Say what is wrong with the answer."); return; }
   busy("The model is revising…", async () => {
-    show(await api(`/api/qa/${qaId}/revise`, { method: "POST", json: { feedback } }));
+    show(await api(`/api/qa/${qaId}/revise`, { method: "POST", json: { feedback }, timeoutS: MODEL_TIMEOUT_S }));
   });
 });
 

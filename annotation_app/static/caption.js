@@ -1,5 +1,5 @@
 // Speech caption task: record (MediaRecorder) with a timer and level meter, play back, re-record, submit.
-import { api, ApiError, guardUnsaved, isTyping, nextTask, randomId, showError, startTask } from "./common.js";
+import { api, ApiError, guardUnsaved, isTyping, nextTask, randomId, showError, startTask, UPLOAD_TIMEOUT_S } from "./common.js";
 
 const { task, timer } = startTask();
 
@@ -114,7 +114,7 @@ async function submit() {
     form.append("idempotency_key", take.key);
     form.append("active_seconds", String(timer.seconds));
     try {
-      const rec = await api(`/api/assignments/${task.id}/recording`, { method: "POST", form });
+      const rec = await api(`/api/assignments/${task.id}/recording`, { method: "POST", form, timeoutS: UPLOAD_TIMEOUT_S });
       status(`Saved (${rec.duration_s.toFixed(1)} s). Loading the next image…`);
       document.body.dataset.submitted = String(rec.id);
       nextTask(task.project_id);

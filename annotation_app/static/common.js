@@ -7,14 +7,32 @@ export class ApiError extends Error {
   constructor(message, status, body) { super(message); this.status = status; this.body = body; }
 }
 
-/** fetch() a JSON API route with the session cookie and the CSRF token; throws ApiError on 4xx/5xx. */
-export async function api(path, { method = "GET", json, form } = {}) {
+/** The server said nothing within the time allowed: the request was given up (it may still have
+ *  arrived, so what retries it must be safe to repeat). Not an ApiError: nothing was refused. */
+export class TimeoutError extends Error {}
+export const UPLOAD_TIMEOUT_S = 180; // a 90 s take is ~0.5 MB: minutes only on a very poor line
+export const MODEL_TIMEOUT_S = 600; // the app waits for the language model's answer, slow on a CPU
+
+/** fetch() a JSON API route with the session cookie and the CSRF token; throws ApiError on 4xx/5xx,
+ *  and TimeoutError once ``timeoutS`` pass without a whole answer (a stalled connection otherwise
+ *  left "Uploading…" or "Saving…" on the page for good, the buttons disabled). */
+export async function api(path, { method = "GET", json, form, timeoutS = 60 } = {}) {
   const headers = { "X-CSRF-Token": csrfToken(), Accept: "application/json" };
   let body;
   if (json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(json); }
   if (form !== undefined) body = form;
-  const res = await fetch(path, { method, headers, body, credentials: "same-origin" });
-  const text = await res.text();
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), timeoutS * 1000);
+  let res, text;
+  try {
+    res = await fetch(path, { method, headers, body, credentials: "same-origin", signal: abort.signal });
+    text = await res.text();
+  } catch (e) {
+    if (abort.signal.aborted) throw new TimeoutError(`no answer from the server in ${timeoutS} s`);
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = { detail: text }; }
   if (!res.ok) throw new ApiError(data?.detail || `request failed (${res.status})`, res.status, data);

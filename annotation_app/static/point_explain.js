@@ -1,6 +1,6 @@
 // Point-explanation task: a question, marks (a label and its points each), the model's answer citing
 // the marks as [1], [2], ...; accept it, or change the question or the marks and ask again.
-import { api, guardUnsaved, isTyping, nextTask, showError, startTask } from "./common.js";
+import { api, guardUnsaved, isTyping, MODEL_TIMEOUT_S, nextTask, showError, startTask } from "./common.js";
 
 const { task, viewer, timer } = startTask();
 
@@ -100,7 +100,7 @@ $("ask").addEventListener("click", () => {
   if (!addMark()) return;
   if (!marks.length) { showError("Mark at least one thing the answer should point at."); return; }
   whileBusy("The model is thinking…", async () => {
-    show(await api(`/api/assignments/${task.id}/explain`, { method: "POST", json: { question, marks } }));
+    show(await api(`/api/assignments/${task.id}/explain`, { method: "POST", json: { question, marks }, timeoutS: MODEL_TIMEOUT_S }));
   });
 });
 
