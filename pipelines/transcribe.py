@@ -111,6 +111,10 @@ class TranscribeStats(StageStats):
 
 # failures of the moment, or of this model, not of the recording: nothing is stored for them
 TRANSIENT_REASONS = frozenset({"storage_error", "language_unsupported"})
+# a worker's rounds in a row that a recording's blob may fail to read before it is failed for good
+# (--retry-failed tries it again): a blob the store will never give (access denied, archived) made a
+# jobs row every round, for ever
+WORKER_STORAGE_ROUNDS = 10
 
 
 class _Failed(Exception):
@@ -195,7 +199,7 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
     exclusive = True
 
     def __init__(self, db: Database, store: BlobStore, params: TranscribeParams, *,
-                 transcriber: RecordingTranscriber | None = None):
+                 transcriber: RecordingTranscriber | None = None, deferrals: dict[int, int] | None = None):
         if params.executor not in EXECUTORS:
             raise ConfigError(f"unknown executor {params.executor!r}; use one of {', '.join(EXECUTORS)}")
         if params.batch_size < 1:
@@ -216,6 +220,9 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
         self._worker: RecordingTranscriber | None = None
         # a model loaded by an earlier run (local executor): `pixmo worker` keeps one for every round
         self.transcriber = transcriber
+        # the worker's count, per recording, of rounds in a row its blob could not be read (None: a
+        # single run, which leaves such recordings to the next one however often that happened)
+        self.deferrals = deferrals
         self._pool: RayPool | None = None
         self.batch_size = params.batch_size
         self._bar: _AudioProgress | None = None
@@ -291,16 +298,27 @@ class TranscribeStage(Stage[tuple[RecordingRef, "Future | None"], RecordingResul
         shards = [refs[i : i + size] for i in range(0, len(refs), size)]
         return [r for part in self._pool.map(lambda actor, shard: actor.process.remote(shard), shards) for r in part]
 
+    def _gives_up(self, r: RecordingResult) -> bool:
+        """Whether the worker stops deferring this recording (see WORKER_STORAGE_ROUNDS)."""
+        if self.deferrals is None or r.reason != "storage_error":
+            return False
+        self.deferrals[r.ref.id] = rounds = self.deferrals.get(r.ref.id, 0) + 1
+        if rounds < WORKER_STORAGE_ROUNDS:
+            return False
+        del self.deferrals[r.ref.id]
+        r.error = f"{r.error} (unreadable for {rounds} rounds in a row)"
+        return True
+
     def write(self, session: Session, results: list[RecordingResult]) -> None:
         for r in results:
-            record = _record(self.model_id, r)
-            row = record.model_dump(mode="json", exclude={"duration_s"})
-            row.update(recording_id=r.ref.id, job_id=self.job_id, metrics=row["metrics"] or {})
-            if r.status == "failed" and r.reason in TRANSIENT_REASONS:
+            if r.status == "failed" and r.reason in TRANSIENT_REASONS and not self._gives_up(r):
                 # the store did not answer (MinIO restarting, a network blip): no row, so the next
                 # run (the worker's next loop) tries the recording again instead of never
                 self.stats.record("deferred", r.reason, f"recording {r.ref.id}")
                 continue
+            record = _record(self.model_id, r)
+            row = record.model_dump(mode="json", exclude={"duration_s"})
+            row.update(recording_id=r.ref.id, job_id=self.job_id, metrics=row["metrics"] or {})
             inserted = insert_ignore(session, Transcript, [row], ["recording_id", "asr_model"])
             status = r.status if inserted else "exists"
             self.stats.record(status, r.reason if inserted else None, f"recording {r.ref.id}")

@@ -75,6 +75,7 @@ class Worker:
         self._llm, self._own_llm = llm, llm is None
         self._transcriber: RecordingTranscriber | None = None
         self._tracebacks_shown: set[tuple[str, str, str]] = set()
+        self._deferrals: dict[int, int] = {}  # recording id -> rounds in a row its blob could not be read
         if self.options.project:  # a misspelt project would fail every step of every round
             with db.session() as session:
                 if session.scalar(select(Project.id).where(Project.name == self.options.project)) is None:
@@ -84,7 +85,7 @@ class Worker:
         o = self.options
         if step == "transcribe":
             return TranscribeStage(self.db, self.store, TranscribeParams(project=o.project, **o.transcribe),
-                                   transcriber=self._transcriber)
+                                   transcriber=self._transcriber, deferrals=self._deferrals)
         params = RewriteParams(task=step, project=o.project, **o.rewrite)
         if self._llm is None:  # one backend for every rewrite step and round: the model loads once
             self._llm = build_backend(params, self.api_key)

@@ -205,3 +205,39 @@ def test_a_lock_file_made_by_another_user_is_still_used(sqlite_db, monkeypatch):
         assert held  # flock needs no write access
         with sqlite_db.try_lock("stage:transcribe") as again:
             assert not again
+
+
+def test_a_blob_the_store_never_gives_is_failed_after_some_rounds(db, store, speech_clips, monkeypatch):
+    """A recording whose blob could never be read (access denied) was deferred every round: a jobs
+    row a minute, for good. After WORKER_STORAGE_ROUNDS rounds it is failed, and the worker idles."""
+    import pipelines.transcribe
+    from pixmo.errors import StorageError
+
+    monkeypatch.setattr(pipelines.transcribe, "WORKER_STORAGE_ROUNDS", 3)
+    with db.session() as s:
+        project = create_project(s, "caps", "caption", min_seconds=1, max_seconds=120).id
+    _recording(db, store, speech_clips[0], project)
+    real_get = store.get_bytes
+    reads = []
+
+    def denied(key):  # noqa: ANN001, ANN202
+        if key.startswith("sha256/"):
+            raise StorageError(f"AccessDenied reading {key}")
+        return real_get(key)
+
+    monkeypatch.setattr(store, "get_bytes", lambda key: reads.append(key) or denied(key))
+    worker = Worker(db, store, WorkerOptions(steps=("transcribe",)))
+    runs = [worker.round()[0] for _ in range(4)]
+    assert [r.status for r in runs] == ["done", "done", "done", "idle"]
+    assert [r.stats["statuses"] for r in runs[:3]] == [{"deferred": 1}, {"deferred": 1}, {"failed": 1}]
+    assert len(reads) == 3 and len(_jobs(db)) == 3
+    with db.session() as s:
+        (transcript,) = s.scalars(select(Transcript)).all()
+    assert transcript.status == "failed" and "AccessDenied" in transcript.error and "3 rounds in a row" in transcript.error
+    # a single run, however often it met the error, leaves the recording to the next run
+    from pipelines.transcribe import transcribe_recordings
+
+    with db.session() as s:
+        s.delete(s.scalars(select(Transcript)).one())
+    for _ in range(4):
+        assert transcribe_recordings(db, store)["statuses"] == {"deferred": 1}
