@@ -160,7 +160,10 @@ class IngestFolder(Stage[Path, FileResult]):
                     }
                 )
             self._seen.add(r.sha256)
-        # a concurrent run may have stored some meanwhile (PostgreSQL takes no lock up front): theirs, not ours
+        # a concurrent run may have stored some meanwhile (PostgreSQL takes no lock up front): theirs, not ours.
+        # In sha256 order: two runs inserting the same images in path order (two copies of a download,
+        # named apart) each waited on a row the other held, and PostgreSQL killed one as a deadlock
+        rows.sort(key=lambda row: row["sha256"])
         inserted = set(insert_ignore_returning(session, Image, rows, ["sha256"], "sha256"))
         for r in good:
             if r.status == "stored" and r.sha256 not in inserted:

@@ -53,9 +53,9 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
 
     Raises ImageRejected with reason ``empty``, ``not_an_image``, ``unsupported_format``,
     ``decompression_bomb``, ``corrupt`` or ``truncated``. Every byte is checked, so truncated
-    files are caught, not just bad headers: a PNG by the CRC of every chunk, other formats by a
-    decode (JPEG at reduced scale, which still reads every byte; every frame or page of a GIF,
-    WebP or TIFF, each held to ``max_pixels`` before it is decoded).
+    files are caught, not just bad headers: by a decode (JPEG at reduced scale, which still reads
+    every byte; every frame or page of a GIF, APNG, WebP or TIFF, each held to ``max_pixels`` before
+    it is decoded), and a PNG by the CRC of every chunk as well.
     """
     if not data:
         raise ImageRejected("empty", "zero-byte file")
@@ -85,22 +85,22 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
         raise ImageRejected("decompression_bomb", f"{width}x{height} exceeds {max_pixels} pixels")
     try:
         im.verify()
-        # PNG's verify() walks every chunk and checks its CRC, which catches truncation and
-        # corruption; other formats need a decode (JPEG at 1/8 scale still reads every byte).
-        # verify() uses the image up, so the EXIF below is read from a freshly opened one
+        # PNG's verify() walks every chunk and checks its CRC, which catches truncation; every format
+        # needs a decode too (a PNG's chunks may be whole and their pixels garbled or cut short by a
+        # buggy encoder; JPEG at 1/8 scale still reads every byte).
+        # verify() uses the image up, so the pixels and the EXIF below are read from a freshly opened one
         im = PILImage.open(io.BytesIO(data))
-        if fmt != "PNG":
-            if fmt in ("JPEG", "MPO"):
-                im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-            im.load()
-            if fmt in ("GIF", "WEBP", "TIFF"):  # an animation or a multi-page file cut short fails on a later frame
-                for frame in range(1, getattr(im, "n_frames", 1)):
-                    im.seek(frame)
-                    # a later GIF frame may grow the canvas past the header's size: checked before it is decoded
-                    if im.size[0] * im.size[1] > max_pixels:
-                        raise ImageRejected("decompression_bomb", f"frame {frame} is {im.size[0]}x{im.size[1]}, "
-                                                                  f"over {max_pixels} pixels")
-                    im.load()
+        if fmt in ("JPEG", "MPO"):
+            im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+        im.load()
+        if fmt in ("GIF", "WEBP", "TIFF", "PNG"):  # an animation or a multi-page file cut short fails on a later frame
+            for frame in range(1, getattr(im, "n_frames", 1)):
+                im.seek(frame)
+                # a later GIF frame may grow the canvas past the header's size: checked before it is decoded
+                if im.size[0] * im.size[1] > max_pixels:
+                    raise ImageRejected("decompression_bomb", f"frame {frame} is {im.size[0]}x{im.size[1]}, "
+                                                              f"over {max_pixels} pixels")
+                im.load()
     except ImageRejected:
         raise
     except PILImage.DecompressionBombError as exc:

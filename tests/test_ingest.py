@@ -248,3 +248,55 @@ def test_linked_folders_are_walked_once(db, store, tmp_path):
     os.symlink(root, real / "back-up")  # a loop
     stats = ingest_folder(db, store, root)
     assert stats["statuses"] == {"stored": 3} and stats["total"] == 3
+
+
+def test_new_images_are_inserted_in_one_order_whatever_the_paths(db, store, tmp_path, monkeypatch):
+    """Two runs over copies of a download named apart inserted the same images in opposite orders:
+    on PostgreSQL each waited on a row the other held, and one died of a deadlock."""
+    import pipelines.ingest
+
+    seen = []
+    real = pipelines.ingest.insert_ignore_returning
+
+    def spy(session, model, rows, *args):  # noqa: ANN001, ANN002, ANN202
+        if model is Image:
+            seen.append([r["sha256"] for r in rows])
+        return real(session, model, rows, *args)
+
+    monkeypatch.setattr(pipelines.ingest, "insert_ignore_returning", spy)
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for i in range(20):
+        (folder / f"{i:02d}.png").write_bytes(image_bytes(fmt="PNG", seed=500 + i))
+    ingest_folder(db, store, folder)  # one batch
+    assert len(seen[0]) == 20 and seen[0] == sorted(seen[0])
+
+
+def _png_with_idat(data: bytes, idat: bytes) -> bytes:
+    """``data`` (a PNG of one IDAT chunk) with that chunk's payload replaced, its CRC made right."""
+    import struct
+    import zlib
+
+    pos = data.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", data[pos:pos + 4])
+    chunk = struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    return data[:pos] + chunk + data[pos + 12 + length:]
+
+
+@pytest.mark.parametrize("damage", ["garbled", "short"])
+def test_a_png_whose_chunks_are_whole_but_pixels_broken_is_rejected(damage):
+    """PNG was checked by its chunks' CRCs alone: pixels garbled or cut short by a buggy encoder (the
+    CRCs made to match) were stored, and failed later in an export or a training run."""
+    import zlib
+
+    data = image_bytes(64, 64, "PNG", seed=3)
+    pos = data.index(b"IDAT") - 4
+    idat = data[pos + 8:pos + 8 + int.from_bytes(data[pos:pos + 4], "big")]
+    if damage == "garbled":
+        broken = idat[:20] + bytes(b ^ 0x5A for b in idat[20:60]) + idat[60:]
+    else:
+        broken = zlib.compress(bytes(100))  # a whole zlib stream, far fewer rows than the header says
+    with pytest.raises(ImageRejected) as err:
+        probe_image(_png_with_idat(data, broken))
+    assert err.value.reason in ("corrupt", "truncated")
+    assert probe_image(_png_with_idat(data, idat)).width == 64  # the splice itself breaks nothing
