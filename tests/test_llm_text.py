@@ -147,3 +147,40 @@ def test_schema_helpers():
     assert json_prefill(schema) == '{"pairs": [{"question": "'
     msgs = with_schema_instruction([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}], schema)
     assert msgs[0]["content"].startswith("S\n\nReply with only a JSON value") and len(msgs) == 2
+
+
+@pytest.mark.parametrize(("reply", "text"), [
+    ("Sure! Here is the cleaned caption: A red car by a tree.", "A red car by a tree."),
+    ("Okay, here's your answer:\nTwo dogs.", "Two dogs."),
+    ("Sure here is the revised answer for you: Two dogs.", "Two dogs."),
+    ("Caption: A red car.", "A red car."),
+    ('"A red car by a tree."', "A red car by a tree."),
+    ("'The car's red.'", "The car's red."),
+    # the reply itself, however it begins or ends
+    ("Okra and two red peppers lie on a board.", "Okra and two red peppers lie on a board."),
+    ("Oktoberfest is written on the banner.", "Oktoberfest is written on the banner."),
+    ("Surely a dog; it has a collar.", "Surely a dog; it has a collar."),
+    ("OK Corral is on the sign.", "OK Corral is on the sign."),
+    ("Here is a list of the things on the desk: a mug, a pen.", "Here is a list of the things on the desk: a mug, a pen."),
+    ("Here is the text on the sign: STOP.", "Here is the text on the sign: STOP."),
+    ('"STOP" is written on the sign, and below it "4-WAY"', '"STOP" is written on the sign, and below it "4-WAY"'),
+    ("'Open' is on the door, 'Closed' on the back", "'Open' is on the door, 'Closed' on the back"),
+])
+def test_what_models_put_around_a_reply_goes_and_the_reply_stays(reply, text):
+    from pixmo.llm.backend import Completion
+    from pixmo.llm.tasks import _plain
+
+    assert _plain(Completion(reply), "caption") == text
+
+
+@pytest.mark.parametrize("reply", [
+    '{"pairs": [{"question": "Q?", "answer": "A."}]}',
+    '```json\n{"pairs": [{"question": "Q?", "answer": "A."}]}\n```',
+    'Here you go: {"pairs": [{"question": "Q?", "answer": "A."}]}',
+    '{"pairs": [{"question": "Q?", "answer": "A."}]}\nNote: I used {} for nothing.',
+])
+def test_the_json_object_is_read_whatever_surrounds_it(reply):
+    from pixmo.llm.backend import Completion
+    from pixmo.llm.tasks import _json
+
+    assert _json(Completion(reply)) == {"pairs": [{"question": "Q?", "answer": "A."}]}

@@ -115,17 +115,31 @@ def _fields(task: str, x: dict[str, Any]) -> dict[str, Any]:
 
 # -- turning replies into outputs -------------------------------------------------------------
 
+# what small models put before the text asked for ("Sure! Here is the cleaned caption:"): a filler
+# word only with its punctuation (or before "here"), and "here is …:" only when it names the text
+# ("Okra, …" lost its "Ok", "Here is a list of the things on the desk: a mug" its list)
 _PREAMBLE = re.compile(
-    r"^\s*(?:(?:sure|okay|ok|certainly)[,!.]?\s*)?(?:here(?:'s| is) (?:the |a |your )?[\w\s-]{0,40}?:\s*)?"
-    r"(?:(?:cleaned |written |merged |final )?(?:caption|answer|response)\s*:\s*)?",
+    r"^\s*(?:(?:sure|okay|ok|certainly)(?:[,!.]+\s*|\s+(?=here\b)))?"
+    r"(?:here(?:'s| is) (?:the |a |an |your |my )?(?:[\w-]+\s+){0,3}?"
+    r"(?:caption|answer|response|description|version|rewrite|output)\b[^:\n]{0,30}:\s*)?"
+    r"(?:(?:cleaned |written |merged |final |revised )?(?:caption|answer|response)\s*:\s*)?",
     re.IGNORECASE,
 )
+_INNER_APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")
+
+
+def _unquoted(text: str) -> str:
+    """``text`` without quotes around the whole of it, not without those of a quote at each end
+    ("STOP" is written on the sign, and below it "4-WAY")."""
+    if len(text) < 2 or text[0] != text[-1] or text[0] not in "\"'":
+        return text
+    inner = text[1:-1]
+    rest = _INNER_APOSTROPHE.sub("", inner) if text[0] == "'" else inner  # "car's" is no quote
+    return text if text[0] in rest else inner.strip()
 
 
 def _plain(c: Completion, what: str) -> str:
-    text = _PREAMBLE.sub("", c.text.strip(), count=1).strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
+    text = _unquoted(_PREAMBLE.sub("", c.text.strip(), count=1).strip())
     if c.finish_reason == "length":
         # cut off at max_tokens: keep the complete sentences, if there are any
         ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
@@ -144,10 +158,10 @@ def _json(c: Completion) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        start, end = text.find("{"), text.rfind("}")
-        if 0 <= start < end:
-            try:
-                return json.loads(text[start : end + 1])
+        start = text.find("{")
+        if start >= 0:
+            try:  # the object, whatever follows it (a note that has braces of its own)
+                return json.JSONDecoder().raw_decode(text, start)[0]
             except json.JSONDecodeError:
                 pass
         hint = " (the reply was cut off at max_tokens)" if c.finish_reason == "length" else ""
