@@ -112,6 +112,25 @@ def target_owner(session: Session, target_type: str, target_id: int) -> tuple[in
     return row[0], row[1]
 
 
+def speakers_behind(session: Session, target_type: str, target_id: int) -> set[int]:
+    """The annotators whose recordings a machine-made item was written from: a caption's (through
+    its source transcripts), or a CapQA pair's caption's. Judging one is judging their own words."""
+    if target_type == "qa_pair":
+        caption_id = session.scalar(select(QAPair.caption_id).where(QAPair.id == target_id, QAPair.user_id.is_(None)))
+        if caption_id is None:
+            return set()
+        target_type, target_id = "caption", caption_id
+    if target_type != "caption":
+        return set()
+    transcript_ids = session.scalar(select(Caption.source_transcript_ids).where(Caption.id == target_id)) or []
+    if not transcript_ids:
+        return set()
+    return set(session.scalars(
+        select(Recording.user_id).join(Transcript, Transcript.recording_id == Recording.id)
+        .where(Transcript.id.in_([int(t) for t in transcript_ids]), Recording.user_id.is_not(None))
+    ))
+
+
 def add_review(
     session: Session, reviewer_id: int, target_type: str, target_id: int, verdict: str, reason: str = "",
     *, targets: tuple[str, ...] = REVIEW_TARGETS,
@@ -131,7 +150,7 @@ def add_review(
     if len(reason) > MAX_REASON_CHARS:
         raise ValidationError(f"the reason is longer than {MAX_REASON_CHARS} characters")
     image_id, annotator_id = target_owner(session, target_type, int(target_id))
-    if annotator_id is not None and annotator_id == reviewer_id:
+    if reviewer_id == annotator_id or reviewer_id in speakers_behind(session, target_type, int(target_id)):
         raise ValidationError("nobody reviews their own work")
     if target_type == "qa_pair":
         source, status = session.execute(select(QAPair.source, QAPair.status).where(QAPair.id == int(target_id))).one()

@@ -148,7 +148,7 @@ except PixmoError as exc:
 image = detail["image"]
 st.header(f"Image #{image['id']}")
 st.caption(f"{image['width']}×{image['height']} {image['mime']} · {image['bytes']:,} bytes · sha256 {image['sha256']} · "
-           f"source {image['source']}" + (f" · {image['source_url']}" if image["source_url"] else ""))
+           f"source {plain(image['source'])}" + (f" · {plain(image['source_url'])}" if image["source_url"] else ""))
 picture_col, info_col = st.columns([3, 2])
 with picture_col:
     try:

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session, aliased
 
 from pixmo.curation.sql import (
     KNOWN_FLAGS,
-    check_flag,
     contains_text,
     has_any_flag,
     has_flag,
@@ -62,8 +61,9 @@ class BrowseFilters:
     def validate(self) -> BrowseFilters:
         if self.status is not None and self.status not in STATUSES:
             raise ValidationError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
-        if self.flag is not None and self.flag != ANY_FLAG:
-            check_flag(self.flag)
+        if self.flag is not None and (not isinstance(self.flag, str) or not self.flag):
+            # any stored name (flags may be set by hand: "needs review"); compared as a bound value
+            raise ValidationError(f"flag must be a flag name, not {self.flag!r}")
         return self
 
 
@@ -190,8 +190,9 @@ def _summaries(session: Session, images: list[Image], project_id: int | None) ->
     recordings = _count_by_image(session, Recording, ids, project_id)
     captions = _count_by_image(session, Caption, ids, project_id, Caption.status == "ok")  # not failed rewrites
     point_sets = _count_by_image(session, PointSet, ids, project_id)
-    qa = _count_by_image(session, QAPair, ids, project_id)
-    of_project = review_in_project(project_id)
+    qa = _count_by_image(session, QAPair, ids, project_id, QAPair.status == "accepted")  # not answers set aside or open
+    # a verdict on a whole task is written on each of its items too: counted there, once
+    of_project = (*review_in_project(project_id), Review.target_type != "assignment")
     reviews = dict(session.execute(select(Review.image_id, func.count()).where(Review.image_id.in_(ids), *of_project)
                                    .group_by(Review.image_id)).all())
     verdicts: dict[int, dict[str, int]] = defaultdict(dict)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from pixmo.curation.sql import day_of, in_project, review_in_project, reviewed_items
 from pixmo.errors import ValidationError
 from pixmo.db.models import (
+    EXCHANGE_SOURCES,
     Assignment,
     Caption,
     Export,
@@ -176,7 +177,8 @@ def collection_over_time(session: Session, project_id: int | None = None, since:
         ("submissions", Assignment.submitted_at, Assignment.project_id, Assignment.status == "submitted"),
         ("recordings", Recording.created_at, Recording.project_id, None),
         ("point_sets", PointSet.created_at, PointSet.project_id, None),
-        ("qa_pairs", QAPair.created_at, QAPair.project_id, None),
+        # an annotator's accepted answer, not the model's CapQA pairs nor answers set aside or still open
+        ("qa_pairs", QAPair.created_at, QAPair.project_id, QAPair.source.in_(EXCHANGE_SOURCES) & (QAPair.status == "accepted")),
     ]
     rows: list[dict[str, Any]] = []
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, case, cast, func, literal, select, text, true
-from sqlalchemy.orm import Session
+from sqlalchemy import Float, case, cast, exists, func, literal, select, text, true
+from sqlalchemy.orm import Session, aliased
 
 from pixmo.curation.sql import (
     dialect_of, floor_of, has_any_flag, has_flag, in_project, is_current_review, json_number, keyset_page,
@@ -65,6 +65,12 @@ def _metric_source(session: Session, metric: str, project_id: int | None):  # no
     if metric in ("speech_s", "wpm", "avg_logprob", "no_speech_prob"):
         value = Transcript.metrics[metric].as_float()
         stmt = select().select_from(Transcript).where(Transcript.status == "ok")
+        if metric in ("speech_s", "wpm"):
+            # the speech's own measures: once per recording (its newest transcript), however many
+            # models transcribed it; the decoder's confidences stay one per transcript
+            newer = aliased(Transcript)
+            stmt = stmt.where(~exists().where(newer.recording_id == Transcript.recording_id, newer.status == "ok",
+                                              newer.id > Transcript.id))
         if project_id is not None:
             stmt = stmt.join(Recording, Recording.id == Transcript.recording_id).where(Recording.project_id == project_id)
         return value, stmt, Transcript.id

@@ -35,15 +35,16 @@ def dialect_of(session: Session) -> str:
 
 
 def check_flag(flag: str) -> str:
-    """``flag`` when it looks like a quality flag name, else ValidationError."""
+    """``flag`` when it looks like a quality flag name, else ValidationError: a guard against typing
+    one wrong (``--exclude-flag LOW_CONFIDENCE`` would exclude nothing), not for names read back."""
     if not isinstance(flag, str) or not _FLAG_RE.match(flag):
         raise ValidationError(f"{flag!r} is not a flag name (lower-case letters, digits, '_')")
     return flag
 
 
 def has_flag(session: Session, column, flag: str) -> ColumnElement[bool]:  # noqa: ANN001
-    """True where the JSON list ``column`` contains the string ``flag``."""
-    check_flag(flag)
+    """True where the JSON list ``column`` contains the string ``flag`` (any string: it is bound, and
+    flags stored by hand need not look like the pipelines' own)."""
     if dialect_of(session) == "postgresql":
         return type_coerce(column, JSONB).contains([flag])
     each = func.json_each(column).table_valued("value").alias("flag_each")
