@@ -173,17 +173,22 @@ def _as_rgb(im):  # noqa: ANN001, ANN202 - PIL images
     lies under them)."""
     if im.mode == "RGB" and "transparency" not in im.info:
         return im
-    if im.mode in _ALPHA_MODES or "transparency" in im.info:
-        from PIL import Image
+    from PIL import Image
 
+    if im.mode in _WIDE_GREY:  # scaled first: converted with its transparency, it too came out white
+        import numpy as np
+
+        raw = np.asarray(im, dtype=np.int64)
+        grey = np.clip(raw, 0, 65535)
+        eight = Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8), "L")
+        key = im.info.get("transparency")
+        if not isinstance(key, int):
+            return eight.convert("RGB")
+        alpha = Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8), "L")
+        im = Image.merge("LA", (eight, alpha))
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
         rgba = im.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (*VIEWER_BACKGROUND, 255)), rgba).convert("RGB")
-    if im.mode in _WIDE_GREY:
-        import numpy as np
-        from PIL import Image
-
-        grey = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
-        im = Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8), "L")
     return im.convert("RGB")
 
 

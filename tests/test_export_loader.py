@@ -268,7 +268,7 @@ def test_16_bit_grey_is_scaled_to_8_bits_not_clipped():
     import numpy as np
     from PIL import Image
 
-    from pixmo.data import decode_image
+    from pixmo.data import VIEWER_BACKGROUND, decode_image
 
     grey = (np.arange(600).reshape(20, 30) * 100).astype(np.uint16)
     buf = io.BytesIO()
@@ -277,6 +277,16 @@ def test_16_bit_grey_is_scaled_to_8_bits_not_clipped():
     assert tuple(tensor.shape) == (3, 20, 30)
     expected = (grey.astype(np.int64) * 255 + 32767) // 65535  # as a browser shows it
     assert (tensor[0].numpy() == expected).all() and (tensor[2] == tensor[0]).all()
+    # with a transparent grey value (tRNS) too: it went through Pillow's clipping, all white
+    solid = Image.fromarray(np.full((4, 6), 30000, np.uint16))
+    solid.putpixel((0, 0), 0)
+    buf = io.BytesIO()
+    solid.save(buf, "PNG", transparency=0)
+    with Image.open(io.BytesIO(buf.getvalue())) as check:
+        assert check.mode == "I;16" and check.info.get("transparency") == 0
+    tensor = decode_image(buf.getvalue())
+    assert tensor[:, 2, 3].tolist() == [117] * 3  # 30000 of 65535
+    assert tuple(tensor[:, 0, 0].tolist()) == VIEWER_BACKGROUND
 
 
 def test_an_image_that_does_not_decode_names_its_sample(exported):
