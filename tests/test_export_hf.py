@@ -270,3 +270,25 @@ def test_a_full_disk_midway_is_a_storage_error_naming_the_file(demo, tmp_path):
     with pytest.raises(StorageError, match="cannot write cap/train-00000.parquet in .*No space left on device"):
         export_hf(db, store, FullDisk(out), "cap")
     assert not list(out.rglob("*.parquet")) and not list(out.rglob(".pixmo-tmp-*"))
+
+
+def test_image_urls_signed_by_this_installation_are_said_to_expire_and_to_be_local(demo, tmp_path):
+    """Images ingested from a folder have no source URL: their rows held links to 127.0.0.1:8000 (the
+    default public URL) that expire in a week, and nothing said so."""
+    from pixmo.storage import LocalStore
+
+    db, store = demo
+    local = LocalStore(store.root, secret="test-secret-for-signing", public_url="http://127.0.0.1:8000")
+    result = export_hf(db, local, tmp_path / "hf", "points")
+    (warning,) = [w for w in result.warnings if "signed link" in w]
+    assert "valid until" in warning and "only this machine reaches" in warning and "PIXMO_PUBLIC_URL" in warning
+    urls = {r["image_url"] for r in pq.read_table(tmp_path / "hf/points/train-00000.parquet").to_pylist()}
+    assert all(u.startswith("http://127.0.0.1:8000/blobs/") for u in urls)
+    hosted = export_hf(db, store, tmp_path / "hf2", "points")  # a public address: they expire, that is all
+    (warning,) = [w for w in hosted.warnings if "signed link" in w]
+    assert "valid until" in warning and "PIXMO_PUBLIC_URL" not in warning
+    with db.session() as s:  # with source URLs for every image, nothing to say
+        for image in s.scalars(select(Image)):
+            image.source_url = f"https://example.org/{image.sha256}.jpg"
+    again = export_hf(db, local, tmp_path / "hf3", "points")
+    assert not [w for w in again.warnings if "signed link" in w]

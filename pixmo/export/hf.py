@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pixmo.db.session import Database
 from pixmo.errors import StorageError, ValidationError
@@ -239,12 +240,14 @@ def _discard(f, path: str) -> None:  # noqa: ANN001 - a binary file
     Path(path).unlink(missing_ok=True)
 
 
-def _image_urls(store: BlobStore, samples: list[BuiltSample], expires: int) -> dict[str, str]:
+def _image_urls(store: BlobStore, samples: list[BuiltSample], expires: int, signed: list[int]) -> dict[str, str]:
+    """Each sample's image URL: its source URL, or a signed one of its blob (counted in ``signed[0]``)."""
     urls = {}
     for s in samples:
         if s.data["image"]["source_url"]:
             urls[s.key] = s.data["image"]["source_url"]
             continue
+        signed[0] += 1
         try:
             urls[s.key] = store.url(s.image_storage_key, expires=expires)
         except StorageError as exc:
@@ -284,16 +287,18 @@ def export_hf(
             with db.session() as session:
                 candidates = select_images(session, filters, as_of=as_of)
                 usernames = load_usernames(session)
-            total = 0
+            total, signed = 0, [0]
             with Progress(f"export {subset}", len(candidates), progress) as bar:
                 for chunk in _chunked([c.image_id for c in candidates], BUILD_CHUNK):
                     with db.session() as session:
                         samples = build_samples(session, chunk, val_fraction=0.0, as_of=as_of, usernames=usernames)
-                    urls = _image_urls(store, samples, url_expires)
+                    urls = _image_urls(store, samples, url_expires, signed)
                     rows = [row for s in samples for row in hf_rows(subset, s, urls[s.key])]
                     writer.write(rows)
                     total += len(rows)
                     bar.advance(len(chunk))
+            if signed[0] and total:
+                warnings.append(_signed_url_warning(store, signed[0], url_expires))
             hold.check()
             writer.finish()
             # only now that the new files are complete: drop what an earlier, larger export left
@@ -316,6 +321,18 @@ def export_hf(
             raise
         job.stats = result.stats()
     return result
+
+
+def _signed_url_warning(store: BlobStore, n: int, expires: int) -> str:
+    """What a reader of the files should know of image URLs this installation signed: they expire,
+    and a loopback address (the default PIXMO_PUBLIC_URL) reaches nobody else's machine."""
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + expires))
+    text = f"{n} image(s) have no source URL: their image_url is a signed link to this installation's store, valid until {until}"
+    base = getattr(store, "public_url", "")
+    host = urlsplit(base).hostname or ""
+    if host in ("localhost", "::1") or host.startswith("127."):
+        text += f", at {base}, which only this machine reaches: set PIXMO_PUBLIC_URL to an address others can reach"
+    return text
 
 
 def _chunked(items: list[int], size: int) -> Iterator[list[int]]:
