@@ -292,3 +292,20 @@ def test_image_urls_signed_by_this_installation_are_said_to_expire_and_to_be_loc
             image.source_url = f"https://example.org/{image.sha256}.jpg"
     again = export_hf(db, local, tmp_path / "hf3", "points")
     assert not [w for w in again.warnings if "signed link" in w]
+
+
+def test_a_project_filter_keeps_the_rows_of_that_project(demo, tmp_path):
+    """The filter picked images, then every point set and QA pair on them was written, whatever project
+    it was made in: `--subset points --project demo-captions` wrote demo-points' point sets."""
+    from pixmo.demo import ASK_PROJECT, CAPTION_PROJECT, POINTS_PROJECT
+    from pixmo.export.options import ExportFilters
+
+    db, store = demo
+    rows = lambda subset, *projects: export_hf(  # noqa: E731
+        db, store, tmp_path / "-".join(projects or ("all",)), subset, ExportFilters(projects=projects)).rows
+    everything = rows("points")
+    assert everything > 0 and rows("points", POINTS_PROJECT) == everything
+    assert rows("points", CAPTION_PROJECT) == 0
+    asked = rows("ama")
+    assert asked > 0 and rows("ama", ASK_PROJECT) == asked and rows("ama", POINTS_PROJECT) == 0
+    assert rows("capqa", CAPTION_PROJECT) == rows("capqa") > 0  # written from the project's captions

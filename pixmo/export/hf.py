@@ -29,6 +29,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pixmo.db.models import PointSet, Project, QAPair
 from pixmo.db.session import Database
 from pixmo.errors import StorageError, ValidationError
 from pixmo.export.bookkeeping import record_export
@@ -101,13 +105,14 @@ def split_point_explanation(answer: str) -> dict[str, Any]:
             "points": points}
 
 
-def hf_rows(subset: str, sample: BuiltSample, image_url: str) -> list[dict[str, Any]]:
-    """The rows of one PixMo subset that one sample gives."""
+def hf_rows(subset: str, sample: BuiltSample, image_url: str, only: dict[str, set[int]] | None = None) -> list[dict[str, Any]]:
+    """The rows of one PixMo subset that one sample gives; with ``only`` (``{"point_set": ids,
+    "qa_pair": ids}``), only those point sets and QA pairs (the ones of the projects asked for)."""
     rec = sample.data
     verdicts = record_verdicts(rec["reviews"])  # reviews are in time order
 
     def ok(kind: str, row_id: int) -> bool:
-        return is_usable(verdicts, kind, row_id)
+        return is_usable(verdicts, kind, row_id) and (only is None or kind not in only or row_id in only[kind])
 
     if subset == "cap":
         if sample.caption_id is None:  # a raw transcript is no caption (it is in `transcripts`)
@@ -132,7 +137,7 @@ def hf_rows(subset: str, sample: BuiltSample, image_url: str) -> list[dict[str, 
     source = {"ama": "ask", "capqa": "capqa", "point_explanations": "point_explain"}[subset]
     rows = []
     for qa in usable_qa(rec["qa"], verdicts, unusable_captions(rec["captions"], rec["transcripts"], verdicts)):
-        if qa["source"] != source:
+        if qa["source"] != source or not ok("qa_pair", qa["id"]):
             continue
         if subset == "ama":
             rows.append({"image_url": image_url, "image_sha256": rec["key"], "question": qa["question"], "answer": qa["answer"]})
@@ -292,8 +297,9 @@ def export_hf(
                 for chunk in _chunked([c.image_id for c in candidates], BUILD_CHUNK):
                     with db.session() as session:
                         samples = build_samples(session, chunk, val_fraction=0.0, as_of=as_of, usernames=usernames)
+                        only = _items_of_projects(session, chunk, filters.projects)
                     urls = _image_urls(store, samples, url_expires, signed)
-                    rows = [row for s in samples for row in hf_rows(subset, s, urls[s.key])]
+                    rows = [row for s in samples for row in hf_rows(subset, s, urls[s.key], only)]
                     writer.write(rows)
                     total += len(rows)
                     bar.advance(len(chunk))
@@ -321,6 +327,19 @@ def export_hf(
             raise
         job.stats = result.stats()
     return result
+
+
+def _items_of_projects(session: Session, image_ids: list[int], projects: tuple[str, ...] | list[str]) -> dict[str, set[int]] | None:
+    """Ids of the point sets and QA pairs of ``image_ids`` made in ``projects`` (None: no project
+    asked for). A row per item: `--subset points --project captions-only` wrote another project's
+    point sets on the same images."""
+    if not projects:
+        return None
+    in_projects = select(Project.id).where(Project.name.in_(list(projects)))
+    return {
+        kind: set(session.scalars(select(model.id).where(model.image_id.in_(image_ids), model.project_id.in_(in_projects))))
+        for kind, model in (("point_set", PointSet), ("qa_pair", QAPair))
+    }
 
 
 def _signed_url_warning(store: BlobStore, n: int, expires: int) -> str:
