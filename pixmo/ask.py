@@ -341,8 +341,15 @@ def revise_answer(db: Database, store: BlobStore, model: AskModel, *, qa_id: int
         if len(qa.revisions or []) >= MAX_REVISIONS:
             raise ValidationError(f"{MAX_REVISIONS} revisions already; accept the answer or ask a new question")
         question, previous, image_id = qa.question, qa.answer, qa.image_id
-    context = image_context(db, store, image_id)
-    answer = model.revise(question, context.caption, context.ocr_text, previous, feedback)
+        asked_from = next((m for m in qa.messages or [] if m.get("role") == "context"), None)
+    if asked_from is not None:
+        # the caption and OCR text the question was answered from: the row's lineage (caption_id,
+        # its context message) names them, and a caption written since must not slip in unrecorded
+        caption, ocr_text = asked_from.get("caption") or "", asked_from.get("ocr_text")
+    else:
+        context = image_context(db, store, image_id)
+        caption, ocr_text = context.caption, context.ocr_text
+    answer = model.revise(question, caption, ocr_text, previous, feedback)
     now = utcnow().isoformat()
     for _ in range(5):
         try:

@@ -31,6 +31,18 @@ def speech(tmp_path_factory) -> tuple[Path, float]:
     return path, decode_audio(str(path)).duration_s
 
 
+class FlakyModel:
+    """An ask model that fails on a question with "fail" in it, as a model server down would."""
+
+    def answer(self, question, caption, ocr):  # noqa: ANN001, ANN201
+        from pixmo.ask import Answer
+        from pixmo.llm.errors import LLMError
+
+        if "fail" in question:
+            raise LLMError("the model server did not answer")
+        return Answer("A blue sky.", "flaky", "ask-v1")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, sqlite_template):
     """A running app with a caption project, a points project (one label), an annotator and a reviewer."""
@@ -53,7 +65,8 @@ def site(tmp_path_factory, sqlite_template):
     make_project(db, store, "stall", "points", n_images=1, seed=15, size=(240, 180), labels=["sky"])
     as_tiff(db, store, tiff_image)
     as_tiff(db, store, broken_image, b"II*\x00" + bytes(200))  # a TIFF no one can draw (nor make a rendition of)
-    app = create_app(Settings(env="test", data_dir=root / "data"), db=db, store=store)
+    make_project(db, store, "asking", "ask", n_images=1, seed=17, size=(240, 180))
+    app = create_app(Settings(env="test", data_dir=root / "data"), db=db, store=store, ask_model=FlakyModel())
     with serve_in_thread(app) as url:
         yield {"url": url, "db": db, "store": store, "caption": caption, "points": points}
     db.dispose()
@@ -258,6 +271,28 @@ def test_a_request_the_server_never_answers_gives_the_task_back(browser, site):
                                  .where(Project.name == "stall")).all()
     ((x, y),) = point_set.points
     assert abs(x - 0.3) < 0.01 and abs(y - 0.6) < 0.01 and page.errors == []
+    page.context.close()
+
+
+def test_a_question_the_model_fails_on_stays_on_the_page(browser, site, monkeypatch):
+    """A failure of the model (502) reloaded the page 1.5 s later: the question just typed was gone,
+    and with it the message asking to try again."""
+    import pixmo.ask
+
+    monkeypatch.setattr(pixmo.ask, "_ocr_cached", lambda sha, key, store: "")
+    page = login(browser, site, "bob")
+    start(page, "asking")
+    question = "Why would this fail, and what is in the sky above the roofs?"
+    page.fill("#question", question)
+    page.click("#ask")
+    page.locator("#error", has_text="did not answer").wait_for()
+    page.wait_for_timeout(2500)  # longer than the reload used to wait
+    assert page.input_value("#question") == question and "did not answer" in page.inner_text("#error")
+    assert page.is_enabled("#ask")
+    page.fill("#question", "What is in the sky?")
+    page.click("#ask")
+    page.locator("#answer", has_text="A blue sky.").wait_for()
+    assert page.errors == []
     page.context.close()
 
 

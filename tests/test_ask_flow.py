@@ -41,6 +41,7 @@ class HeldModel:
         return ask.Answer(f"answer {self.n}", "held-model", "ask-v1")
 
     def revise(self, question, caption, ocr, previous, feedback):  # noqa: ANN001, ANN201
+        self.captions.append(caption)
         self._go()
         return ask.Answer(f"revised {self.n}", "held-model", "revise-v1")
 
@@ -180,6 +181,28 @@ def test_the_model_answers_from_the_caption_the_export_would_use(flow):
     r = c["ann"].post(f"/api/assignments/{task['id']}/ask", json={"question": "What colour is it?"})
     assert r.status_code == 201, r.text
     assert flow["model"].captions[-1] == "A red bicycle against a wall."  # not the newer, rejected merge
+
+
+def test_a_revision_is_written_from_the_caption_the_question_was_answered_from(flow):
+    """A caption written between the question and the revision was given to the model unrecorded: the
+    row's caption_id and context message named the old one."""
+    from pixmo.db.models import Caption
+
+    db, c, task = flow["db"], flow["c"], flow["task"]
+    with db.session() as s:
+        image_id = s.get(Assignment, task["id"]).image_id
+        s.add(Caption(image_id=image_id, kind="cleaned", text="A red car next to a tree.", model="m",
+                      prompt_version="clean-v1", source_transcript_ids=[], source_key="a"))
+    qa = c["ann"].post(f"/api/assignments/{task['id']}/ask", json={"question": "What colour is the car?"}).json()
+    with db.session() as s:
+        s.add(Caption(image_id=image_id, kind="merged", text="A blue van parked by two trees.", model="m",
+                      prompt_version="merge-v1", source_transcript_ids=[], source_key="b"))
+    r = c["ann"].post(f"/api/qa/{qa['id']}/revise", json={"feedback": "look again"})
+    assert r.status_code == 200, r.text
+    assert flow["model"].captions[-2:] == ["A red car next to a tree."] * 2
+    with db.session() as s:
+        row = s.get(QAPair, qa["id"])
+        assert s.get(Caption, row.caption_id).text == "A red car next to a tree."
 
 
 def test_an_accept_sent_again_returns_the_accepted_answer(flow):

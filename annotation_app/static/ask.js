@@ -13,9 +13,11 @@ async function busy(label, fn) {
   timer.busy = true;
   try { await fn(); } catch (e) {
     showError(e.message);
-    // the exchange may have moved on without this page (a revision finished after its reply was
-    // lost, another tab): the page shows what the server holds now, so nothing unread is accepted
-    if (e instanceof ApiError && (e.status === 409 || e.status >= 500)) {
+    // the exchange moved on without this page (another tab, a revision stored after its reply was
+    // lost, which accept then refuses): the page shows what the server holds now, so nothing unread
+    // is accepted. Not on a failure of the model (5xx): nothing was stored, and a reload threw away
+    // the question or feedback just typed, with the message asking to try again
+    if (e instanceof ApiError && e.status === 409) {
       showError(`${e.message} — showing the exchange as it is now…`);
       setTimeout(() => location.reload(), 1500);
     }
