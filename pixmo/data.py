@@ -63,6 +63,27 @@ def shard_urls(source: str | os.PathLike | Sequence[str], split: str = "train") 
     return [target.location(name) for name in shards]
 
 
+def samples_per_node(source: str | os.PathLike, world_size: int, split: str = "train") -> list[int]:
+    """How many samples of ``split`` each of ``world_size`` nodes reads per epoch (every
+    ``world_size``-th shard from its rank), from the export's manifest. Where they differ, the nodes
+    with more are still training when the others end the epoch, and a collective operation (DDP's
+    gradient all-reduce) waits for good: stop every node at the smallest, e.g.
+    ``pixmo_dataset(..., resampled=True).with_epoch(min(samples_per_node(...)))``."""
+    from pixmo.export.manifest import read_manifest
+    from pixmo.export.target import open_target
+
+    if world_size < 1:
+        raise ValueError("world_size must be at least 1")
+    manifest = read_manifest(open_target(source))
+    if split not in manifest["splits"]:
+        raise ValueError(f"no split {split!r}; the export has {', '.join(manifest['splits'])}")
+    samples = {s["name"]: int(s["samples"]) for s in manifest["shards"]}
+    totals = [0] * world_size
+    for i, name in enumerate(manifest["splits"][split]["shards"]):
+        totals[i % world_size] += samples[name]
+    return totals
+
+
 # ----------------------------------------------------------------------------- S3 shards
 
 
@@ -343,7 +364,8 @@ def _hand_over(item: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any] | 
     return item
 
 
-def _warn_if_too_few_shards(shards: int, workers: int, nodes: int | None = None) -> None:
+def _warn_if_too_few_shards(shards: int, workers: int, nodes: int | None = None) -> int:
+    """Warns when some node or worker gets no shard; returns the number of nodes."""
     from webdataset.utils import pytorch_worker_info
 
     nodes = nodes or pytorch_worker_info()[1]
@@ -351,6 +373,16 @@ def _warn_if_too_few_shards(shards: int, workers: int, nodes: int | None = None)
         warnings.warn(
             f"{shards} shard(s) for {nodes} node(s) x {max(1, workers)} worker(s): some get no samples (a node "
             "without any stalls distributed training); export with a smaller --maxcount", stacklevel=3,
+        )
+    return nodes
+
+
+def _warn_if_uneven(totals: list[int]) -> None:
+    if min(totals) != max(totals):
+        warnings.warn(
+            f"the {len(totals)} nodes read {min(totals)} to {max(totals)} samples per epoch: distributed training "
+            "waits for good on the nodes still at work when the others end the epoch; stop each at the smallest "
+            "(resampled=True and .with_epoch, see pixmo.data.samples_per_node)", stacklevel=3,
         )
 
 
@@ -378,9 +410,12 @@ def pixmo_loader(
     """
     from torch.utils.data import DataLoader
 
-    urls = shard_urls(source, dataset_options.pop("split", "train"))
+    split = dataset_options.pop("split", "train")
+    urls = shard_urls(source, split)
     if not dataset_options.get("resampled"):
-        _warn_if_too_few_shards(len(urls), num_workers, dataset_options.get("world_size"))
+        nodes = _warn_if_too_few_shards(len(urls), num_workers, dataset_options.get("world_size"))
+        if nodes > 1 and not isinstance(source, (list, tuple)):
+            _warn_if_uneven(samples_per_node(source, nodes, split))
     dataset = pixmo_dataset(urls, **dataset_options)
     extra = {"persistent_workers": persistent_workers, "pin_memory": pin_memory}
     if prefetch_factor is not None:

@@ -228,8 +228,11 @@ def test_loader_options_reach_the_dataloader_and_too_few_shards_are_named(export
         pixmo_loader(out, num_workers=8, decode="bytes")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    with pytest.warns(UserWarning, match=r"6 shard\(s\) for 4 node\(s\) x 2 worker\(s\)"):
+    with pytest.warns(UserWarning) as caught:
         pixmo_loader(out, num_workers=2, decode="bytes")
+    said = [str(w.message) for w in caught]
+    assert any("6 shard(s) for 4 node(s) x 2 worker(s)" in m for m in said)
+    assert any("the 4 nodes read 2 to 4 samples per epoch" in m for m in said)  # 2+2+1+1 shards of 2
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
@@ -300,3 +303,29 @@ def test_an_image_that_does_not_decode_names_its_sample(exported):
     with pytest.raises(OSError) as failure:
         to_training_sample(raw)
     assert f"image of sample {sample['__key__']} in {sample['__url__']}" in failure.value.__notes__
+
+
+def test_nodes_that_read_different_numbers_of_samples_are_warned_of(exported, monkeypatch):
+    """Shards dealt to nodes by index: when they do not divide evenly, the nodes with more are still
+    training when the others end the epoch, and DDP's all-reduce waits for good. Said, with the counts."""
+    import warnings
+
+    from pixmo.data import pixmo_dataset, pixmo_loader, samples_per_node
+
+    out, keys = exported
+    for world in (1, 2, 3, 4, 5):
+        totals = samples_per_node(out, world)
+        counted = [sum(1 for _ in pixmo_dataset(out, shuffle=0, decode="bytes", rank=r, world_size=world))
+                   for r in range(world)]
+        assert totals == counted and sum(totals) == len(keys)
+    even = next(w for w in (2, 3) if len(set(samples_per_node(out, w))) == 1)
+    uneven = next(w for w in (4, 5) if len(set(samples_per_node(out, w))) > 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixmo_loader(out, num_workers=1, decode="bytes", rank=0, world_size=even)
+    low, high = min(samples_per_node(out, uneven)), max(samples_per_node(out, uneven))
+    with pytest.warns(UserWarning, match=f"the {uneven} nodes read {low} to {high} samples per epoch"):
+        pixmo_loader(out, num_workers=1, decode="bytes", rank=0, world_size=uneven)
+    with warnings.catch_warnings():  # endless, resampled shards: no epoch to end unevenly
+        warnings.simplefilter("error")
+        pixmo_loader(out, num_workers=1, decode="bytes", rank=0, world_size=uneven, resampled=True)
