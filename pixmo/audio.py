@@ -47,10 +47,15 @@ def decode_audio(data: bytes | str, sample_rate: int = SAMPLE_RATE, *, max_secon
 
     if isinstance(data, (bytes, bytearray)) and not data:
         raise AudioError("empty", "zero-byte upload")
-    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    in_memory = isinstance(data, (bytes, bytearray))
+    source = io.BytesIO(data) if in_memory else data
+    # only the containers browsers record, and no protocol beyond the bytes given: ffmpeg otherwise
+    # detects any format, and an uploaded SDP file made it bind a port and wait 20 s, an ffconcat
+    # one read the server's own files (and was stored as a recording)
+    options = {"format_whitelist": ",".join(DEMUXERS), "protocol_whitelist": "none" if in_memory else "file"}
     chunks: list[np.ndarray] = []
     try:
-        with av.open(source, metadata_errors="ignore") as container:
+        with av.open(source, options=options, metadata_errors="ignore") as container:
             streams = container.streams.audio
             if not streams:
                 raise AudioError("not_audio", "no audio stream")
@@ -107,6 +112,7 @@ def encode_audio(
     return buf.getvalue()
 
 
+DEMUXERS = ("ogg", "matroska", "webm", "wav", "flac", "mp3", "mov", "mp4", "m4a")  # ffmpeg's names
 MIME_BY_CONTAINER = {"ogg": "audio/ogg", "webm": "audio/webm", "matroska,webm": "audio/webm", "wav": "audio/wav",
                      "flac": "audio/flac", "mp3": "audio/mpeg", "mov,mp4,m4a,3gp,3g2,mj2": "audio/mp4"}
 EXT_BY_MIME = {"audio/ogg": "ogg", "audio/webm": "webm", "audio/wav": "wav", "audio/flac": "flac",

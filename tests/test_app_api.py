@@ -839,3 +839,19 @@ def test_a_tiff_is_shown_to_annotators_and_reviewers_as_a_jpeg(env):
     assert item["image_url"].split("?")[0] == task["image_url"].split("?")[0]
     with env["db"].session() as s:  # the images row still names the original
         assert s.get(Image, image_ids[0]).storage_key.endswith(".tif")
+
+
+def test_an_upload_that_is_no_browser_recording_is_refused_and_not_stored(env, monkeypatch):
+    """An ffconcat file naming a stored blob was accepted as a 4 s recording (ffmpeg read the blob
+    it named, relative to the server's folder) and kept, as application/octet-stream, as the receipt."""
+    monkeypatch.chdir(env["store"].root)  # as `pixmo serve` runs beside its ./pixmo-data/blobs
+    a = lease(env, "caption")
+    first = _upload(env, a["id"], audio_bytes(4), "concat-key-0001").json()
+    with env["db"].session() as s:
+        key = s.get(Recording, first["id"]).storage_key
+    b = lease(env, "caption")
+    before = snapshot(env["db"])
+    for i, data in enumerate([f"ffconcat version 1.0\nfile {key}\n".encode(), f"file '{key}'\n".encode()]):
+        r = _upload(env, b["id"], data, f"concat-key-100{i}")
+        assert r.status_code == 422 and "not_audio" in r.text, r.text
+    assert snapshot(env["db"]) == before
