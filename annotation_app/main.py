@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -23,6 +24,8 @@ from pixmo.llm.errors import LLMError
 from pixmo.logins import LoginThrottled
 from pixmo.storage import BlobStore, open_store
 from pixmo.submissions import UploadRejected
+
+log = logging.getLogger(__name__)
 
 UPLOAD_OVERHEAD = 64 * 1024
 
@@ -59,9 +62,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def library_error(request: Request, exc: PixmoError):  # noqa: ANN202
         code = _error_status(exc)
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, LoginThrottled) else None
+        message = str(exc)
+        if isinstance(exc, LLMError):
+            # the backend's address and its server's own words are for the operator's log, not the page
+            log.warning("the language model failed on %s %s: %s", request.method, request.url.path, exc)
+            message = "the language model is not available right now; try again in a moment"
         if _wants_html(request):
-            return render(request, "error.html", code, status=code, message=str(exc))
-        body = {"detail": str(exc)}
+            return render(request, "error.html", code, status=code, message=message)
+        body = {"detail": message}
         if isinstance(exc, UploadRejected):
             body["reason"] = exc.reason
         return JSONResponse(body, status_code=code, headers=headers)

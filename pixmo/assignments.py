@@ -303,6 +303,15 @@ def heartbeat(db: Database, assignment_id: int, user_id: int, active_seconds: fl
     with db.session(write_lock=True) as session:
         assignment = get_assignment(session, assignment_id, user_id, lock=True)
         now = utcnow()  # after the lock: waiting for it may outlast the lease
+        lapsed = assignment.status != "leased" or as_utc(assignment.expires_at) <= now
+        if lapsed and assignment.status in ("leased", "expired") and session.scalar(
+            select(A.id).where(A.project_id == assignment.project_id, A.user_id == user_id, A.id != assignment.id,
+                               A.status == "leased", A.expires_at > now).limit(1)
+        ) is not None:
+            # kept alive, the lapsed page and the newer one were two live leases of one annotator in
+            # one project (asking for work returns one): its work can still be sent, as a submission
+            raise LeaseError("this task's lease ran out and you have opened another task of this project since; "
+                             "send this one's work or go on with the other")
         claim_lease(session, assignment, now)  # LeaseError when it was submitted, skipped or taken
         _add_active(assignment, active_seconds, now)
         cfg = project_config(session.get(Project, assignment.project_id))

@@ -387,6 +387,26 @@ def test_a_heartbeat_takes_up_a_lapsed_lease_while_the_image_is_free(env):
     assert r.status_code == 409 and "went to someone else" in r.json()["detail"]
 
 
+def test_a_lapsed_lease_is_not_kept_alive_beside_a_newer_one(env):
+    """A page whose lease lapsed, kept alive after the annotator had opened another task of the
+    project, made two live leases of one annotator in one project; its work can still be sent."""
+    a = lease(env, "caption")
+    with env["db"].session() as s:
+        s.execute(update(Assignment).values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+    other = lease(env, "caption", "ann2")  # takes the lapsed image, then gives it back
+    b = lease(env, "caption")
+    assert _image(other) == _image(a) != _image(b)
+    assert env["c"]["ann2"].post(f"/api/assignments/{other['id']}/skip", json={"reason": "blurry"}).status_code == 200
+    r = env["c"]["annotator"].post(f"/api/assignments/{a['id']}/heartbeat", json={"active_seconds": 5})
+    assert r.status_code == 409 and "opened another task of this project" in r.json()["detail"]
+    with env["db"].session() as s:
+        live = s.scalars(select(Assignment.id).where(Assignment.status == "leased",
+                                                    Assignment.expires_at > utcnow())).all()
+    assert live == [b["id"]]
+    sent = _upload(env, a["id"], audio_bytes(3), "lapsed-beside-newer")
+    assert sent.status_code == 201, sent.text  # the work still goes
+
+
 def test_late_upload_on_an_untaken_image_is_accepted(env):
     a = lease(env, "caption")
     with env["db"].session() as s:

@@ -262,3 +262,26 @@ def test_two_exchanges_on_one_caption_are_both_revised(db, store, tmp_path, monk
         rows = [s.get(QAPair, qa["id"]) for qa in qas]
     assert [(r.prompt_version, r.idx) for r in rows] == [("revise-v1", 1), ("revise-v1", 2)]
     assert all(r.caption_id is not None for r in rows)
+
+
+def test_a_failing_model_server_is_not_named_to_the_annotator(db, store, tmp_path, monkeypatch, caplog):
+    """The model's error went to the page as it was: the internal address of the LLM server and its
+    own words. The annotator is told to try again; the log keeps the details."""
+    import logging
+
+    from pixmo.llm.errors import LLMError
+
+    class Down(HeldModel):
+        def answer(self, question, caption, ocr):  # noqa: ANN001, ANN201
+            raise LLMError("http://llm-internal.corp:8000/v1/chat/completions failed after 1 tries: ConnectError")
+
+    monkeypatch.setattr(ask, "_ocr_cached", lambda sha, key, store: "")
+    add_users(db, [("ann", "annotator")], password=None)
+    client = TestClient(create_app(Settings(env="test", data_dir=tmp_path / "data"), db=db, store=store, ask_model=Down()),
+                        headers={"Authorization": f"Bearer {tokens_for(db, ['ann'])['ann']}"})
+    project, _ = make_project(db, store, "ama", "ask", n_images=1)
+    task = client.post(f"/api/projects/{project}/next").json()["assignment"]
+    with caplog.at_level(logging.WARNING, "annotation_app.main"):
+        r = client.post(f"/api/assignments/{task['id']}/ask", json={"question": "What is it?"})
+    assert r.status_code == 502 and "try again" in r.json()["detail"] and "llm-internal" not in r.text
+    assert "llm-internal.corp" in caplog.text
