@@ -1152,3 +1152,30 @@ def test_a_refused_export_never_removes_the_folder_another_one_holds(tmp_path, m
             with target.LocalTarget(out).writing():  # a third one is refused too
                 pass
     thread.join(10)
+
+
+def test_export_workers_make_their_own_store_clients(demo, s3_server, monkeypatch):
+    """Forked workers kept the parent's boto3 client, whose pooled keep-alive connections every
+    worker then wrote to at once (moto closes each connection, so only a real server showed it:
+    uploads crossed, failed, or went missing from an export that reported success)."""
+    import datetime as dt
+
+    from pixmo.export import wds
+    from pixmo.export.target import open_target
+
+    db, _ = demo
+    monkeypatch.setenv("PIXMO_S3_ENDPOINT_URL", s3_server)
+    from pixmo.config import get_settings
+
+    get_settings.cache_clear()
+    bucket = make_s3_store(s3_server, prefix="exports/v2")
+    target = open_target(f"s3://{bucket.bucket}/exports/v2")
+    monkeypatch.setattr(wds, "_exit_with", lambda parent: None)  # no watcher thread in the test process
+    wds._init_worker(os.getpid(), db.url, bucket, target, WebDatasetOptions(), dt.datetime.now(dt.timezone.utc))
+    try:
+        worker_store, worker_target = wds._worker["store"], wds._worker["target"]
+        assert worker_store.client is not bucket.client and worker_target.store.client is not target.store.client
+        assert (worker_store.bucket, worker_store.prefix) == (bucket.bucket, bucket.prefix)
+    finally:
+        wds._worker["db"].dispose()
+        wds._worker.clear()

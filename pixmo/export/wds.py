@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import multiprocessing
 import os
+import pickle
 import sys
 import threading
 import time
@@ -99,7 +100,10 @@ def _init_worker(
     # forked while the progress bar draws: its stdout/stderr stand-ins write through a console whose
     # lock the drawing thread may have held at the fork (a warning would then hang the worker)
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    # a fresh engine: connections must never be shared with the parent process
+    # a fresh engine and fresh store clients: connections must never be shared with the parent
+    # process (forked, an S3 client's pooled keep-alive connections were written to by every worker
+    # at once: uploads crossed, failed, or went missing from an export that reported success)
+    store, target = pickle.loads(pickle.dumps((store, target)))
     db = Database(db_url)
     with db.session() as session:
         usernames = load_usernames(session)
