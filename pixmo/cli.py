@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -51,10 +51,43 @@ err = Console(stderr=True)
 
 
 def _db():
+    """The database of the settings, once it is known to be at this pixmo's schema: an empty or
+    missing one (no `pixmo init` yet, a mistyped PIXMO_DATA_DIR), an older one, a server that does
+    not answer or a bad setting is one line and exit 2, not a traceback (and no empty file made)."""
+    from pydantic import ValidationError as SettingsError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
     from pixmo.config import get_settings
+    from pixmo.db.migrate import current_revision, head_revision
     from pixmo.db.session import get_database
 
-    return get_database(get_settings().resolved_database_url)
+    try:
+        url = get_settings().resolved_database_url
+        parsed = make_url(url)
+    except SettingsError as exc:
+        first = exc.errors()[0]
+        _fail(f"setting {'.'.join(map(str, first['loc'])) or '?'}: {first['msg']}")
+    except ArgumentError as exc:
+        _fail(f"PIXMO_DATABASE_URL is not a database URL: {exc}")
+    if url not in _CHECKED:
+        where = _safe_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+                and not Path(parsed.database).exists():
+            _fail(f"no database at {parsed.database}: run `pixmo init` (or set PIXMO_DATA_DIR / PIXMO_DATABASE_URL)")
+        try:
+            at = current_revision(url)
+        except SQLAlchemyError as exc:
+            _fail(f"cannot reach the database {where}: {str(exc.orig if hasattr(exc, 'orig') else exc).strip()}")
+        if at is None:
+            _fail(f"the database {where} is empty: run `pixmo init`")
+        if at != head_revision():
+            _fail(f"the database {where} is at schema revision {at}, this pixmo needs {head_revision()}: run `pixmo init`")
+        _CHECKED.add(url)
+    return get_database(url)
+
+
+_CHECKED: set[str] = set()  # databases found at the newest schema in this process
 
 
 def _store():
@@ -63,7 +96,7 @@ def _store():
     return open_store()
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception | str) -> NoReturn:
     err.print(f"[red]error:[/red] {plain(exc)}")  # the message may quote user text like "[/x] car"
     raise typer.Exit(2)
 

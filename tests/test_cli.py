@@ -194,3 +194,33 @@ def test_user_text_with_rich_markup_brackets_is_shown_not_read_as_markup(initial
     (folder / "notes [" / "draft].txt").write_text("not an image")  # listed as "notes [/draft].txt"
     out = invoke("ingest", "folder", str(folder), "--project", "cats [/old]")
     assert out.exit_code == 0 and "notes [/draft].txt" in out.output.replace("\n", "")
+
+
+def test_commands_before_init_or_on_a_bad_database_say_so_in_one_line(tmp_path, monkeypatch):
+    """Without `pixmo init` every command printed a 100-line traceback ("no such table: users") and
+    left an empty pixmo.db in the (maybe mistyped) folder; a bad URL or a server down did the same."""
+    from typer.testing import CliRunner
+
+    from pixmo.cli import app
+    from pixmo.config import get_settings
+
+    runner = CliRunner()
+    fresh = tmp_path / "fresh"
+    monkeypatch.setenv("PIXMO_DATA_DIR", str(fresh))
+    get_settings.cache_clear()
+    for args in (["user", "list"], ["project", "list"], ["stats"], ["export", "webdataset", str(tmp_path / "out")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and "run `pixmo init`" in res.output and "Traceback" not in res.output, (args, res.output)
+    assert not (fresh / "pixmo.db").exists()
+    fresh.mkdir()
+    (fresh / "pixmo.db").write_bytes(b"")  # there, but empty
+    res = runner.invoke(app, ["user", "list"])
+    assert res.exit_code == 2 and "is empty: run `pixmo init`" in res.output
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    assert runner.invoke(app, ["user", "list"]).exit_code == 0
+    for url, said in (("notaurl", "not a database URL"), ("postgresql+psycopg://nobody@127.0.0.1:1/x", "cannot reach the database")):
+        monkeypatch.setenv("PIXMO_DATABASE_URL", url)
+        get_settings.cache_clear()
+        res = runner.invoke(app, ["user", "list"])
+        assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
+    get_settings.cache_clear()
