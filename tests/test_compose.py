@@ -28,7 +28,14 @@ def test_compose_services_and_settings():
     # the app's LLM can be pointed at the vllm service from .env; left empty, a setting is unset
     assert services["app"]["environment"]["PIXMO_LLM_BASE_URL"] == "${PIXMO_LLM_BASE_URL:-}"
     # browsers fetch blobs from MinIO: its API port is published and links are signed for it
-    assert "9000:9000" in services["minio"]["ports"]
+    assert "9000:9000" in services["minio"]["ports"] and "127.0.0.1:9001:9001" in services["minio"]["ports"]
+    # MinIO's keys come from .env, required, never a pair published with the code
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"].startswith("${MINIO_ROOT_PASSWORD:?")
+    assert services["app"]["environment"]["AWS_SECRET_ACCESS_KEY"].startswith("${MINIO_ROOT_PASSWORD:?")
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    # every setting a deployment may need reaches the containers (a key for a hosted LLM did not)
+    for name in ("PIXMO_LLM_API_KEY", "PIXMO_MAX_UPLOAD_BYTES", "PIXMO_MAX_IMAGE_PIXELS"):
+        assert name in services["app"]["environment"], name
     assert services["app"]["environment"]["PIXMO_S3_PUBLIC_ENDPOINT_URL"].endswith(":9000}")
     for name in ("postgres", "minio", "app", "worker", "dashboard"):
         assert services[name]["restart"] == "unless-stopped", name
