@@ -224,3 +224,15 @@ def test_commands_before_init_or_on_a_bad_database_say_so_in_one_line(tmp_path, 
         res = runner.invoke(app, ["user", "list"])
         assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
     get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("args", [["transcribe", "--beam-size", "0"], ["transcribe", "--batch-size", "0"],
+                                  ["transcribe", "--workers", "0"], ["transcribe", "files", "x.wav", "--workers", "0"]])
+def test_transcribe_options_that_are_no_size_are_refused_before_anything_runs(args):
+    """--beam-size 0 stored a good recording as failed for good; --workers 0 was a ZeroDivisionError."""
+    from typer.testing import CliRunner
+
+    from pixmo.cli import app
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "Invalid value" in res.output and "Traceback" not in res.output, res.output

@@ -22,11 +22,11 @@ Model = Annotated[Optional[str], typer.Option(
 Device = Annotated[str, typer.Option(help="cpu | cuda")]
 ComputeType = Annotated[Optional[str], typer.Option(
     help="faster-whisper: int8, float16, ... (default: int8 on CPU, float16 on CUDA).")]
-BatchSize = Annotated[int, typer.Option(help="Recordings per batch; their speech windows are decoded together.")]
-BeamSize = Annotated[int, typer.Option(help="Beam size (1: greedy).")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Recordings per batch; their speech windows are decoded together.")]
+BeamSize = Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")]
 Language = Annotated[Optional[str], typer.Option(
     help="Pin the language (default: the project's; detected without one).")]
-Workers = Annotated[Optional[int], typer.Option(
+Workers = Annotated[Optional[int], typer.Option(min=1,
     help="faster-whisper: model workers decoding in parallel (CPU default: one per core, at most 4).")]
 DownloadRoot = Annotated[Optional[str], typer.Option(help="Where model downloads are kept.")]
 
@@ -46,8 +46,8 @@ def transcribe(
     workers: Workers = None,
     executor: Annotated[str, typer.Option(help="local | ray")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
-    actors: Annotated[Optional[int], typer.Option(help="Ray: model replicas (default: one per CPU).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="At most this many recordings.")] = None,
+    actors: Annotated[Optional[int], typer.Option(min=1, help="Ray: model replicas (default: one per CPU).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=0, help="At most this many recordings.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Try recordings that failed with this model again.")] = False,
     download_root: DownloadRoot = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
