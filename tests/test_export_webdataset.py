@@ -1179,3 +1179,33 @@ def test_export_workers_make_their_own_store_clients(demo, s3_server, monkeypatc
     finally:
         wds._worker["db"].dispose()
         wds._worker.clear()
+
+
+def test_an_export_does_not_delete_or_replace_files_it_did_not_write(demo, tmp_path):
+    """A folder holding one's own train-000099.tar and manifest.json: the export deleted the one and
+    replaced the other, exit 0, no word."""
+    import io
+    import tarfile
+
+    from pixmo.export.errors import ExportError
+
+    db, store = demo
+    out = tmp_path / "mine"
+    out.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("notes.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"notes"))
+    (out / "train-000099.tar").write_bytes(buf.getvalue())
+    (out / "manifest.json").write_text('{"mine": true}')
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ExportError, match="train-000099.tar, which no PixMo export wrote"):
+        export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=5, workers=1))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "manifest.json").unlink()
+    (out / "train-000099.tar").unlink()
+    first = export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=5, workers=1))
+    (out / "manifest.json").unlink()  # as a run killed midway leaves it: PixMo shards, no manifest
+    again = export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=5, workers=1))
+    assert again.snapshot_id == first.snapshot_id

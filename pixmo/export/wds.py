@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import multiprocessing
 import os
 import pickle
+import re
 import sys
 import threading
 import time
@@ -27,7 +29,7 @@ from typing import Any
 from pixmo.db.session import Database
 from pixmo.export.bookkeeping import record_export
 from pixmo.export.errors import ExportError
-from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, build_manifest, manifest_bytes
+from pixmo.export.manifest import MANIFEST_FORMAT, MANIFEST_NAME, SHARD_NAME_RE, build_manifest, manifest_bytes
 from pixmo.export.options import ExportFilters, WebDatasetOptions
 from pixmo.progress import Progress
 from pixmo.export.records import load_usernames
@@ -126,8 +128,40 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 # ----------------------------------------------------------------------------- the export
 
 
+_KEY_MEMBER = re.compile(rb"[0-9a-f]{64}\.")  # a PixMo shard's first member: an image's sha256, then its suffix
+
+
+def _refuse_foreign_files(target: ExportTarget) -> None:
+    """ExportError when the place holds a manifest or shard-named files that no PixMo export wrote: they
+    were deleted or overwritten without a word (a folder of one's own train-000000.tar, say). Shards a
+    PixMo manifest lists are PixMo's; others are read for the name of their first member."""
+    foreign, listed = [], set()
+    if target.exists(MANIFEST_NAME):
+        try:
+            manifest = json.loads(target.get_bytes(MANIFEST_NAME))
+            if manifest.get("format") != MANIFEST_FORMAT:
+                raise ValueError(manifest.get("format"))
+            listed = {s["name"] for s in manifest.get("shards", [])}
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+            foreign.append(MANIFEST_NAME)
+    for name in target.names():
+        if SHARD_NAME_RE.match(name) and name not in listed:
+            try:
+                with target.open(name) as f:
+                    head = f.read(100)  # a tar header begins with the member's name
+            except Exception:  # noqa: BLE001 - unreadable: not known to be ours
+                head = b""
+            if not _KEY_MEMBER.match(head):
+                foreign.append(name)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ExportError(f"{target.url} holds {shown}, which no PixMo export wrote: an export there would delete or "
+                          "replace them; export to another folder, or move them away")
+
+
 def _clear_previous(target: ExportTarget, plans: list[ShardPlan]) -> None:
     """Remove the old manifest first (the export is incomplete from now on), then leftovers."""
+    _refuse_foreign_files(target)
     target.delete(MANIFEST_NAME)
     target.clear_staging()
     for name in target.temp_names():
