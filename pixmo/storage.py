@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pixmo.config import Settings
 
 __all__ = [
+    "local_path",
     "BlobStore",
     "LocalStore",
     "PutResult",
@@ -775,19 +776,11 @@ def open_store(url: str | None = None, settings: Settings | None = None) -> Blob
         url = settings.resolved_storage_url
     if not url or not url.strip():
         raise StorageError("storage URL is empty; use file://PATH or s3://bucket/prefix")
-    scheme, sep, rest = url.partition("://")
-    if not sep and url[:5].lower() == "file:":  # file:/srv/blobs (a folder named "file:" was made)
-        scheme, sep, rest = "file", "://", url[5:]
-    if not sep:
-        return _local_store(url, settings)
-    scheme = scheme.lower()
-    if scheme == "file":
-        if rest.lower().startswith("localhost/"):  # file://localhost/srv/blobs is /srv/blobs
-            rest = rest[len("localhost"):]
-        if not rest:
-            raise StorageError(f"storage URL {url!r} has no path")
-        return _local_store(rest, settings)
-    if scheme == "s3":
+    path = local_path(url)
+    if path is not None:
+        return _local_store(path, settings)
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() == "s3":
         bucket, _, prefix = rest.partition("/")
         if not bucket:
             raise StorageError(f"storage URL {url!r} has no bucket name")
@@ -796,6 +789,23 @@ def open_store(url: str | None = None, settings: Settings | None = None) -> Blob
         except InvalidKeyError as exc:
             raise StorageError(f"storage URL {url!r} has an invalid prefix: {exc}") from exc
     raise StorageError(f"unsupported storage URL {url!r}; use file://PATH or s3://bucket/prefix")
+
+
+def local_path(url: str) -> str | None:
+    """The path of a local ``url``: ``file://PATH``, ``file:/PATH``, ``file://localhost/PATH`` or a
+    bare path; None for another scheme (``s3://``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep and url[:5].lower() == "file:":  # file:/srv/blobs (a folder named "file:" was made)
+        scheme, sep, rest = "file", "://", url[5:]
+    if not sep:
+        return url
+    if scheme.lower() != "file":
+        return None
+    if rest.lower().startswith("localhost/"):  # file://localhost/srv/blobs is /srv/blobs
+        rest = rest[len("localhost"):]
+    if not rest:
+        raise StorageError(f"URL {url!r} has no path")
+    return rest
 
 
 def _local_store(path: str, settings: Settings) -> LocalStore:

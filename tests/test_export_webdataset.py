@@ -1209,3 +1209,16 @@ def test_an_export_does_not_delete_or_replace_files_it_did_not_write(demo, tmp_p
     (out / "manifest.json").unlink()  # as a run killed midway leaves it: PixMo shards, no manifest
     again = export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=5, workers=1))
     assert again.snapshot_id == first.snapshot_id
+
+
+def test_file_urls_name_the_folder_they_say(tmp_path, monkeypatch):
+    """file://localhost/srv/out and file:/srv/out were taken as folders below the working one."""
+    from pixmo.errors import StorageError
+    from pixmo.export.target import open_target
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "srv" / "out"
+    for url in (f"file://localhost{out}", f"file:{out}", f"file://{out}", str(out)):
+        assert Path(open_target(url).location("x.tar")) == out / "x.tar", url
+    with pytest.raises(StorageError, match="unsupported export location"):
+        open_target("gs://bucket/x")

@@ -25,7 +25,7 @@ except ImportError:  # Windows
 
 from pixmo.db.session import Database, NamedLock
 from pixmo.errors import StorageError
-from pixmo.storage import TMP_PREFIX, BlobStore, LocalStore, S3Store, fsync_dir, open_store
+from pixmo.storage import TMP_PREFIX, BlobStore, LocalStore, S3Store, fsync_dir, local_path, open_store
 
 
 class ExportTarget(ABC):
@@ -475,8 +475,7 @@ def open_target(out: str | Path | BlobStore | ExportTarget) -> ExportTarget:
         if not text[5:].strip("/"):
             raise StorageError(f"{text!r} has no bucket name")
         return StoreTarget(open_store(text.rstrip("/")), text.rstrip("/"))
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    if "://" in text:
+    path = local_path(text)  # file://localhost/srv/out and file:/srv/out were folders below the working one
+    if path is None:
         raise StorageError(f"unsupported export location {text!r}; use a folder or s3://bucket/prefix")
-    return LocalTarget(text)
+    return LocalTarget(path)
