@@ -1222,3 +1222,23 @@ def test_file_urls_name_the_folder_they_say(tmp_path, monkeypatch):
         assert Path(open_target(url).location("x.tar")) == out / "x.tar", url
     with pytest.raises(StorageError, match="unsupported export location"):
         open_target("gs://bucket/x")
+
+
+def test_the_s3_staging_folder_must_be_this_users_and_private(tmp_path):
+    """$TMPDIR/pixmo-staging-<uid> has a predictable name: made first by someone else (or open to
+    others), they could swap a staged shard or manifest before it was uploaded."""
+    from pixmo.errors import StorageError
+    from pixmo.export.target import _own_private_dir
+
+    fresh = tmp_path / "pixmo-staging-fresh"
+    _own_private_dir(fresh)
+    assert fresh.is_dir() and fresh.stat().st_mode & 0o777 == 0o700
+    _own_private_dir(fresh)  # found again: fine
+    shared = tmp_path / "pixmo-staging-shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    link = tmp_path / "pixmo-staging-link"
+    link.symlink_to(fresh)
+    for bad in (shared, link):
+        with pytest.raises(StorageError, match="not a private folder of this user"):
+            _own_private_dir(bad)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
@@ -376,7 +377,9 @@ class StoreTarget(ExportTarget):
         return Path(tempfile.gettempdir()) / f"pixmo-staging-{os.getuid() if hasattr(os, 'getuid') else 0}" / place
 
     def _private_folder(self, name: str) -> str:
-        folder = self._staging_root() / (name.split("/", 1)[0] if "/" in name else "_")
+        root = self._staging_root()
+        _own_private_dir(root.parent)
+        folder = root / (name.split("/", 1)[0] if "/" in name else "_")
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         return str(folder)
 
@@ -462,6 +465,19 @@ def check_apart(target: ExportTarget, store: BlobStore) -> None:
 def _overlap(a: str, b: str) -> bool:
     """Whether two key prefixes (no trailing '/'; '' is the whole bucket) share any key."""
     return not a or not b or a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def _own_private_dir(path: Path) -> None:
+    """Make ``path`` (in the shared temporary folder) or check it: a folder of this user's, closed
+    to others, not a link. Its name is predictable: made first by another user, they could swap a
+    staged shard or manifest before it was uploaded."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    uid = os.getuid() if hasattr(os, "getuid") else st.st_uid
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        raise StorageError(f"{path} is not a private folder of this user (made by someone else, a link, or open to "
+                           "others): remove it, or set TMPDIR to a folder of your own")
 
 
 def open_target(out: str | Path | BlobStore | ExportTarget) -> ExportTarget:
