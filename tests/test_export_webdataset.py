@@ -1234,11 +1234,18 @@ def test_the_s3_staging_folder_must_be_this_users_and_private(tmp_path):
     _own_private_dir(fresh)
     assert fresh.is_dir() and fresh.stat().st_mode & 0o777 == 0o700
     _own_private_dir(fresh)  # found again: fine
-    shared = tmp_path / "pixmo-staging-shared"
-    shared.mkdir()
-    shared.chmod(0o777)
+    opened = tmp_path / "pixmo-staging-opened"  # this user's, but open to others: closed again
+    opened.mkdir()
+    opened.chmod(0o777)
+    _own_private_dir(opened)
+    assert opened.stat().st_mode & 0o777 == 0o700
     link = tmp_path / "pixmo-staging-link"
     link.symlink_to(fresh)
-    for bad in (shared, link):
-        with pytest.raises(StorageError, match="not a private folder of this user"):
-            _own_private_dir(bad)
+    with pytest.raises(StorageError, match="not a private folder of this user"):
+        _own_private_dir(link)
+    if os.getuid() == 0:  # root: a folder another user made
+        theirs = tmp_path / "pixmo-staging-theirs"
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(StorageError, match="made by someone else"):
+            _own_private_dir(theirs)

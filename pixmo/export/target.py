@@ -475,9 +475,11 @@ def _own_private_dir(path: Path) -> None:
         os.mkdir(path, 0o700)
     st = os.lstat(path)
     uid = os.getuid() if hasattr(os, "getuid") else st.st_uid
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
-        raise StorageError(f"{path} is not a private folder of this user (made by someone else, a link, or open to "
-                           "others): remove it, or set TMPDIR to a folder of your own")
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+        raise StorageError(f"{path} is not a private folder of this user (made by someone else, or a link): "
+                           "remove it, or set TMPDIR to a folder of your own")
+    if st.st_mode & 0o077:  # this user's, opened up (earlier versions made it 0755): closed again
+        os.chmod(path, 0o700)
 
 
 def open_target(out: str | Path | BlobStore | ExportTarget) -> ExportTarget:
