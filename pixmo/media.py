@@ -59,9 +59,7 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
     """
     if not data:
         raise ImageRejected("empty", "zero-byte file")
-    if max_pixels > (PILImage.MAX_IMAGE_PIXELS or 0):
-        # Pillow refuses twice its own limit before the check below can apply a larger one
-        PILImage.MAX_IMAGE_PIXELS = max_pixels
+    allow_pixels(max_pixels)  # Pillow refuses twice its own limit before the check below can apply a larger one
     try:
         with warnings.catch_warnings():
             # the explicit max_pixels check below decides; Pillow's own limit only errors at 2x
@@ -112,6 +110,18 @@ def probe_image(data: bytes, max_pixels: int = 100_000_000) -> ImageInfo:
     if exif_orientation(im, data) in ROTATING_ORIENTATIONS:
         width, height = height, width
     return ImageInfo(width=width, height=height, mime=MIME_BY_FORMAT[fmt])
+
+
+def allow_pixels(max_pixels: int | None = None) -> None:
+    """Let Pillow decode images of up to ``max_pixels`` (default: the PIXMO_MAX_IMAGE_PIXELS setting)
+    without calling them bombs: what ingest stored under a raised limit must decode in every later
+    step too (verify and a resizing export failed on it)."""
+    if max_pixels is None:
+        from pixmo.config import get_settings
+
+        max_pixels = get_settings().max_image_pixels
+    if max_pixels > (PILImage.MAX_IMAGE_PIXELS or 0):
+        PILImage.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _decode_failure(exc: Exception) -> str:

@@ -1249,3 +1249,24 @@ def test_the_s3_staging_folder_must_be_this_users_and_private(tmp_path):
         os.chown(theirs, 65534, 65534)
         with pytest.raises(StorageError, match="made by someone else"):
             _own_private_dir(theirs)
+
+
+def test_images_ingest_allowed_under_a_raised_pixel_limit_verify_and_resize(demo, tmp_path, monkeypatch):
+    """PIXMO_MAX_IMAGE_PIXELS applied to ingest alone: an image it let in failed `pixmo verify` and
+    a resizing export (Pillow's own limit, here made small to stand for the default)."""
+    from PIL import Image as PILImage
+
+    from pixmo.config import get_settings
+
+    db, store = demo
+    out = tmp_path / "out"
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=5, workers=1))
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 500)  # the demo's images are far larger than 2 x 500
+    monkeypatch.setenv("PIXMO_MAX_IMAGE_PIXELS", "100000000")
+    get_settings.cache_clear()
+    try:
+        report = verify_export(out)
+        assert report.ok, [str(p) for p in report.problems]
+        export_webdataset(db, store, tmp_path / "small", options=WebDatasetOptions(maxcount=5, workers=1, max_side=32))
+    finally:
+        get_settings.cache_clear()

@@ -25,7 +25,7 @@ from pixmo.export.manifest import MANIFEST_NAME, SHARD_NAME_RE, is_count, read_m
 from pixmo.progress import Progress
 from pixmo.export.records import ROW_KINDS, member_ext, split_of
 from pixmo.export.target import ExportTarget, open_target
-from pixmo.media import EXT_BY_MIME, ROTATING_ORIENTATIONS, exif_orientation
+from pixmo.media import EXT_BY_MIME, ROTATING_ORIENTATIONS, allow_pixels, exif_orientation
 from pixmo.storage import BlobStore
 from schemas.export import EXPORT_SCHEMA_VERSION
 
@@ -336,6 +336,7 @@ def verify_export(
     out: str | ExportTarget | BlobStore, *, workers: int = 2, progress: bool | Callable[[int], None] = False
 ) -> VerifyReport:
     """Check the webdataset export at ``out`` (folder or ``s3://``); the report lists every problem found."""
+    allow_pixels()
     target = open_target(out)
     report = VerifyReport(out=target.url)
     report.validator, validate = schema_validator()

@@ -37,6 +37,7 @@ from pixmo.export.select import select_images, snapshot_time
 from pixmo.export.shards import ShardPlan, ShardResult, plan_shards, write_shard
 from pixmo.export.target import ExportTarget, check_apart, held_for_export, open_target
 from pixmo.jobs import job_run
+from pixmo.media import allow_pixels
 from pixmo.storage import BlobStore
 
 
@@ -226,6 +227,7 @@ def export_webdataset(
     ``{key}.audio<i>.<ext>`` per recording. ``progress`` is True for a bar on stderr, or a
     callable that receives the number of samples written as they are written.
     """
+    allow_pixels()  # before the workers fork: they decode what --max-side resizes
     filters = filters or ExportFilters()
     options = options or WebDatasetOptions()
     target = open_target(out)
