@@ -842,6 +842,13 @@ def test_two_exports_into_one_s3_prefix_refuse_each_other(demo, s3_server, monke
     with held_for_export(db, open_target(f"s3://{bucket.bucket}//exports/held/")):
         with pytest.raises(StorageError, match="another export is writing"):
             export_webdataset(db, store, url, options=WebDatasetOptions(workers=1))
+    # and however the endpoint is (127.0.0.1 here, localhost there: each took a hold of its own)
+    from pixmo.storage import S3Store
+
+    other = S3Store(bucket.bucket, "exports/held", s3_server.replace("127.0.0.1", "localhost"), "us-east-1")
+    with held_for_export(db, open_target(other)):
+        with pytest.raises(StorageError, match="another export is writing"):
+            export_webdataset(db, store, url, options=WebDatasetOptions(workers=1))
     # a hold whose database lock lapsed (its PostgreSQL connection cut) stops the export before it
     # deletes or publishes anything: another export may hold the place by then
     from pixmo.db.session import NamedLock

@@ -429,9 +429,12 @@ def _content_type(name: str) -> str:
 
 
 def _store_place(store: BlobStore) -> tuple:
-    """Where a store's blobs are, the same however its URL was written."""
+    """Where a store's blobs are, the same however its URL was written. Not the S3 endpoint: one
+    server has many spellings (127.0.0.1 and localhost, compose's minio:9000 and the host's
+    localhost:9000), and two exports into one prefix through two of them each took their own hold;
+    a bucket and prefix of the same name at another service refused as well is harmless."""
     if isinstance(store, S3Store):
-        return ("s3", store.endpoint_url or "", store.bucket, store.prefix)
+        return ("s3", store.bucket, store.prefix)
     if isinstance(store, LocalStore):
         return ("file", str(Path(store.root).resolve()))
     return ("store", store.describe())
@@ -457,7 +460,7 @@ def check_apart(target: ExportTarget, store: BlobStore) -> None:
             raise StorageError(f"{target.root} holds the blob store ({root}); export to a folder outside it")
     if isinstance(target, StoreTarget) and isinstance(target.store, S3Store) and isinstance(store, S3Store):
         out, blobs = target.store, store
-        if (out.bucket, out.endpoint_url) == (blobs.bucket, blobs.endpoint_url) and _overlap(out.prefix, blobs.prefix):
+        if out.bucket == blobs.bucket and _overlap(out.prefix, blobs.prefix):  # endpoints: see _store_place
             raise StorageError(f"{target.url} overlaps the blob store ({_store_url(store)}); "
                                "export to another bucket or prefix")
 
