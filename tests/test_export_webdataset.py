@@ -1277,3 +1277,49 @@ def test_images_ingest_allowed_under_a_raised_pixel_limit_verify_and_resize(demo
         export_webdataset(db, store, tmp_path / "small", options=WebDatasetOptions(maxcount=5, workers=1, max_side=32))
     finally:
         get_settings.cache_clear()
+
+
+def test_verify_names_members_out_of_order_and_shards_that_overlap(demo, tmp_path):
+    """A sample's members reordered, and two shards swapped in the manifest (checksums made right),
+    passed verify."""
+    import hashlib
+    import io
+
+    from pixmo.export.manifest import snapshot_id
+
+    db, store = demo
+    out = tmp_path / "out"
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=1))
+    good = json.loads((out / MANIFEST_NAME).read_text())
+    first = good["shards"][0]
+    with tarfile.open(out / first["name"]) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar]
+    key = members[0][0].name.split(".")[0]
+    mine = [m for m in members if m[0].name.startswith(key)]
+    reordered = list(reversed(mine)) + [m for m in members if not m[0].name.startswith(key)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in reordered:
+            tar.addfile(info, io.BytesIO(data))
+    (out / first["name"]).write_bytes(buf.getvalue())
+    manifest = json.loads(json.dumps(good))
+    manifest["shards"][0].update(sha256=hashlib.sha256(buf.getvalue()).hexdigest(), bytes=len(buf.getvalue()))
+    manifest["snapshot_id"] = snapshot_id(manifest)
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    report = verify_export(out)
+    assert [(p.shard, p.key) for p in report.problems] == [(first["name"], key)], [str(p) for p in report.problems]
+    assert "members out of order" in report.problems[0].message
+
+    (out / first["name"]).write_bytes(b"")  # back to the good export, then its first two shards swapped
+    export_webdataset(db, store, out, options=WebDatasetOptions(maxcount=4, val_fraction=0, workers=1))
+    swapped = json.loads(json.dumps(good))
+    a, b = swapped["shards"][0], swapped["shards"][1]
+    for field in ("sha256", "bytes", "samples", "first_key", "last_key"):
+        a[field], b[field] = b[field], a[field]
+    (out / a["name"]).rename(out / "swap.tmp")
+    (out / b["name"]).rename(out / a["name"])
+    (out / "swap.tmp").rename(out / b["name"])
+    swapped["snapshot_id"] = snapshot_id(swapped)
+    (out / MANIFEST_NAME).write_text(json.dumps(swapped))
+    report = verify_export(out)
+    assert any("does not begin after" in p.message for p in report.problems), [str(p) for p in report.problems]

@@ -236,6 +236,8 @@ def _check_shard(
 
         def finish() -> None:
             if current is not None:
+                if list(members) != sorted(members):  # the writer puts a sample's members in suffix order
+                    check.problems.append(Problem(name, current, f"members out of order: {', '.join(members)}"))
                 _check_sample(current, members, split, validate, max_side, check, name, val_fraction)
                 check.samples += 1
                 advance(1)
@@ -300,6 +302,13 @@ def _check_totals(manifest: dict[str, Any], checks: dict[str, _ShardCheck], repo
             bad(f"splits.{split}.shards differs from the shard list")
         if counts.get(split) != sum(s["samples"] for s in shards if s["split"] == split):
             bad(f"counts.{split} differs from the sum of its shards' samples")
+    for split in manifest.get("splits", {}):
+        # each shard's keys are checked in order and unique; so are the split's, when each shard
+        # begins after the one before it ends (a sample in two shards, or shards swapped, passed)
+        listed = [s for s in shards if s["split"] == split]
+        for before, after in zip(listed, listed[1:]):
+            if str(before.get("last_key")) >= str(after.get("first_key")):
+                bad(f"{after['name']} does not begin after {before['name']} ends: keys repeat or shards are out of order")
     if any(c.problems for c in checks.values()):
         return  # row totals over damaged shards would only repeat the problems found in them
     for kind in ROW_KINDS:
