@@ -281,10 +281,11 @@ def test_image_urls_signed_by_this_installation_are_said_to_expire_and_to_be_loc
     local = LocalStore(store.root, secret="test-secret-for-signing", public_url="http://127.0.0.1:8000")
     result = export_hf(db, local, tmp_path / "hf", "points")
     (warning,) = [w for w in result.warnings if "signed link" in w]
-    assert "valid until" in warning and "only this machine reaches" in warning and "PIXMO_PUBLIC_URL" in warning
+    assert "valid until" in warning and "other machines do not reach" in warning and "PIXMO_PUBLIC_URL" in warning
     urls = {r["image_url"] for r in pq.read_table(tmp_path / "hf/points/train-00000.parquet").to_pylist()}
     assert all(u.startswith("http://127.0.0.1:8000/blobs/") for u in urls)
-    hosted = export_hf(db, store, tmp_path / "hf2", "points")  # a public address: they expire, that is all
+    public = LocalStore(store.root, secret="test-secret-for-signing", public_url="https://pixmo.example.org")
+    hosted = export_hf(db, public, tmp_path / "hf2", "points")  # a public address: they expire, that is all
     (warning,) = [w for w in hosted.warnings if "signed link" in w]
     assert "valid until" in warning and "PIXMO_PUBLIC_URL" not in warning
     with db.session() as s:  # with source URLs for every image, nothing to say
@@ -309,3 +310,16 @@ def test_a_project_filter_keeps_the_rows_of_that_project(demo, tmp_path):
     asked = rows("ama")
     assert asked > 0 and rows("ama", ASK_PROJECT) == asked and rows("ama", POINTS_PROJECT) == 0
     assert rows("capqa", CAPTION_PROJECT) == rows("capqa") > 0  # written from the project's captions
+
+
+def test_links_signed_for_an_s3_host_other_machines_do_not_reach_are_warned_of():
+    """The warning read the local store's public URL only: S3 links signed for compose's minio:9000
+    or localhost:9000 went unremarked."""
+    from pixmo.export.hf import _signed_url_warning
+    from pixmo.storage import S3Store
+
+    for endpoint, public in (("http://minio:9000", None), ("http://minio:9000", "http://localhost:9000")):
+        warning = _signed_url_warning(S3Store("b", "", endpoint, "us-east-1", public), 3, 3600)
+        assert "other machines do not reach" in warning and "PIXMO_S3_PUBLIC_ENDPOINT_URL" in warning
+    reachable = _signed_url_warning(S3Store("b", "", "http://minio:9000", "us-east-1", "https://s3.example.org"), 3, 3600)
+    assert "valid until" in reachable and "do not reach" not in reachable

@@ -347,10 +347,15 @@ def _signed_url_warning(store: BlobStore, n: int, expires: int) -> str:
     and a loopback address (the default PIXMO_PUBLIC_URL) reaches nobody else's machine."""
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + expires))
     text = f"{n} image(s) have no source URL: their image_url is a signed link to this installation's store, valid until {until}"
-    base = getattr(store, "public_url", "")
+    setting = "PIXMO_PUBLIC_URL"
+    base = getattr(store, "public_url", "") or ""
+    if not base and getattr(store, "endpoint_url", None):  # S3: the host the links are signed for
+        base = store.public_endpoint_url or store.endpoint_url
+        setting = "PIXMO_S3_PUBLIC_ENDPOINT_URL"
     host = urlsplit(base).hostname or ""
-    if host in ("localhost", "::1") or host.startswith("127."):
-        text += f", at {base}, which only this machine reaches: set PIXMO_PUBLIC_URL to an address others can reach"
+    if host in ("localhost", "::1") or host.startswith("127.") or (host and "." not in host):
+        # loopback, or a name only a private network knows (compose's minio)
+        text += f", at {base}, which other machines do not reach: set {setting} to an address they can"
     return text
 
 
