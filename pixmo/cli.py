@@ -387,7 +387,7 @@ def stats(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
 @app.command()
 def demo(
-    images: Annotated[int, typer.Option(help="How many images (photos first, then generated).")] = 12,
+    images: Annotated[int, typer.Option(min=1, help="How many images (photos first, then generated).")] = 12,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     speech: Annotated[bool, typer.Option(help="Speak transcripts with espeak-ng when installed.")] = True,
 ) -> None:

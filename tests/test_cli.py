@@ -236,3 +236,16 @@ def test_transcribe_options_that_are_no_size_are_refused_before_anything_runs(ar
 
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "Invalid value" in res.output and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.parametrize("args", [["rewrite", "clean", "--threshold", "5"], ["rewrite", "clean", "--max-tokens", "-1"],
+                                  ["demo", "--images", "-3"], ["serve", "--port", "99999"], ["serve", "--workers", "0"],
+                                  ["verify", "out", "--workers", "0"]])
+def test_options_out_of_their_range_are_refused(args):
+    """--threshold 5 replaced every LLM caption with the rule cleaner; --port 99999 listened elsewhere."""
+    from typer.testing import CliRunner
+
+    from pixmo.cli import app
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "Invalid value" in res.output, (args, res.output)

@@ -13,9 +13,9 @@ def register(app: typer.Typer) -> None:
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     reload: Annotated[bool, typer.Option(help="Restart when the code changes (development).")] = False,
-    workers: Annotated[int, typer.Option(help="Worker processes (ignored with --reload).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (ignored with --reload).")] = 1,
     forwarded_allow_ips: Annotated[str | None, typer.Option(
         envvar="FORWARDED_ALLOW_IPS",
         help="Proxies whose X-Forwarded-For/-Proto are trusted (comma-separated IPs or networks); behind a "

@@ -126,7 +126,7 @@ def hf_cmd(
 
 def verify_cmd(
     out: Annotated[str, typer.Argument(help=OUT_HELP)],
-    workers: Annotated[int, typer.Option(help="Shards checked in parallel.")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="Shards checked in parallel.")] = 2,
     json_out: JsonOut = False,
 ) -> None:
     """Check a webdataset export against its manifest: checksums, counts, JSON Schema, images; exit 1 on any problem."""

@@ -26,10 +26,10 @@ RayAddress = Annotated[Optional[str], typer.Option(help="Ray cluster address (de
 Actors = Annotated[Optional[int], typer.Option(help="Ray: backend replicas (default: one per CPU).")]
 Limit = Annotated[Optional[int], typer.Option(help="At most this many items.")]
 BatchSize = Annotated[int, typer.Option(help="Items per batch (local: generated together).")]
-MaxTokens = Annotated[Optional[int], typer.Option(help="Longest reply (default: the prompt file's).")]
+MaxTokens = Annotated[Optional[int], typer.Option(min=1, help="Longest reply (default: the prompt file's).")]
 PromptVersion = Annotated[Optional[str], typer.Option(help="Prompt version, e.g. v1 (default: the newest), or a .toml file.")]
-Concurrency = Annotated[int, typer.Option(help="openai: requests in flight.")]
-Threshold = Annotated[float, typer.Option(help="Faithfulness: least share of caption content the transcripts support.")]
+Concurrency = Annotated[int, typer.Option(min=1, help="openai: requests in flight.")]
+Threshold = Annotated[float, typer.Option(min=0.0, max=1.0, help="Faithfulness: least share of caption content the transcripts support.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")]
 Cache = Annotated[bool, typer.Option(help="Answer identical requests from the llm_cache table.")]
 RetryFailed = Annotated[bool, typer.Option(
@@ -153,7 +153,7 @@ def text_cmd(
 @llm_app.command("serve")
 def serve_cmd(
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8001,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8001,
     model: Annotated[Optional[str], typer.Option(help="A .gguf file or model folder (default: bundled SmolLM2-135M).")] = None,
     max_batch: Annotated[int, typer.Option(help="Concurrent requests generated together.")] = 8,
     api_key: Annotated[Optional[str], typer.Option(help="Require this Bearer token.")] = None,
