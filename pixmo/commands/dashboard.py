@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def dashboard(
-        port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8501,
+        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
         host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     ) -> None:
         """Start the curation dashboard (Streamlit, headless) for reviewers and admins."""
