@@ -81,8 +81,9 @@ def _db():
             _fail(f"cannot reach the database {where}: {str(exc.orig if hasattr(exc, 'orig') else exc).strip()}")
         if at is None:
             _fail(f"the database {where} is empty: run `pixmo init`")
-        if at != head_revision():
-            _fail(f"the database {where} is at schema revision {at}, this pixmo needs {head_revision()}: run `pixmo init`")
+        head = head_revision()
+        if at != head:
+            _fail(f"the database {where} is at schema revision {at}, this pixmo needs {head}: run `pixmo init`")
         _CHECKED.add(url)
     return get_database(url)
 

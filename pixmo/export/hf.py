@@ -44,7 +44,7 @@ from pixmo.export.select import select_images, snapshot_time
 from pixmo.export.target import ExportTarget, HashingWriter, check_apart, held_for_export, open_target, write_errors
 from pixmo.formats.points import parse_points, to_pixels, to_pixmo100
 from pixmo.jobs import job_run
-from pixmo.storage import BlobStore
+from pixmo.storage import BlobStore, S3Store
 from pixmo.verdicts import is_usable, record_verdicts, unusable_captions, usable_qa
 from schemas.pixmo_hf import ROW_MODELS, rows_to_table
 
@@ -347,11 +347,10 @@ def _signed_url_warning(store: BlobStore, n: int, expires: int) -> str:
     and a loopback address (the default PIXMO_PUBLIC_URL) reaches nobody else's machine."""
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + expires))
     text = f"{n} image(s) have no source URL: their image_url is a signed link to this installation's store, valid until {until}"
-    setting = "PIXMO_PUBLIC_URL"
-    base = getattr(store, "public_url", "") or ""
-    if not base and getattr(store, "endpoint_url", None):  # S3: the host the links are signed for
-        base = store.public_endpoint_url or store.endpoint_url
-        setting = "PIXMO_S3_PUBLIC_ENDPOINT_URL"
+    if isinstance(store, S3Store):  # the host the links are signed for (none: AWS itself)
+        base, setting = store.public_endpoint_url or store.endpoint_url or "", "PIXMO_S3_PUBLIC_ENDPOINT_URL"
+    else:
+        base, setting = getattr(store, "public_url", ""), "PIXMO_PUBLIC_URL"
     host = urlsplit(base).hostname or ""
     if host in ("localhost", "::1") or host.startswith("127.") or (host and "." not in host):
         # loopback, or a name only a private network knows (compose's minio)
